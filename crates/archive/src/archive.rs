@@ -1,0 +1,262 @@
+//! Opening an archive, naming generations, and reading chunks back.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, LocalBackend};
+use crate::codec;
+use crate::error::{corrupt, Error, Result};
+use crate::id::{ChunkId, FileDigest, GenId, Seq, SourceName};
+use crate::index::Index;
+use crate::manifest::{self, ChunkRef, GenRecord, Node};
+use crate::pack::{self, BlobKind};
+
+/// Longest delta chain: restoring a chunk decodes at most this many blobs
+/// below it.
+pub const MAX_DEPTH: u8 = 8;
+pub const CONFIG_KEY: &str = "config";
+const FORMAT_NAME: &str = "pullback-archive";
+const FORMAT_VERSION: u32 = 1;
+
+/// The `config` object: what kind of archive this is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ArchiveConfig {
+    pub format: String,
+    pub version: u32,
+    /// zstd level for new blobs.
+    pub level: i32,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            format: FORMAT_NAME.into(),
+            version: FORMAT_VERSION,
+            level: 3,
+        }
+    }
+}
+
+pub struct Archive {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) index: Index,
+    pub(crate) config: ArchiveConfig,
+}
+
+impl Archive {
+    /// Create a new archive in `path` (which must not hold one).
+    pub fn init(path: &Path) -> Result<Archive> {
+        std::fs::create_dir_all(path).map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })?;
+        let backend = Arc::new(LocalBackend::new(path));
+        let cfg = ArchiveConfig::default();
+        let bytes = serde_json::to_vec_pretty(&cfg).map_err(|e| Error::Invalid(e.to_string()))?;
+        if !backend.create(CONFIG_KEY, &bytes)? {
+            return Err(Error::Invalid(format!(
+                "{} already holds an archive",
+                path.display()
+            )));
+        }
+        Self::with_backend(backend)
+    }
+
+    /// Open the archive in `path`.
+    pub fn open(path: &Path) -> Result<Archive> {
+        if !path.join(CONFIG_KEY).exists() {
+            return Err(Error::NotAnArchive {
+                path: path.into(),
+                why: "no config file (create one with `pbs archive init`)".into(),
+            });
+        }
+        Self::with_backend(Arc::new(LocalBackend::new(path)))
+    }
+
+    /// Open `path`, creating the archive when the folder is missing or empty.
+    pub fn open_or_init(path: &Path) -> Result<Archive> {
+        let empty = match std::fs::read_dir(path) {
+            Ok(mut rd) => rd.next().is_none(),
+            Err(_) => !path.exists(),
+        };
+        if empty {
+            Self::init(path)
+        } else {
+            Self::open(path)
+        }
+    }
+
+    pub fn with_backend(backend: Arc<dyn Backend>) -> Result<Archive> {
+        let raw = backend.read(CONFIG_KEY)?;
+        let config: ArchiveConfig = serde_json::from_slice(&raw).map_err(|e| Error::NotAnArchive {
+            path: backend.location().into(),
+            why: format!("config: {e}"),
+        })?;
+        if config.format != FORMAT_NAME || config.version != FORMAT_VERSION {
+            return Err(Error::NotAnArchive {
+                path: backend.location().into(),
+                why: format!(
+                    "format {} version {} (this program reads {FORMAT_NAME} {FORMAT_VERSION})",
+                    config.format, config.version
+                ),
+            });
+        }
+        if !(1..=19).contains(&config.level) {
+            return Err(corrupt("config", format!("level {} not in 1..=19", config.level)));
+        }
+        let index = Index::load(backend.as_ref())?;
+        Ok(Archive {
+            backend,
+            index,
+            config,
+        })
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Reload the index (after another process changed the packs).
+    pub fn reload(&mut self) -> Result<()> {
+        self.index = Index::load(self.backend.as_ref())?;
+        Ok(())
+    }
+
+    /// Every committed generation, sorted by source then sequence.
+    pub fn generations(&self) -> Result<Vec<GenId>> {
+        let mut out: Vec<GenId> = self
+            .backend
+            .list("gens")?
+            .iter()
+            .filter_map(|k| manifest::parse_gen_key(k))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    pub fn sources(&self) -> Result<Vec<SourceName>> {
+        let mut s: Vec<SourceName> = self.generations()?.into_iter().map(|g| g.source).collect();
+        s.dedup();
+        Ok(s)
+    }
+
+    pub fn record(&self, gen: &GenId) -> Result<GenRecord> {
+        let key = manifest::gen_key(&gen.source, gen.seq);
+        let raw = match self.backend.read(&key) {
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NoSuchGeneration(gen.to_string()))
+            }
+            r => r?,
+        };
+        let rec = GenRecord::decode(&raw, &format!("generation {gen}"))?;
+        if rec.id() != *gen {
+            return Err(corrupt(
+                format!("generation {gen}"),
+                format!("record names itself {}", rec.id()),
+            ));
+        }
+        Ok(rec)
+    }
+
+    pub fn latest(&self, source: &SourceName) -> Result<Option<GenRecord>> {
+        let last = self
+            .generations()?
+            .into_iter()
+            .filter(|g| &g.source == source)
+            .next_back();
+        last.map(|g| self.record(&g)).transpose()
+    }
+
+    /// `SOURCE/SEQ`, `SOURCE/latest` or `SOURCE` (= latest).
+    pub fn resolve(&self, spec: &str) -> Result<GenId> {
+        let (src, seq) = spec.split_once('/').unwrap_or((spec, "latest"));
+        let source = SourceName::new(src).map_err(Error::Invalid)?;
+        if seq == "latest" {
+            return self
+                .latest(&source)?
+                .map(|r| r.id())
+                .ok_or_else(|| Error::NoSuchGeneration(format!("{source}/latest")));
+        }
+        let seq: u64 = seq.parse().map_err(|_| {
+            Error::Invalid(format!(
+                "bad generation {spec:?}: expected SOURCE/SEQ, SOURCE/latest or SOURCE"
+            ))
+        })?;
+        let gen = GenId {
+            source,
+            seq: Seq(seq),
+        };
+        self.record(&gen)?;
+        Ok(gen)
+    }
+
+    pub fn manifest(&self, rec: &GenRecord) -> Result<Vec<Node>> {
+        let what = format!("manifest of {}", rec.id());
+        let raw = self.read_stream(&rec.manifest_chunks)?;
+        if raw.len() as u64 != rec.manifest_len || FileDigest::of(&raw) != rec.manifest_digest {
+            return Err(corrupt(&what, "content does not match the record's digest"));
+        }
+        manifest::decode_manifest(&raw, &what)
+    }
+
+    pub fn read_stream(&self, chunks: &[ChunkRef]) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        for c in chunks {
+            let d = self.chunk(&c.0)?;
+            if d.len() != c.1 as usize {
+                return Err(Error::DamagedChunk(c.0, format!("{} bytes, expected {}", d.len(), c.1)));
+            }
+            out.extend_from_slice(&d);
+        }
+        Ok(out)
+    }
+
+    /// The stored payload of a blob, as it is in its pack.
+    pub(crate) fn payload(&self, id: &ChunkId) -> Result<(pack::Entry, Vec<u8>)> {
+        let info = self.index.get(id).ok_or(Error::MissingChunk(*id))?;
+        let key = pack::key(&self.index.packs[info.pack as usize]);
+        let e = info.entry;
+        let p = self
+            .backend
+            .read_at(&key, e.offset as u64, e.stored_len as usize)
+            .map_err(|err| Error::DamagedChunk(*id, format!("unreadable: {err}")))?;
+        Ok((e, p))
+    }
+
+    /// A chunk's plain content, decoded through its delta chain and checked
+    /// against its id. Damaged data is an error, never returned.
+    pub fn chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        self.chunk_at_depth(id, 0)
+    }
+
+    fn chunk_at_depth(&self, id: &ChunkId, depth: u32) -> Result<Vec<u8>> {
+        if depth > MAX_DEPTH as u32 + 1 {
+            return Err(Error::DamagedChunk(*id, "delta chain too long or cyclic".into()));
+        }
+        let (e, payload) = self.payload(id)?;
+        let base = match (e.kind, e.base) {
+            (BlobKind::Delta, Some(b)) => Some(self.chunk_at_depth(&b, depth + 1).map_err(
+                |err| match err {
+                    Error::DamagedChunk(..) | Error::MissingChunk(_) => Error::DamagedChunk(
+                        *id,
+                        format!("its delta base {} is unusable: {err}", b.short()),
+                    ),
+                    other => other,
+                },
+            )?),
+            _ => None,
+        };
+        let data = codec::decode(&payload, base.as_deref(), e.raw_len as usize)
+            .map_err(|err| Error::DamagedChunk(*id, err.to_string()))?;
+        if ChunkId::of(&data) != *id {
+            return Err(Error::DamagedChunk(*id, "content does not match its SHA-256".into()));
+        }
+        Ok(data)
+    }
+}

@@ -1,0 +1,184 @@
+//! Newtypes for the identifiers that cross the archive's API.
+
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// SHA-256 of a chunk's plain content: the chunk's name in the archive.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkId(pub [u8; 32]);
+
+/// SHA-256 of a whole file's content: the file's backup signature.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileDigest(pub [u8; 32]);
+
+/// SHA-256 of a pack file's bytes: the pack's name in the archive.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PackId(pub [u8; 32]);
+
+/// Per-source generation number; only grows.
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize, Default,
+)]
+pub struct Seq(pub u64);
+
+/// Coordinator epoch a generation was taken under; only grows.
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize, Default,
+)]
+pub struct Epoch(pub u64);
+
+macro_rules! digest_type {
+    ($t:ident) => {
+        impl $t {
+            pub fn of(data: &[u8]) -> Self {
+                $t(Sha256::digest(data).into())
+            }
+            pub fn to_hex(&self) -> String {
+                hex::encode(self.0)
+            }
+            /// First 8 bytes as hex: enough for people to tell objects apart.
+            pub fn short(&self) -> String {
+                hex::encode(&self.0[..6])
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.to_hex())
+            }
+        }
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($t), self.short())
+            }
+        }
+        // Serialized as a 32-byte string (CBOR byte string, not an array).
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(&self.0)
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let b = serde_bytes::ByteArray::<32>::deserialize(d)?;
+                Ok($t(b.into_array()))
+            }
+        }
+        impl FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(s, &mut out)
+                    .map_err(|e| format!("{s:?} is not a 64-digit hex digest: {e}"))?;
+                Ok($t(out))
+            }
+        }
+    };
+}
+digest_type!(ChunkId);
+digest_type!(FileDigest);
+digest_type!(PackId);
+
+impl fmt::Display for Seq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A hasher for maps keyed by SHA-256 digests: the key is already uniformly
+/// distributed, so its first eight bytes are the hash.
+#[derive(Default)]
+pub struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Digests hash as one 32-byte write; anything else still gets mixed.
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(b);
+        }
+    }
+}
+
+pub type DigestMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<DigestHasher>>;
+pub type DigestSet<K> = std::collections::HashSet<K, BuildHasherDefault<DigestHasher>>;
+
+/// A source name: what a generation series is called. `[A-Za-z0-9._-]`, 1..=64
+/// characters, not starting with a dot, so it is safe as a directory name.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+pub struct SourceName(String);
+
+impl SourceName {
+    pub fn new(s: &str) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && !s.starts_with('.')
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+        if ok {
+            Ok(SourceName(s.to_owned()))
+        } else {
+            Err(format!(
+                "bad source name {s:?}: use 1 to 64 of [A-Za-z0-9._-], not starting with '.'"
+            ))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SourceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A generation's full name: `SOURCE/SEQ`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct GenId {
+    pub source: SourceName,
+    pub seq: Seq,
+}
+
+impl fmt::Display for GenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.source, self.seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_id_hex_round_trip() {
+        let id = ChunkId::of(b"hello");
+        assert_eq!(
+            id.to_hex(),
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+        assert_eq!(id.to_hex().parse::<ChunkId>().unwrap(), id);
+        assert!("zz".parse::<ChunkId>().is_err());
+    }
+
+    #[test]
+    fn source_names() {
+        assert!(SourceName::new("pg-main_1.x").is_ok());
+        for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(65)] {
+            assert!(SourceName::new(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

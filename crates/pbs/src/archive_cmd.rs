@@ -1,0 +1,365 @@
+//! `pbs archive ...`: the archive commands, thin over the archive library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use archive::prune::Retention;
+use archive::{Archive, Epoch, IngestOptions, SourceName};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use crate::config::Config;
+
+#[derive(Args)]
+pub struct ArchiveArgs {
+    #[command(subcommand)]
+    cmd: ArchiveCmd,
+}
+
+#[derive(Subcommand)]
+enum ArchiveCmd {
+    /// Create an empty archive.
+    Init,
+    /// Commit a directory as the next generation of a source.
+    Ingest {
+        /// Source name: [A-Za-z0-9._-], 1 to 64 characters.
+        #[arg(long)]
+        source: String,
+        /// Epoch the data was taken under (refused if lower than the source's).
+        #[arg(long, default_value_t = 0)]
+        epoch: u64,
+        /// When the data was taken (RFC 3339); default: now.
+        #[arg(long)]
+        taken_at: Option<String>,
+        /// Free text kept with the generation (e.g. a transaction id).
+        #[arg(long)]
+        label: Option<String>,
+        /// Read every file, even those whose metadata is unchanged.
+        #[arg(long)]
+        reread: bool,
+        #[arg(long)]
+        json: bool,
+        dir: PathBuf,
+    },
+    /// List generations.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one generation (SOURCE/SEQ, SOURCE/latest or SOURCE) and its files.
+    Show {
+        gen: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the archive: structure (quick) or every byte (--full).
+    Verify {
+        #[arg(long)]
+        full: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove generations that the retention policy does not keep.
+    Prune {
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        keep_last: Option<u32>,
+        #[arg(long)]
+        keep_hourly: Option<u32>,
+        #[arg(long)]
+        keep_daily: Option<u32>,
+        #[arg(long)]
+        keep_weekly: Option<u32>,
+        #[arg(long)]
+        keep_monthly: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove data no generation uses.
+    Gc {
+        #[arg(long)]
+        dry_run: bool,
+        /// Fail at once instead of waiting while an ingest or restore runs.
+        #[arg(long)]
+        no_wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a generation into an empty or missing directory.
+    Restore {
+        gen: String,
+        #[arg(long)]
+        to: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn fmt_time(ns: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
+        .ok()
+        .and_then(|t| {
+            t.replace_nanosecond(0)
+                .ok()?
+                .format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("@{ns}ns"))
+}
+
+fn parse_time(s: &str) -> Result<i64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .with_context(|| format!("--taken-at {s:?} is not an RFC 3339 time (e.g. 2026-11-22T01:00:00Z)"))?;
+    Ok(t.unix_timestamp_nanos() as i64)
+}
+
+fn mb(b: u64) -> String {
+    format!("{:.2} MB", b as f64 / 1e6)
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn record_json(r: &archive::GenRecord) -> serde_json::Value {
+    json!({
+        "generation": r.id().to_string(),
+        "source": r.source.as_str(),
+        "seq": r.seq.0,
+        "epoch": r.epoch.0,
+        "taken_at": fmt_time(r.taken_at_ns),
+        "committed_at": fmt_time(r.committed_at_ns),
+        "label": r.label,
+        "files": r.stats.files,
+        "dirs": r.stats.dirs,
+        "symlinks": r.stats.symlinks,
+        "bytes": r.stats.bytes,
+        "files_read": r.stats.files_read,
+        "bytes_read": r.stats.bytes_read,
+        "new_chunks": r.stats.new_chunks,
+        "new_deltas": r.stats.new_deltas,
+        "added_bytes": r.stats.added_bytes,
+    })
+}
+
+pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCode> {
+    let path = path.ok_or_else(|| {
+        anyhow!("no archive given: pass --archive DIR or set [archive] path in --config")
+    })?;
+    let open = |p: &Path| Archive::open(p).map_err(anyhow::Error::from);
+    match a.cmd {
+        ArchiveCmd::Init => {
+            Archive::init(&path)?;
+            println!("initialised archive {}", path.display());
+        }
+        ArchiveCmd::Ingest {
+            source,
+            epoch,
+            taken_at,
+            label,
+            reread,
+            json,
+            dir,
+        } => {
+            let source = SourceName::new(&source).map_err(|e| anyhow!(e))?;
+            let mut ar = Archive::open_or_init(&path)?;
+            let opts = IngestOptions {
+                epoch: Epoch(epoch),
+                taken_at_ns: taken_at.as_deref().map(parse_time).transpose()?,
+                label,
+                reread,
+            };
+            let t = Instant::now();
+            let rep = ar
+                .ingest(&source, &dir, &opts)
+                .with_context(|| format!("ingesting {} as {source}", dir.display()))?;
+            for w in &rep.warnings {
+                eprintln!("pbs: warning: {w}");
+            }
+            let r = &rep.record;
+            if json {
+                let mut v = record_json(r);
+                v["seconds"] = json!(t.elapsed().as_secs_f64());
+                v["warnings"] = json!(rep.warnings);
+                print_json(&v);
+            } else {
+                println!(
+                    "committed {} in {:.2} s: {} files, {}; read {} files ({}); added {} ({} new chunks, {} deltas)",
+                    r.id(),
+                    t.elapsed().as_secs_f64(),
+                    r.stats.files,
+                    mb(r.stats.bytes),
+                    r.stats.files_read,
+                    mb(r.stats.bytes_read),
+                    mb(r.stats.added_bytes),
+                    r.stats.new_chunks,
+                    r.stats.new_deltas
+                );
+            }
+        }
+        ArchiveCmd::List { json } => {
+            let ar = open(&path)?;
+            let mut rows = Vec::new();
+            for g in ar.generations()? {
+                rows.push(ar.record(&g).with_context(|| format!("reading generation {g}"))?);
+            }
+            if json {
+                print_json(&json!(rows.iter().map(record_json).collect::<Vec<_>>()));
+            } else if rows.is_empty() {
+                println!("no generations");
+            } else {
+                println!("{:<24} {:>6} {:<20} {:>8} {:>12} {:>12}", "GENERATION", "EPOCH", "TAKEN AT", "FILES", "SIZE", "ADDED");
+                for r in &rows {
+                    println!(
+                        "{:<24} {:>6} {:<20} {:>8} {:>12} {:>12}",
+                        r.id().to_string(),
+                        r.epoch.0,
+                        fmt_time(r.taken_at_ns),
+                        r.stats.files,
+                        mb(r.stats.bytes),
+                        mb(r.stats.added_bytes)
+                    );
+                }
+            }
+        }
+        ArchiveCmd::Show { gen, json } => {
+            let ar = open(&path)?;
+            let g = ar.resolve(&gen)?;
+            let r = ar.record(&g)?;
+            let nodes = ar.manifest(&r)?;
+            if json {
+                let mut v = record_json(&r);
+                v["entries"] = json!(nodes
+                    .iter()
+                    .map(|n| json!({
+                        "path": n.path_lossy(),
+                        "type": format!("{:?}", n.kind).to_lowercase(),
+                        "mode": format!("{:o}", n.mode),
+                        "size": n.size,
+                        "sha256": n.digest.map(|d| d.to_hex()),
+                        "target": (!n.target.is_empty()).then(|| String::from_utf8_lossy(&n.target).into_owned()),
+                    }))
+                    .collect::<Vec<_>>());
+                print_json(&v);
+            } else {
+                println!("generation {}  epoch {}  taken {}  committed {}", r.id(), r.epoch, fmt_time(r.taken_at_ns), fmt_time(r.committed_at_ns));
+                if let Some(l) = &r.label {
+                    println!("label {l}");
+                }
+                for n in &nodes {
+                    let sig = n.digest.map(|d| d.to_hex()).unwrap_or_else(|| "-".repeat(64));
+                    let extra = if n.target.is_empty() { String::new() } else { format!(" -> {}", String::from_utf8_lossy(&n.target)) };
+                    println!("{:<7} {:>5o} {:>12} {sig} {}{extra}", format!("{:?}", n.kind).to_lowercase(), n.mode, n.size, n.path_lossy());
+                }
+            }
+        }
+        ArchiveCmd::Verify { full, json } => {
+            let ar = open(&path)?;
+            let t = Instant::now();
+            let rep = ar.verify(full)?;
+            if json {
+                print_json(&serde_json::to_value(&rep)?);
+            } else {
+                println!(
+                    "{} verify of {}: {} generations, {} packs, {} chunks checked in {:.2} s",
+                    if full { "full" } else { "quick" },
+                    path.display(),
+                    rep.generations,
+                    rep.packs,
+                    rep.blobs_checked,
+                    t.elapsed().as_secs_f64()
+                );
+                for p in &rep.problems {
+                    println!("DAMAGED {}: {}", p.object, p.what);
+                    for u in &p.used_by {
+                        println!("    used by {u}");
+                    }
+                }
+                if rep.problems.is_empty() {
+                    println!("no problems found");
+                }
+            }
+            if !rep.problems.is_empty() {
+                return Ok(ExitCode::from(3));
+            }
+        }
+        ArchiveCmd::Prune {
+            dry_run,
+            keep_last,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            json,
+        } => {
+            let c = &cfg.retention;
+            let pol = Retention {
+                keep_last: keep_last.or(c.keep_last),
+                keep_hourly: keep_hourly.or(c.keep_hourly),
+                keep_daily: keep_daily.or(c.keep_daily),
+                keep_weekly: keep_weekly.or(c.keep_weekly),
+                keep_monthly: keep_monthly.or(c.keep_monthly),
+            };
+            if pol.is_empty() {
+                bail!("no retention policy: give --keep-last/--keep-hourly/--keep-daily/--keep-weekly/--keep-monthly or [retention] in the config");
+            }
+            let ar = open(&path)?;
+            let plan = ar.prune_plan(&pol)?;
+            if json {
+                print_json(&serde_json::to_value(&plan)?);
+            } else {
+                print!("{plan}");
+            }
+            if !dry_run {
+                let n = ar.apply_prune(&plan)?;
+                if !json {
+                    println!("removed {n} generations (run `pbs archive gc` to free their data)");
+                }
+            } else if !json {
+                println!("dry run: nothing removed");
+            }
+        }
+        ArchiveCmd::Gc { dry_run, no_wait, json } => {
+            let mut ar = open(&path)?;
+            let plan = ar.gc_plan(!no_wait)?;
+            if json {
+                print_json(&serde_json::to_value(&plan)?);
+            } else {
+                print!("{plan}");
+            }
+            if !dry_run {
+                let freed = ar.gc(&plan, !no_wait)?;
+                if !json {
+                    println!("gc done: freed {}", mb(freed));
+                }
+            } else if !json {
+                println!("dry run: nothing removed");
+            }
+        }
+        ArchiveCmd::Restore { gen, to, json } => {
+            let ar = open(&path)?;
+            let g = ar.resolve(&gen)?;
+            let t = Instant::now();
+            let rep = ar
+                .restore(&g, &to)
+                .with_context(|| format!("restoring {g} to {}", to.display()))?;
+            if json {
+                print_json(&json!({"generation": g.to_string(), "files": rep.files, "dirs": rep.dirs, "symlinks": rep.symlinks, "bytes": rep.bytes, "seconds": t.elapsed().as_secs_f64()}));
+            } else {
+                println!(
+                    "restored {g} to {} in {:.2} s: {} files, {} dirs, {} symlinks, {}",
+                    to.display(),
+                    t.elapsed().as_secs_f64(),
+                    rep.files,
+                    rep.dirs,
+                    rep.symlinks,
+                    mb(rep.bytes)
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
