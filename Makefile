@@ -1,0 +1,46 @@
+# pullback — top-level tasks. `make demo` and `make test` work on a fresh Debian 12
+# machine with the Rust toolchain: `deps` installs the rest.
+
+CARGO ?= cargo
+BENCH_DIR ?= /var/tmp/pullback-bench
+APT_PACKAGES := gcc make pkg-config rsync zstd time postgresql-client
+
+.PHONY: all deps build test lint unit e2e demo bench fmt clean
+
+all: build
+
+# System packages the build, tests and demo need (apt-get update first).
+deps:
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install the Rust toolchain (rustup) first"; exit 1; }
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
+
+build: deps
+	$(CARGO) build --workspace
+
+# One profile (dev, dependencies optimised) shared by the build, the unit tests
+# and the end-to-end tests, which run the binaries built here.
+test: deps lint
+	$(CARGO) build --workspace --all-targets
+	$(CARGO) nextest run --workspace --no-fail-fast
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+demo: build
+	bash deploy/demo.sh
+
+bench:
+	bash bench/bench.sh "$(BENCH_DIR)"
+
+clean:
+	$(CARGO) clean
