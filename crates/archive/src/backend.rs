@@ -21,7 +21,21 @@ pub trait Backend: Send + Sync {
     fn size(&self, key: &str) -> Result<u64>;
     /// Durably create `key` with `data`. Returns false (and changes nothing)
     /// when `key` already exists.
-    fn create(&self, key: &str, data: &[u8]) -> Result<bool>;
+    fn create(&self, key: &str, data: &[u8]) -> Result<bool> {
+        let s = self.stage(data)?;
+        let r = self.publish(&s, key);
+        self.discard(s);
+        r
+    }
+    /// Write `data` to a temporary object, not yet durable nor visible, so
+    /// that many writes can be flushed together by `publish`.
+    fn stage(&self, data: &[u8]) -> Result<Staged>;
+    /// Make a staged object durable and visible as `key` (never replacing an
+    /// existing one: returns false then). The staged object stays until
+    /// `discard`.
+    fn publish(&self, staged: &Staged, key: &str) -> Result<bool>;
+    /// Forget a staged object.
+    fn discard(&self, staged: Staged);
     /// Keys below the folder `prefix`, recursively, in no particular order.
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
     /// Remove `key`; a missing key is not an error.
@@ -34,6 +48,12 @@ pub trait Backend: Send + Sync {
 }
 
 pub trait LockGuard: Send {}
+
+/// A staged (temporary) object.
+#[derive(Debug)]
+pub struct Staged {
+    pub tmp: PathBuf,
+}
 
 /// The local filesystem: temp file, fsync, link into place, fsync the folder.
 pub struct LocalBackend {
@@ -144,12 +164,7 @@ impl Backend for LocalBackend {
         Ok(fs::metadata(&path).at(&path)?.len())
     }
 
-    fn create(&self, key: &str, data: &[u8]) -> Result<bool> {
-        let path = self.path(key);
-        let dir = path
-            .parent()
-            .ok_or_else(|| Error::Invalid(format!("bad key {key:?}")))?;
-        self.ensure_dir(dir)?;
+    fn stage(&self, data: &[u8]) -> Result<Staged> {
         let tmp_dir = self.root.join("tmp");
         self.ensure_dir(&tmp_dir)?;
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
@@ -159,16 +174,25 @@ impl Backend for LocalBackend {
             .create_new(true)
             .open(&tmp)
             .at(&tmp)?;
-        let written = f.write_all(data).and_then(|_| f.sync_all());
-        drop(f);
-        if let Err(e) = written {
+        if let Err(e) = f.write_all(data) {
+            drop(f);
             let _ = fs::remove_file(&tmp);
             return Err(e).at(&tmp);
         }
+        Ok(Staged { tmp })
+    }
+
+    fn publish(&self, staged: &Staged, key: &str) -> Result<bool> {
+        let path = self.path(key);
+        let dir = path
+            .parent()
+            .ok_or_else(|| Error::Invalid(format!("bad key {key:?}")))?;
+        self.ensure_dir(dir)?;
+        File::open(&staged.tmp)
+            .and_then(|f| f.sync_all())
+            .at(&staged.tmp)?;
         // link() never replaces: the commit point that cannot clobber.
-        let linked = fs::hard_link(&tmp, &path);
-        let _ = fs::remove_file(&tmp);
-        match linked {
+        match fs::hard_link(&staged.tmp, &path) {
             Ok(()) => {
                 fsync_dir(dir)?;
                 Ok(true)
@@ -176,6 +200,10 @@ impl Backend for LocalBackend {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
             Err(e) => Err(e).at(&path),
         }
+    }
+
+    fn discard(&self, staged: Staged) {
+        let _ = fs::remove_file(&staged.tmp);
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {

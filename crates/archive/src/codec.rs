@@ -6,8 +6,12 @@ use zstd_safe::{CCtx, CParameter, DCtx, DParameter};
 
 use crate::error::{corrupt, Result};
 
-/// Window large enough for the largest base plus the largest chunk.
-const WINDOW_LOG: u32 = 22;
+/// Window large enough for the largest prefix plus the largest chunk.
+const WINDOW_LOG: u32 = 23;
+/// zstd level of deltas (with long-distance matching).
+const DELTA_LEVEL: i32 = 1;
+/// Most bytes of reference prefix a delta may use.
+pub const MAX_PREFIX: usize = 3 << 20;
 
 fn zerr(code: usize) -> String {
     zstd_safe::get_error_name(code).to_owned()
@@ -21,7 +25,11 @@ pub fn encode(data: &[u8], base: Option<&[u8]>, level: i32) -> Result<Vec<u8>> {
         set(&mut cctx, CParameter::CompressionLevel(level))?;
         set(&mut cctx, CParameter::ChecksumFlag(false))?;
         if let Some(base) = base {
+            // Deltas: long-distance matching finds the long runs shared with
+            // the prefix, whatever its size; the fast strategy does the rest.
             set(&mut cctx, CParameter::WindowLog(WINDOW_LOG))?;
+            set(&mut cctx, CParameter::CompressionLevel(DELTA_LEVEL))?;
+            set(&mut cctx, CParameter::EnableLongDistanceMatching(true))?;
             cctx.ref_prefix(base).map_err(zerr)?;
         }
         let mut out = Vec::with_capacity(zstd_safe::compress_bound(data.len()));
@@ -68,10 +76,17 @@ mod tests {
         changed.splice(500_000..500_000, b"inserted row\n".iter().copied());
         let full = encode(&changed, None, 3).unwrap();
         let delta = encode(&changed, Some(&base), 3).unwrap();
-        assert!(delta.len() * 50 < full.len(), "{} vs {}", delta.len(), full.len());
+        assert!(
+            delta.len() * 50 < full.len(),
+            "{} vs {}",
+            delta.len(),
+            full.len()
+        );
         assert_eq!(decode(&delta, Some(&base), changed.len()).unwrap(), changed);
         // The wrong base, or none, does not silently decode to the right bytes.
-        assert!(decode(&delta, None, changed.len()).map(|d| d != changed).unwrap_or(true));
+        assert!(decode(&delta, None, changed.len())
+            .map(|d| d != changed)
+            .unwrap_or(true));
     }
 
     proptest! {

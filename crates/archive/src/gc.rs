@@ -64,7 +64,9 @@ impl Archive {
     fn live_set(&self) -> Result<DigestSet<ChunkId>> {
         let mut live = DigestSet::default();
         for g in self.generations()? {
-            let rec = self.record(&g).map_err(|e| unsafe_to_collect(&g.to_string(), e))?;
+            let rec = self
+                .record(&g)
+                .map_err(|e| unsafe_to_collect(&g.to_string(), e))?;
             let nodes = self
                 .manifest(&rec)
                 .map_err(|e| unsafe_to_collect(&g.to_string(), e))?;
@@ -73,9 +75,11 @@ impl Archive {
         }
         let mut stack: Vec<ChunkId> = live.iter().copied().collect();
         while let Some(id) = stack.pop() {
-            if let Some(b) = self.index.get(&id).and_then(|i| i.entry.base) {
-                if live.insert(b) {
-                    stack.push(b);
+            if let Some(info) = self.index.get(&id) {
+                for b in &info.entry.bases {
+                    if live.insert(*b) {
+                        stack.push(*b);
+                    }
                 }
             }
         }
@@ -130,7 +134,7 @@ impl Archive {
             } else if dead * 5 > *size {
                 plan.repack_packs.push(pack::key(pid));
                 plan.freed_bytes += dead;
-                copies.extend(entries.iter().filter(|(_, a)| *a).map(|(e, _)| *e));
+                copies.extend(entries.iter().filter(|(_, a)| *a).map(|(e, _)| e.clone()));
             }
         }
         plan.tmp_files = self.backend.list("tmp")?;
@@ -153,16 +157,18 @@ impl Archive {
         self.reload()?;
         let Sweep { plan, copies } = self.sweep()?;
         if plan != *shown {
-            tracing::info!("the archive changed since the plan was shown; running the current plan");
+            tracing::info!(
+                "the archive changed since the plan was shown; running the current plan"
+            );
         }
         let mut sink = PackSink::new(backend.as_ref());
         for e in &copies {
             // Decode and check before copying: damage is not propagated.
             self.chunk(&e.id)?;
             let (e, payload) = self.payload(&e.id)?;
-            sink.add(e.id, e.kind, e.base, e.depth, e.raw_len, e.features, &payload)?;
+            sink.add(e, &payload)?;
         }
-        sink.flush()?;
+        sink.publish()?;
         for key in plan.delete_packs.iter().chain(&plan.repack_packs) {
             backend.remove(key)?;
         }

@@ -8,7 +8,7 @@ use crate::id::{ChunkId, DigestMap, PackId};
 use crate::pack::{self, Entry};
 
 /// Where a blob lives and how to decode it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct BlobInfo {
     /// Position in `Index::packs`.
     pub pack: u32,
@@ -30,7 +30,7 @@ pub struct Index {
 impl Index {
     pub fn load(backend: &dyn Backend) -> Result<Index> {
         let keys = backend.list("packs")?;
-        let loaded: Vec<(String, Result<(PackId, u64, Vec<Entry>)>)> = keys
+        let loaded: Vec<(String, Result<PackTrailer>)> = keys
             .into_par_iter()
             .map(|k| {
                 let r = read_trailer(backend, &k);
@@ -40,21 +40,21 @@ impl Index {
         let mut idx = Index::default();
         for (key, r) in loaded {
             match r {
-                Ok((id, size, entries)) => idx.add_pack(id, size, &entries),
+                Ok((id, size, entries)) => idx.add_pack(id, size, entries),
                 Err(e) => idx.bad_packs.push((key, e)),
             }
         }
         Ok(idx)
     }
 
-    pub fn add_pack(&mut self, id: PackId, size: u64, entries: &[Entry]) {
+    pub fn add_pack(&mut self, id: PackId, size: u64, entries: Vec<Entry>) {
         let p = self.packs.len() as u32;
         self.packs.push(id);
         self.pack_sizes.push(size);
         for e in entries {
             if self
                 .blobs
-                .insert(e.id, BlobInfo { pack: p, entry: *e })
+                .insert(e.id, BlobInfo { pack: p, entry: e })
                 .is_some()
             {
                 self.duplicates += 1;
@@ -70,22 +70,30 @@ impl Index {
         self.blobs.contains_key(id)
     }
 
-    /// The full (depth 0) blob at the bottom of `id`'s delta chain.
-    pub fn root_of(&self, id: &ChunkId) -> Option<(ChunkId, u8)> {
-        let mut cur = *id;
-        for _ in 0..=u8::MAX {
-            let info = self.get(&cur)?;
-            match info.entry.base {
-                None => return Some((cur, 0)),
-                Some(b) => cur = b,
+    /// The full (depth 0) blobs at the bottom of `id`'s delta chains, in
+    /// the order their bytes are met.
+    pub fn roots_of(&self, id: &ChunkId) -> Vec<ChunkId> {
+        let mut out = Vec::new();
+        let mut stack = vec![(*id, 0u32)];
+        while let Some((cur, d)) = stack.pop() {
+            let Some(info) = self.get(&cur) else { continue };
+            if info.entry.bases.is_empty() {
+                if !out.contains(&cur) {
+                    out.push(cur);
+                }
+            } else if d <= u8::MAX as u32 {
+                stack.extend(info.entry.bases.iter().rev().map(|b| (*b, d + 1)));
             }
         }
-        None
+        out
     }
 }
 
+/// A pack's id, size and entries.
+pub type PackTrailer = (PackId, u64, Vec<Entry>);
+
 /// Read and check one pack's trailer.
-pub fn read_trailer(backend: &dyn Backend, key: &str) -> Result<(PackId, u64, Vec<Entry>)> {
+pub fn read_trailer(backend: &dyn Backend, key: &str) -> Result<PackTrailer> {
     let what = format!("pack {key}");
     let id = pack::id_from_key(key).ok_or_else(|| corrupt(&what, "name is not a pack id"))?;
     let size = backend.size(key)?;
@@ -94,12 +102,12 @@ pub fn read_trailer(backend: &dyn Backend, key: &str) -> Result<(PackId, u64, Ve
         return Err(corrupt(&what, format!("only {size} bytes long")));
     }
     let footer = backend.read_at(key, size - pack::FOOTER_LEN as u64, pack::FOOTER_LEN)?;
-    let (n, check) = pack::parse_footer(&footer, &what)?;
-    let tlen = n
-        .checked_mul(pack::ENTRY_LEN)
+    let f = pack::parse_footer(&footer, &what)?;
+    let tlen = f
+        .trailer_len()
         .filter(|&t| (t as u64) + min <= size)
-        .ok_or_else(|| corrupt(&what, format!("footer claims {n} entries")))?;
+        .ok_or_else(|| corrupt(&what, format!("footer claims {} entries", f.entries)))?;
     let trailer = backend.read_at(key, size - (pack::FOOTER_LEN + tlen) as u64, tlen)?;
-    let entries = pack::parse_trailer(&trailer, check, size, &what)?;
+    let entries = pack::parse_trailer(&trailer, &f, size, &what)?;
     Ok((id, size, entries))
 }

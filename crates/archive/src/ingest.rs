@@ -22,7 +22,7 @@ use crossbeam_channel::{bounded, Sender};
 use sha2::{Digest, Sha256};
 
 use crate::archive::{Archive, MAX_DEPTH};
-use crate::backend::Backend;
+use crate::backend::{Backend, Staged};
 use crate::chunker::{self, Features};
 use crate::codec;
 use crate::error::{Error, IoContext, Result};
@@ -112,20 +112,17 @@ fn walk(root: &Path, rel: &[u8], out: &mut Vec<Item>, warnings: &mut Vec<String>
 
 /// A compressed chunk on its way into a pack.
 struct NewBlob {
-    id: ChunkId,
-    kind: BlobKind,
-    base: Option<ChunkId>,
-    depth: u8,
-    raw_len: u32,
-    features: Features,
+    entry: Entry,
     payload: Vec<u8>,
 }
 
 /// What the workers share.
 struct Ctx<'a> {
     archive: &'a Archive,
-    /// Feature -> chunk of the previous generation that has it.
-    candidates: HashMap<u64, ChunkId>,
+    /// The previous generation's chunks, in file order.
+    prev_seq: Vec<ChunkRef>,
+    /// Feature -> first position in `prev_seq` of a chunk that has it.
+    candidates: HashMap<u64, usize>,
     /// Chunks this ingest has already taken on.
     claimed: Mutex<DigestSet<ChunkId>>,
     level: i32,
@@ -149,63 +146,134 @@ impl Ctx<'_> {
             return Ok((r, None));
         }
         let features = Features::of(data);
-        let mut blob = NewBlob {
+        let mut entry = Entry {
             id,
-            kind: BlobKind::Full,
-            base: None,
-            depth: 0,
+            bases: Vec::new(),
+            offset: 0,
+            stored_len: 0,
             raw_len: data.len() as u32,
+            depth: 0,
             features,
-            payload: Vec::new(),
         };
-        if let Some((base, depth)) = self.find_base(features) {
+        if let Some((bases, depth)) = self.find_bases(features) {
             // A damaged base only costs compression here; verify reports it.
-            if let Ok(bd) = self.archive.chunk(&base) {
-                let delta = codec::encode(data, Some(&bd), self.level)?;
-                if delta.len() <= data.len() / 8 {
-                    blob.kind = BlobKind::Delta;
-                    blob.base = Some(base);
-                    blob.depth = depth + 1;
-                    blob.payload = delta;
-                    return Ok((r, Some(blob)));
-                }
-                let full = codec::encode(data, None, self.level)?;
-                if delta.len() < full.len() {
-                    blob.kind = BlobKind::Delta;
-                    blob.base = Some(base);
-                    blob.depth = depth + 1;
-                    blob.payload = delta;
+            if let Ok(prefix) = self.archive.prefix_of(&bases, 1) {
+                let delta = codec::encode(data, Some(&prefix), self.level)?;
+                let good = delta.len() <= data.len() / 8;
+                let full = if good {
+                    None
                 } else {
-                    blob.payload = full;
+                    Some(codec::encode(data, None, self.level)?)
+                };
+                match full {
+                    Some(full) if full.len() <= delta.len() => {
+                        return Ok((
+                            r,
+                            Some(NewBlob {
+                                entry,
+                                payload: full,
+                            }),
+                        ))
+                    }
+                    _ => {
+                        entry.bases = bases;
+                        entry.depth = depth + 1;
+                        return Ok((
+                            r,
+                            Some(NewBlob {
+                                entry,
+                                payload: delta,
+                            }),
+                        ));
+                    }
                 }
-                return Ok((r, Some(blob)));
             }
         }
-        blob.payload = codec::encode(data, None, self.level)?;
-        Ok((r, Some(blob)))
+        let payload = codec::encode(data, None, self.level)?;
+        Ok((r, Some(NewBlob { entry, payload })))
     }
 
-    /// A similar chunk of the previous generation, and its chain depth; at the
-    /// depth limit, the full chunk at the bottom of its chain instead.
-    fn find_base(&self, f: Features) -> Option<(ChunkId, u8)> {
+    /// Chunks of the previous generation to delta against, found by content:
+    /// the run of chunks from the one sharing this chunk's first 64 bytes to
+    /// the one sharing its last 64 (or the matched one and its neighbour, when
+    /// only one end matched), so that a chunk whose boundaries moved is still
+    /// covered. Returns them with their deepest chain; at the depth limit, the
+    /// full chunks at the bottom of their chains instead.
+    fn find_bases(&self, f: Features) -> Option<(Vec<ChunkId>, u8)> {
+        let pos = |x: u64| (x != 0).then(|| self.candidates.get(&x).copied()).flatten();
+        let last = self.prev_seq.len().checked_sub(1)?;
+        let (lo, hi) = match (pos(f.0[0]), pos(f.0[1])) {
+            (Some(a), Some(c)) if a <= c && c - a < pack::MAX_BASES => (a, c),
+            (Some(a), _) => (a, (a + 1).min(last)),
+            (None, Some(c)) => (c.saturating_sub(1), c),
+            (None, None) => {
+                // Edges moved: vote with the inner anchors, then take the run
+                // of matched chunks around the most voted one.
+                let hits: Vec<usize> = f.0[2..].iter().filter_map(|&x| pos(x)).collect();
+                let best = *hits.iter().max_by_key(|&&p| {
+                    (
+                        hits.iter().filter(|&&q| q == p).count(),
+                        std::cmp::Reverse(p),
+                    )
+                })?;
+                let near = hits.iter().filter(|&&p| p.abs_diff(best) < pack::MAX_BASES);
+                let lo = near.clone().min().copied().unwrap_or(best);
+                let hi = near.max().copied().unwrap_or(best);
+                if hi - lo + 3 <= pack::MAX_BASES {
+                    (lo.saturating_sub(1), (hi + 1).min(last))
+                } else {
+                    (lo, hi)
+                }
+            }
+        };
         let index = &self.archive.index;
-        let base = f
-            .0
-            .iter()
-            .filter(|&&x| x != 0)
-            .find_map(|x| self.candidates.get(x))?;
-        let depth = index.get(base)?.entry.depth;
-        if depth < MAX_DEPTH {
-            Some((*base, depth))
-        } else {
-            index.root_of(base)
+        let mut bases: Vec<ChunkId> = Vec::new();
+        let mut bytes = 0usize;
+        for c in &self.prev_seq[lo..=hi] {
+            if bytes + c.1 as usize > codec::MAX_PREFIX {
+                break;
+            }
+            if !bases.contains(&c.0) && index.contains(&c.0) {
+                bases.push(c.0);
+                bytes += c.1 as usize;
+            }
         }
+        let depth_of = |ids: &[ChunkId]| {
+            ids.iter()
+                .filter_map(|b| index.get(b).map(|i| i.entry.depth))
+                .max()
+        };
+        let depth = depth_of(&bases)?;
+        if depth < MAX_DEPTH {
+            return Some((bases, depth));
+        }
+        let mut roots: Vec<ChunkId> = Vec::new();
+        let mut bytes = 0usize;
+        for r in bases.iter().flat_map(|b| index.roots_of(b)) {
+            let len = index.get(&r).map_or(0, |i| i.entry.raw_len as usize);
+            if roots.len() < pack::MAX_BASES
+                && bytes + len <= codec::MAX_PREFIX
+                && !roots.contains(&r)
+            {
+                roots.push(r);
+                bytes += len;
+            }
+        }
+        (!roots.is_empty()).then_some((roots, 0))
     }
 }
 
 enum Job {
-    Whole { fi: usize, path: PathBuf, meta: Metadata },
-    Chunk { fi: usize, ci: usize, data: Vec<u8> },
+    Whole {
+        fi: usize,
+        path: PathBuf,
+        meta: Metadata,
+    },
+    Chunk {
+        fi: usize,
+        ci: usize,
+        data: Vec<u8>,
+    },
 }
 
 enum Done {
@@ -310,7 +378,14 @@ fn stream_large(
         if ctx.abort.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        if jobs.send(Job::Chunk { fi, ci, data: c.data }).is_err() {
+        if jobs
+            .send(Job::Chunk {
+                fi,
+                ci,
+                data: c.data,
+            })
+            .is_err()
+        {
             return Ok(None);
         }
     }
@@ -322,11 +397,13 @@ fn stream_large(
     }))
 }
 
-/// Writes blobs into packs and keeps what it wrote.
+/// Writes blobs into packs, staged (written but not yet synced) until
+/// `publish` makes them all durable at once, before anything refers to them.
 pub(crate) struct PackSink<'a> {
     backend: &'a dyn Backend,
     writer: PackWriter,
     pub packs: Vec<(PackId, u64, Vec<Entry>)>,
+    staged: Vec<(Staged, String)>,
     pub added_bytes: u64,
     pub blobs: u64,
     pub deltas: u64,
@@ -338,29 +415,19 @@ impl<'a> PackSink<'a> {
             backend,
             writer: PackWriter::new(),
             packs: Vec::new(),
+            staged: Vec::new(),
             added_bytes: 0,
             blobs: 0,
             deltas: 0,
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn add(
-        &mut self,
-        id: ChunkId,
-        kind: BlobKind,
-        base: Option<ChunkId>,
-        depth: u8,
-        raw_len: u32,
-        features: Features,
-        payload: &[u8],
-    ) -> Result<()> {
-        self.writer
-            .add(id, kind, base, depth, raw_len, features, payload);
+    pub fn add(&mut self, e: Entry, payload: &[u8]) -> Result<()> {
         self.blobs += 1;
-        if kind == BlobKind::Delta {
+        if e.kind() == BlobKind::Delta {
             self.deltas += 1;
         }
+        self.writer.add(e, payload);
         if self.writer.is_full() {
             self.flush()?;
         }
@@ -368,7 +435,7 @@ impl<'a> PackSink<'a> {
     }
 
     fn add_blob(&mut self, b: NewBlob) -> Result<()> {
-        self.add(b.id, b.kind, b.base, b.depth, b.raw_len, b.features, &b.payload)
+        self.add(b.entry, &b.payload)
     }
 
     pub fn flush(&mut self) -> Result<()> {
@@ -377,10 +444,30 @@ impl<'a> PackSink<'a> {
         }
         let w = std::mem::take(&mut self.writer);
         let (id, bytes, entries) = w.finish();
-        self.backend.create(&pack::key(&id), &bytes)?;
+        let staged = self.backend.stage(&bytes)?;
+        self.staged.push((staged, pack::key(&id)));
         self.added_bytes += bytes.len() as u64;
         self.packs.push((id, bytes.len() as u64, entries));
         Ok(())
+    }
+
+    /// Flush, then make every staged pack durable and visible.
+    pub fn publish(&mut self) -> Result<()> {
+        self.flush()?;
+        for (staged, key) in std::mem::take(&mut self.staged) {
+            let r = self.backend.publish(&staged, &key);
+            self.backend.discard(staged);
+            r?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PackSink<'_> {
+    fn drop(&mut self) {
+        for (staged, _) in self.staged.drain(..) {
+            self.backend.discard(staged);
+        }
     }
 }
 
@@ -400,7 +487,10 @@ impl Archive {
             .map_err(|_| Error::Busy(format!("another ingest of {source} is running")))?;
         let meta = fs::metadata(dir).at(dir)?;
         if !meta.is_dir() {
-            return Err(Error::Invalid(format!("{} is not a directory", dir.display())));
+            return Err(Error::Invalid(format!(
+                "{} is not a directory",
+                dir.display()
+            )));
         }
         // Packs may have been added by others since we opened.
         self.reload()?;
@@ -426,25 +516,34 @@ impl Archive {
         let mut items = Vec::new();
         walk(dir, b"", &mut items, &mut warnings)?;
 
-        let mut candidates = HashMap::new();
-        let prev_chunks = prev_nodes
+        let prev_seq: Vec<ChunkRef> = prev_nodes
             .iter()
             .flat_map(|n| n.chunk_list())
-            .chain(prev.iter().flat_map(|p| p.manifest_chunks.iter().copied()));
-        for c in prev_chunks {
+            .chain(prev.iter().flat_map(|p| p.manifest_chunks.iter().copied()))
+            .collect();
+        // Feature -> first chunk that has it; features found in more than two
+        // chunks (repetitive content) point nowhere in particular: dropped.
+        let mut seen: HashMap<u64, (usize, u32)> = HashMap::new();
+        for (i, c) in prev_seq.iter().enumerate() {
             if let Some(info) = self.index.get(&c.0) {
                 for f in info.entry.features.0 {
                     if f != 0 {
-                        candidates.entry(f).or_insert(c.0);
+                        seen.entry(f).or_insert((i, 0)).1 += 1;
                     }
                 }
             }
         }
+        let candidates: HashMap<u64, usize> = seen
+            .into_iter()
+            .filter(|(_, (_, n))| *n <= 2)
+            .map(|(f, (i, _))| (f, i))
+            .collect();
         let prev_by_path: HashMap<&[u8], &Node> =
             prev_nodes.iter().map(|n| (&n.path[..], n)).collect();
 
         let ctx = Ctx {
             archive: self,
+            prev_seq,
             candidates,
             claimed: Mutex::new(DigestSet::default()),
             level: self.config.level,
@@ -522,7 +621,7 @@ impl Archive {
                 sink.add_blob(b)?;
             }
         }
-        sink.flush()?;
+        sink.publish()?;
         drop(ctx);
 
         stats.new_chunks = sink.blobs;
@@ -553,7 +652,7 @@ impl Archive {
             }));
         }
         for (id, size, entries) in std::mem::take(&mut sink.packs) {
-            self.index.add_pack(id, size, &entries);
+            self.index.add_pack(id, size, entries);
         }
         tracing::info!(gen = %record.id(), files = record.stats.files, added = record.stats.added_bytes, "committed");
         Ok(IngestReport { record, warnings })
@@ -649,7 +748,11 @@ impl Archive {
                         let n = &mut nodes[fi];
                         n.digest = Some(digest);
                         n.size = chunks.iter().map(|c| c.1 as u64).sum();
-                        n.chunks = if chunks.len() == 1 { Vec::new() } else { chunks };
+                        n.chunks = if chunks.len() == 1 {
+                            Vec::new()
+                        } else {
+                            chunks
+                        };
                         Ok(())
                     }
                     Done::Chunk { fi, ci, r, blob } => {
@@ -685,7 +788,12 @@ impl Archive {
                 .unwrap_or_default()
                 .into_iter()
                 .collect::<Option<_>>()
-                .ok_or_else(|| Error::Invalid(format!("{}: chunks lost in the pipeline", items[fi].abs.display())))?;
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "{}: chunks lost in the pipeline",
+                        items[fi].abs.display()
+                    ))
+                })?;
             let n = &mut nodes[fi];
             n.digest = Some(digest);
             n.size = size;

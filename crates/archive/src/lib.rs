@@ -18,7 +18,18 @@ pub use error::{Error, Result};
 pub use id::{ChunkId, Epoch, FileDigest, GenId, PackId, Seq, SourceName};
 pub use ingest::{IngestOptions, IngestReport};
 pub use manifest::{GenRecord, Node, NodeKind};
-pub mod restore;
-pub mod prune;
-pub mod verify;
 pub mod gc;
+pub mod prune;
+pub mod restore;
+pub mod verify;
+
+/// Make the C allocator hand large buffers back to the system as soon as they
+/// are freed (glibc otherwise raises its mmap threshold after the first free
+/// and keeps every worker's chunk buffers resident). Call once, early.
+pub fn tune_allocator() {
+    // SAFETY: mallopt only sets allocator parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
+}

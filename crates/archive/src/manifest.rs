@@ -69,7 +69,8 @@ impl Node {
         if p.is_empty()
             || p[0] == b'/'
             || p.contains(&0)
-            || p.split(|&b| b == b'/').any(|c| c.is_empty() || c == b"." || c == b"..")
+            || p.split(|&b| b == b'/')
+                .any(|c| c.is_empty() || c == b"." || c == b"..")
         {
             return Err(format!("unsafe path {:?}", self.path_lossy()));
         }
@@ -234,7 +235,10 @@ mod tests {
     #[test]
     fn manifest_rejects_unsafe_paths() {
         let good = vec![file("a/b", b"xyz")];
-        assert_eq!(decode_manifest(&encode_manifest(&good).unwrap(), "m").unwrap(), good);
+        assert_eq!(
+            decode_manifest(&encode_manifest(&good).unwrap(), "m").unwrap(),
+            good
+        );
         for bad in ["../etc/passwd", "/abs", "a//b", "a/./b", ""] {
             let m = encode_manifest(&[file(bad, b"x")]).unwrap();
             assert!(decode_manifest(&m, "m").is_err(), "{bad:?} accepted");

@@ -9,75 +9,93 @@ use crate::id::{ChunkId, PackId};
 
 pub const MAGIC: &[u8; 8] = b"PBPACK\0\x01";
 pub const END_MAGIC: &[u8; 8] = b"PBPKEND1";
-pub const ENTRY_LEN: usize = 96;
+pub const ENTRY_LEN: usize = 128;
 pub const FOOTER_LEN: usize = 24;
 /// A pack is closed once it holds this many bytes.
 pub const TARGET_SIZE: usize = 16 << 20;
+
+/// Most chunks a delta may use as its reference.
+pub const MAX_BASES: usize = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BlobKind {
     /// zstd frame of the chunk.
     Full = 0,
-    /// zstd frame of the chunk compressed with its base chunk as prefix.
+    /// zstd frame of the chunk compressed with its base chunks as prefix.
     Delta = 1,
 }
 
 /// One blob's trailer entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub id: ChunkId,
-    pub base: Option<ChunkId>,
+    /// The chunks whose plain bytes, concatenated in this order, are the
+    /// reference prefix of a delta; empty for a full blob.
+    pub bases: Vec<ChunkId>,
     pub offset: u32,
     pub stored_len: u32,
     pub raw_len: u32,
-    pub kind: BlobKind,
-    /// Length of the delta chain below this blob (0 for a full blob).
+    /// Longest delta chain below this blob (0 for a full blob).
     pub depth: u8,
     pub features: Features,
 }
 
 impl Entry {
+    pub fn kind(&self) -> BlobKind {
+        if self.bases.is_empty() {
+            BlobKind::Full
+        } else {
+            BlobKind::Delta
+        }
+    }
+
     fn write(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.id.0);
-        out.extend_from_slice(&self.base.map(|b| b.0).unwrap_or([0; 32]));
+        out.extend_from_slice(&self.bases.first().map(|b| b.0).unwrap_or([0; 32]));
         out.extend_from_slice(&self.offset.to_le_bytes());
         out.extend_from_slice(&self.stored_len.to_le_bytes());
         out.extend_from_slice(&self.raw_len.to_le_bytes());
-        out.push(self.kind as u8);
+        out.push(self.kind() as u8);
         out.push(self.depth);
-        out.extend_from_slice(&[0, 0]);
-        out.extend_from_slice(&self.features.0[0].to_le_bytes());
-        out.extend_from_slice(&self.features.0[1].to_le_bytes());
+        out.push(self.bases.len() as u8);
+        out.push(0);
+        for f in self.features.0 {
+            out.extend_from_slice(&f.to_le_bytes());
+        }
     }
 
-    fn read(b: &[u8]) -> std::result::Result<Self, String> {
+    /// Parse a fixed entry; returns it with its first base only and the
+    /// number of bases it declares.
+    fn read(b: &[u8]) -> std::result::Result<(Self, usize), String> {
         let arr32 = |o: usize| -> [u8; 32] { b[o..o + 32].try_into().unwrap_or([0; 32]) };
         let u32at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or([0; 4]));
         let u64at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
-        let base = arr32(32);
-        let kind = match b[76] {
-            0 => BlobKind::Full,
-            1 => BlobKind::Delta,
+        let nbases = b[78] as usize;
+        let kind_ok = match b[76] {
+            0 => nbases == 0 && arr32(32) == [0; 32],
+            1 => (1..=MAX_BASES).contains(&nbases),
             k => return Err(format!("unknown blob kind {k}")),
         };
-        let base = if base == [0; 32] {
-            None
-        } else {
-            Some(ChunkId(base))
-        };
-        if (kind == BlobKind::Delta) != base.is_some() {
-            return Err("delta blob without base, or full blob with one".into());
+        if !kind_ok {
+            return Err(format!("blob kind {} with {nbases} bases", b[76]));
         }
-        Ok(Entry {
-            id: ChunkId(arr32(0)),
-            base,
-            offset: u32at(64),
-            stored_len: u32at(68),
-            raw_len: u32at(72),
-            kind,
-            depth: b[77],
-            features: Features([u64at(80), u64at(88)]),
-        })
+        let bases = if nbases > 0 {
+            vec![ChunkId(arr32(32))]
+        } else {
+            vec![]
+        };
+        Ok((
+            Entry {
+                id: ChunkId(arr32(0)),
+                bases,
+                offset: u32at(64),
+                stored_len: u32at(68),
+                raw_len: u32at(72),
+                depth: b[77],
+                features: Features(std::array::from_fn(|k| u64at(80 + 8 * k))),
+            },
+            nbases,
+        ))
     }
 }
 
@@ -122,31 +140,12 @@ impl PackWriter {
         self.buf.len() >= TARGET_SIZE
     }
 
-    /// Append an encoded blob; returns its entry.
-    #[allow(clippy::too_many_arguments)]
-    pub fn add(
-        &mut self,
-        id: ChunkId,
-        kind: BlobKind,
-        base: Option<ChunkId>,
-        depth: u8,
-        raw_len: u32,
-        features: Features,
-        payload: &[u8],
-    ) -> Entry {
-        let e = Entry {
-            id,
-            base,
-            offset: self.buf.len() as u32,
-            stored_len: payload.len() as u32,
-            raw_len,
-            kind,
-            depth,
-            features,
-        };
+    /// Append an encoded blob (its entry's offset and length are set here).
+    pub fn add(&mut self, mut e: Entry, payload: &[u8]) {
+        e.offset = self.buf.len() as u32;
+        e.stored_len = payload.len() as u32;
         self.buf.extend_from_slice(payload);
         self.entries.push(e);
-        e
     }
 
     /// Close the pack: its id, bytes and entries.
@@ -155,10 +154,18 @@ impl PackWriter {
         for e in &self.entries {
             e.write(&mut self.buf);
         }
+        // Bases after the first, in entry order.
+        let mut extra = 0u32;
+        for e in &self.entries {
+            for b in e.bases.iter().skip(1) {
+                self.buf.extend_from_slice(&b.0);
+                extra += 1;
+            }
+        }
         let check = Sha256::digest(&self.buf[start..]);
         self.buf
             .extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
-        self.buf.extend_from_slice(&[0; 4]);
+        self.buf.extend_from_slice(&extra.to_le_bytes());
         self.buf.extend_from_slice(&check[..8]);
         self.buf.extend_from_slice(END_MAGIC);
         let id = PackId::of(&self.buf);
@@ -166,36 +173,66 @@ impl PackWriter {
     }
 }
 
-/// Parse a pack's footer (its last FOOTER_LEN bytes): how many entries.
-pub fn parse_footer(footer: &[u8], what: &str) -> Result<(usize, [u8; 8])> {
+/// A pack's footer: entry count, extra base count, trailer checksum.
+pub struct Footer {
+    pub entries: usize,
+    pub extra_bases: usize,
+    pub check: [u8; 8],
+}
+
+impl Footer {
+    /// Bytes of the trailer this footer describes.
+    pub fn trailer_len(&self) -> Option<usize> {
+        self.entries
+            .checked_mul(ENTRY_LEN)?
+            .checked_add(self.extra_bases.checked_mul(32)?)
+    }
+}
+
+/// Parse a pack's footer (its last FOOTER_LEN bytes).
+pub fn parse_footer(footer: &[u8], what: &str) -> Result<Footer> {
     if footer.len() != FOOTER_LEN || &footer[16..24] != END_MAGIC {
         return Err(corrupt(what, "pack footer magic missing"));
     }
-    let n = u32::from_le_bytes(footer[0..4].try_into().unwrap_or([0; 4])) as usize;
-    let check: [u8; 8] = footer[8..16].try_into().unwrap_or([0; 8]);
-    Ok((n, check))
+    let u32at =
+        |o: usize| u32::from_le_bytes(footer[o..o + 4].try_into().unwrap_or([0; 4])) as usize;
+    Ok(Footer {
+        entries: u32at(0),
+        extra_bases: u32at(4),
+        check: footer[8..16].try_into().unwrap_or([0; 8]),
+    })
 }
 
 /// Parse the trailer entries and check them against the pack's size.
-pub fn parse_trailer(
-    trailer: &[u8],
-    check: [u8; 8],
-    pack_size: u64,
-    what: &str,
-) -> Result<Vec<Entry>> {
-    if Sha256::digest(trailer)[..8] != check {
+pub fn parse_trailer(trailer: &[u8], f: &Footer, pack_size: u64, what: &str) -> Result<Vec<Entry>> {
+    if Sha256::digest(trailer)[..8] != f.check {
         return Err(corrupt(what, "pack trailer checksum mismatch"));
     }
+    if Some(trailer.len()) != f.trailer_len() {
+        return Err(corrupt(what, "trailer length does not match the footer"));
+    }
     let data_end = pack_size - (trailer.len() + FOOTER_LEN) as u64;
-    let mut out = Vec::with_capacity(trailer.len() / ENTRY_LEN);
-    for (i, b) in trailer.chunks_exact(ENTRY_LEN).enumerate() {
-        let e = Entry::read(b).map_err(|why| corrupt(what, format!("entry {i}: {why}")))?;
+    let (fixed, extra) = trailer.split_at(f.entries * ENTRY_LEN);
+    let mut extra = extra.chunks_exact(32);
+    let mut out = Vec::with_capacity(f.entries);
+    for (i, b) in fixed.chunks_exact(ENTRY_LEN).enumerate() {
+        let (mut e, nbases) =
+            Entry::read(b).map_err(|why| corrupt(what, format!("entry {i}: {why}")))?;
+        for _ in 1..nbases {
+            let b = extra
+                .next()
+                .ok_or_else(|| corrupt(what, format!("entry {i}: bases missing")))?;
+            e.bases.push(ChunkId(b.try_into().unwrap_or([0; 32])));
+        }
         if (e.offset as u64) < MAGIC.len() as u64
             || e.offset as u64 + e.stored_len as u64 > data_end
         {
             return Err(corrupt(what, format!("entry {i} points outside the pack")));
         }
         out.push(e);
+    }
+    if extra.next().is_some() {
+        return Err(corrupt(what, "more bases than entries use"));
     }
     Ok(out)
 }
@@ -204,26 +241,41 @@ pub fn parse_trailer(
 mod tests {
     use super::*;
 
+    fn entry(data: &[u8], bases: Vec<ChunkId>) -> Entry {
+        Entry {
+            id: ChunkId::of(data),
+            depth: bases.len() as u8,
+            bases,
+            offset: 0,
+            stored_len: 0,
+            raw_len: data.len() as u32,
+            features: Features([1, 2, 3, 4, 5, 6]),
+        }
+    }
+
     #[test]
     fn pack_round_trip() {
         let mut w = PackWriter::new();
         let a = ChunkId::of(b"a");
         let b = ChunkId::of(b"b");
-        w.add(a, BlobKind::Full, None, 0, 1, Features([1, 2]), b"AAAA");
-        w.add(b, BlobKind::Delta, Some(a), 1, 1, Features([3, 4]), b"BB");
+        w.add(entry(b"a", vec![]), b"AAAA");
+        w.add(entry(b"b", vec![a]), b"BB");
+        w.add(entry(b"c", vec![a, b, a]), b"C");
         let (id, bytes, entries) = w.finish();
         assert_eq!(id, PackId::of(&bytes));
         let size = bytes.len() as u64;
-        let (n, check) = parse_footer(&bytes[bytes.len() - FOOTER_LEN..], "p").unwrap();
-        assert_eq!(n, 2);
-        let t0 = bytes.len() - FOOTER_LEN - n * ENTRY_LEN;
-        let parsed = parse_trailer(&bytes[t0..bytes.len() - FOOTER_LEN], check, size, "p").unwrap();
+        let f = parse_footer(&bytes[bytes.len() - FOOTER_LEN..], "p").unwrap();
+        assert_eq!((f.entries, f.extra_bases), (3, 2));
+        let t0 = bytes.len() - FOOTER_LEN - f.trailer_len().unwrap();
+        let trailer = &bytes[t0..bytes.len() - FOOTER_LEN];
+        let parsed = parse_trailer(trailer, &f, size, "p").unwrap();
         assert_eq!(parsed, entries);
+        assert_eq!(parsed[2].bases, vec![a, b, a]);
         assert_eq!(&bytes[parsed[1].offset as usize..][..2], b"BB");
         // A flipped trailer byte is caught.
-        let mut bad = bytes[t0..bytes.len() - FOOTER_LEN].to_vec();
+        let mut bad = trailer.to_vec();
         bad[70] ^= 1;
-        assert!(parse_trailer(&bad, check, size, "p").is_err());
+        assert!(parse_trailer(&bad, &f, size, "p").is_err());
         assert_eq!(id_from_key(&key(&id)), Some(id));
     }
 }

@@ -72,7 +72,9 @@ pub fn plan(records: &[GenRecord], pol: &Retention) -> PrunePlan {
     type Bucket = fn(i64) -> i64;
     let rules: [(&str, Option<u32>, Bucket); 5] = [
         ("last", pol.keep_last, |_| 0),
-        ("hourly", pol.keep_hourly, |ns| ns.div_euclid(3_600_000_000_000)),
+        ("hourly", pol.keep_hourly, |ns| {
+            ns.div_euclid(3_600_000_000_000)
+        }),
         ("daily", pol.keep_daily, |ns| {
             let d = at(ns);
             d.year() as i64 * 1000 + d.ordinal() as i64
@@ -99,7 +101,11 @@ pub fn plan(records: &[GenRecord], pol: &Retention) -> PrunePlan {
                 if kept >= n {
                     break;
                 }
-                let b = if name == "last" { i as i64 } else { bucket(r.taken_at_ns) };
+                let b = if name == "last" {
+                    i as i64
+                } else {
+                    bucket(r.taken_at_ns)
+                };
                 if last != Some(b) {
                     last = Some(b);
                     kept += 1;
@@ -131,7 +137,9 @@ pub fn plan(records: &[GenRecord], pol: &Retention) -> PrunePlan {
 impl Archive {
     pub fn prune_plan(&self, pol: &Retention) -> Result<PrunePlan> {
         if pol.is_empty() {
-            return Err(Error::Invalid("no retention rule given: nothing would be kept".into()));
+            return Err(Error::Invalid(
+                "no retention rule given: nothing would be kept".into(),
+            ));
         }
         let mut records = Vec::new();
         for g in self.generations()? {
@@ -179,19 +187,42 @@ mod tests {
     }
 
     fn kept(p: &PrunePlan) -> Vec<String> {
-        p.items.iter().filter(|i| i.keep).map(|i| i.generation.clone()).collect()
+        p.items
+            .iter()
+            .filter(|i| i.keep)
+            .map(|i| i.generation.clone())
+            .collect()
     }
 
     #[test]
     fn keep_last_and_daily() {
         // Every 6 hours over 3 days: seq 1..=12.
         let recs: Vec<_> = (0..12).map(|i| rec("db", i + 1, i as i64 * 6)).collect();
-        let p = plan(&recs, &Retention { keep_last: Some(2), ..Default::default() });
+        let p = plan(
+            &recs,
+            &Retention {
+                keep_last: Some(2),
+                ..Default::default()
+            },
+        );
         assert_eq!(kept(&p), ["db/12", "db/11"]);
-        let p = plan(&recs, &Retention { keep_daily: Some(2), ..Default::default() });
+        let p = plan(
+            &recs,
+            &Retention {
+                keep_daily: Some(2),
+                ..Default::default()
+            },
+        );
         // Newest of each of the two newest days: day 3 = seq 9..12, day 2 = 5..8.
         assert_eq!(kept(&p), ["db/12", "db/8"]);
-        let p = plan(&recs, &Retention { keep_last: Some(1), keep_daily: Some(3), ..Default::default() });
+        let p = plan(
+            &recs,
+            &Retention {
+                keep_last: Some(1),
+                keep_daily: Some(3),
+                ..Default::default()
+            },
+        );
         assert_eq!(kept(&p), ["db/12", "db/8", "db/4"]);
         assert_eq!(p.items[0].reasons, ["last 1/1", "daily 1/3"]);
         assert_eq!(p.removed().count(), 9);
@@ -200,7 +231,13 @@ mod tests {
     #[test]
     fn newest_is_always_kept_and_sources_are_separate() {
         let recs = vec![rec("a", 1, 0), rec("a", 2, 1), rec("b", 7, 0)];
-        let p = plan(&recs, &Retention { keep_monthly: Some(0), ..Default::default() });
+        let p = plan(
+            &recs,
+            &Retention {
+                keep_monthly: Some(0),
+                ..Default::default()
+            },
+        );
         assert_eq!(kept(&p), ["a/2", "b/7"]);
         assert_eq!(p.items[0].reasons, ["newest of its source"]);
     }
@@ -209,10 +246,22 @@ mod tests {
     fn weekly_and_monthly_buckets() {
         // One a day for 60 days.
         let recs: Vec<_> = (0..60).map(|i| rec("s", i + 1, i as i64 * 24)).collect();
-        let p = plan(&recs, &Retention { keep_monthly: Some(3), ..Default::default() });
+        let p = plan(
+            &recs,
+            &Retention {
+                keep_monthly: Some(3),
+                ..Default::default()
+            },
+        );
         // Jan 31 (seq 31), Feb 28 (seq 59), Mar 1 (seq 60).
         assert_eq!(kept(&p), ["s/60", "s/59", "s/31"]);
-        let p = plan(&recs, &Retention { keep_weekly: Some(2), ..Default::default() });
+        let p = plan(
+            &recs,
+            &Retention {
+                keep_weekly: Some(2),
+                ..Default::default()
+            },
+        );
         // 2026-03-01 is a Sunday (end of ISO week 9): seq 60; week 8 ends Feb 22 = seq 53.
         assert_eq!(kept(&p), ["s/60", "s/53"]);
     }

@@ -124,9 +124,9 @@ impl Archive {
         }
         let write_one = |i: usize| -> Result<()> {
             let c = chunks[i];
-            let data = self.chunk(&c.0).map_err(|e| {
-                Error::Invalid(format!("cannot restore {}: {e}", n.path_lossy()))
-            })?;
+            let data = self
+                .chunk(&c.0)
+                .map_err(|e| Error::Invalid(format!("cannot restore {}: {e}", n.path_lossy())))?;
             f.write_all_at(&data, offsets[i]).at(p)
         };
         if chunks.len() > 2 {

@@ -52,8 +52,8 @@ impl Archive {
         }
         let mut damaged: DigestMap<ChunkId, String> = DigestMap::default();
         for (id, info) in &self.index.blobs {
-            if let Some(b) = info.entry.base {
-                if !self.index.contains(&b) {
+            for b in &info.entry.bases {
+                if !self.index.contains(b) {
                     damaged.insert(*id, format!("its delta base {b} is missing"));
                 }
             }
@@ -65,19 +65,30 @@ impl Archive {
                 let key = pack::key(pid);
                 match self.backend.read(&key) {
                     Ok(b) if PackId::of(&b) == *pid => {}
-                    Ok(_) => pack_problems.lock().unwrap_or_else(|p| p.into_inner()).push(Problem {
-                        object: format!("pack {key}"),
-                        what: "content does not match its name (SHA-256); see the chunks below".into(),
-                        used_by: vec![],
-                    }),
-                    Err(e) => pack_problems.lock().unwrap_or_else(|p| p.into_inner()).push(Problem {
-                        object: format!("pack {key}"),
-                        what: e.to_string(),
-                        used_by: vec![],
-                    }),
+                    Ok(_) => pack_problems
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(Problem {
+                            object: format!("pack {key}"),
+                            what: "content does not match its name (SHA-256); see the chunks below"
+                                .into(),
+                            used_by: vec![],
+                        }),
+                    Err(e) => pack_problems
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(Problem {
+                            object: format!("pack {key}"),
+                            what: e.to_string(),
+                            used_by: vec![],
+                        }),
                 }
             });
-            problems.extend(pack_problems.into_inner().unwrap_or_else(|p| p.into_inner()));
+            problems.extend(
+                pack_problems
+                    .into_inner()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
             let ids: Vec<ChunkId> = self.index.blobs.keys().copied().collect();
             let bad: Vec<(ChunkId, String)> = ids
                 .par_iter()
@@ -112,7 +123,11 @@ impl Archive {
                 } else {
                     return;
                 };
-                users.entry(*id).or_insert_with(|| (why, Vec::new())).1.push(user);
+                users
+                    .entry(*id)
+                    .or_insert_with(|| (why, Vec::new()))
+                    .1
+                    .push(user);
             };
             for c in &rec.manifest_chunks {
                 note(&c.0, format!("{g} (its file list)"));

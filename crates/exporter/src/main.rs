@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "exporter", version, about = "pullback exporter (main node): runs the export hook and serves the snapshot to the PBS")]
+#[command(
+    name = "exporter",
+    version,
+    about = "pullback exporter (main node): runs the export hook and serves the snapshot to the PBS"
+)]
 struct Cli {
     /// Configuration file (TOML).
     #[arg(long)]

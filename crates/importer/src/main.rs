@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "importer", version, about = "pullback importer (clone): receives generations, restores them atomically and runs the import and verify hooks")]
+#[command(
+    name = "importer",
+    version,
+    about = "pullback importer (clone): receives generations, restores them atomically and runs the import and verify hooks"
+)]
 struct Cli {
     /// Configuration file (TOML).
     #[arg(long)]

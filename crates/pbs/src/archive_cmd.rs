@@ -112,7 +112,9 @@ fn fmt_time(ns: i64) -> String {
 
 fn parse_time(s: &str) -> Result<i64> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .with_context(|| format!("--taken-at {s:?} is not an RFC 3339 time (e.g. 2026-11-22T01:00:00Z)"))?;
+        .with_context(|| {
+            format!("--taken-at {s:?} is not an RFC 3339 time (e.g. 2026-11-22T01:00:00Z)")
+        })?;
     Ok(t.unix_timestamp_nanos() as i64)
 }
 
@@ -204,14 +206,20 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
             let ar = open(&path)?;
             let mut rows = Vec::new();
             for g in ar.generations()? {
-                rows.push(ar.record(&g).with_context(|| format!("reading generation {g}"))?);
+                rows.push(
+                    ar.record(&g)
+                        .with_context(|| format!("reading generation {g}"))?,
+                );
             }
             if json {
                 print_json(&json!(rows.iter().map(record_json).collect::<Vec<_>>()));
             } else if rows.is_empty() {
                 println!("no generations");
             } else {
-                println!("{:<24} {:>6} {:<20} {:>8} {:>12} {:>12}", "GENERATION", "EPOCH", "TAKEN AT", "FILES", "SIZE", "ADDED");
+                println!(
+                    "{:<24} {:>6} {:<20} {:>8} {:>12} {:>12}",
+                    "GENERATION", "EPOCH", "TAKEN AT", "FILES", "SIZE", "ADDED"
+                );
                 for r in &rows {
                     println!(
                         "{:<24} {:>6} {:<20} {:>8} {:>12} {:>12}",
@@ -245,14 +253,33 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
                     .collect::<Vec<_>>());
                 print_json(&v);
             } else {
-                println!("generation {}  epoch {}  taken {}  committed {}", r.id(), r.epoch, fmt_time(r.taken_at_ns), fmt_time(r.committed_at_ns));
+                println!(
+                    "generation {}  epoch {}  taken {}  committed {}",
+                    r.id(),
+                    r.epoch,
+                    fmt_time(r.taken_at_ns),
+                    fmt_time(r.committed_at_ns)
+                );
                 if let Some(l) = &r.label {
                     println!("label {l}");
                 }
                 for n in &nodes {
-                    let sig = n.digest.map(|d| d.to_hex()).unwrap_or_else(|| "-".repeat(64));
-                    let extra = if n.target.is_empty() { String::new() } else { format!(" -> {}", String::from_utf8_lossy(&n.target)) };
-                    println!("{:<7} {:>5o} {:>12} {sig} {}{extra}", format!("{:?}", n.kind).to_lowercase(), n.mode, n.size, n.path_lossy());
+                    let sig = n
+                        .digest
+                        .map(|d| d.to_hex())
+                        .unwrap_or_else(|| "-".repeat(64));
+                    let extra = if n.target.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" -> {}", String::from_utf8_lossy(&n.target))
+                    };
+                    println!(
+                        "{:<7} {:>5o} {:>12} {sig} {}{extra}",
+                        format!("{:?}", n.kind).to_lowercase(),
+                        n.mode,
+                        n.size,
+                        n.path_lossy()
+                    );
                 }
             }
         }
@@ -322,7 +349,11 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
                 println!("dry run: nothing removed");
             }
         }
-        ArchiveCmd::Gc { dry_run, no_wait, json } => {
+        ArchiveCmd::Gc {
+            dry_run,
+            no_wait,
+            json,
+        } => {
             let mut ar = open(&path)?;
             let plan = ar.gc_plan(!no_wait)?;
             if json {
@@ -347,7 +378,9 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
                 .restore(&g, &to)
                 .with_context(|| format!("restoring {g} to {}", to.display()))?;
             if json {
-                print_json(&json!({"generation": g.to_string(), "files": rep.files, "dirs": rep.dirs, "symlinks": rep.symlinks, "bytes": rep.bytes, "seconds": t.elapsed().as_secs_f64()}));
+                print_json(
+                    &json!({"generation": g.to_string(), "files": rep.files, "dirs": rep.dirs, "symlinks": rep.symlinks, "bytes": rep.bytes, "seconds": t.elapsed().as_secs_f64()}),
+                );
             } else {
                 println!(
                     "restored {g} to {} in {:.2} s: {} files, {} dirs, {} symlinks, {}",

@@ -46,7 +46,8 @@ mod tests {
     fn unknown_keys_are_named() {
         let e = toml::from_str::<Config>("[archive]\npaht = \"/x\"\n").unwrap_err();
         assert!(e.to_string().contains("paht"), "{e}");
-        let c: Config = toml::from_str("[archive]\npath = \"/x\"\n[retention]\nkeep_last = 3\n").unwrap();
+        let c: Config =
+            toml::from_str("[archive]\npath = \"/x\"\n[retention]\nkeep_last = 3\n").unwrap();
         assert_eq!(c.archive.path, Some(PathBuf::from("/x")));
         assert_eq!(c.retention.keep_last, Some(3));
     }

@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "pbs", version, about = "pullback pull-backup server: archive, verify, prune, push to clones")]
+#[command(
+    name = "pbs",
+    version,
+    about = "pullback pull-backup server: archive, verify, prune, push to clones"
+)]
 struct Cli {
     /// Configuration file (TOML).
     #[arg(long, global = true)]
@@ -32,6 +36,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    archive::tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PULLBACK_LOG")
