@@ -244,61 +244,87 @@ impl Archive {
     /// A chunk's plain content, decoded through its delta chain and checked
     /// against its id. Damaged data is an error, never returned.
     pub fn chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        let a = self.decoded(id, 0)?;
+        let a = decode_from(self, &self.cache, id, 0)?;
         Ok(Arc::try_unwrap(a).unwrap_or_else(|a| (*a).clone()))
     }
 
     /// The reference prefix of a delta: its bases' bytes, concatenated.
     pub(crate) fn prefix_of(&self, bases: &[ChunkId], depth: u32) -> Result<Vec<u8>> {
-        let parts = bases
-            .iter()
-            .map(|b| match self.cache.get(b) {
-                Some(d) => Ok(d),
-                None => {
-                    let d = self.decoded(b, depth)?;
-                    self.cache.put(*b, d.clone());
-                    Ok(d)
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
-        for p in parts {
-            out.extend_from_slice(&p);
-        }
-        Ok(out)
+        prefix_from(self, &self.cache, bases, depth)
     }
+}
 
-    fn decoded(&self, id: &ChunkId, depth: u32) -> Result<Arc<Vec<u8>>> {
-        if depth > MAX_DEPTH as u32 + 1 {
-            return Err(Error::DamagedChunk(
-                *id,
-                "delta chain too long or cyclic".into(),
-            ));
-        }
-        let (e, payload) = self.payload(id)?;
-        let prefix = if e.bases.is_empty() {
-            None
-        } else {
-            Some(
-                self.prefix_of(&e.bases, depth + 1)
-                    .map_err(|err| match err {
-                        Error::DamagedChunk(..) | Error::MissingChunk(_) => {
-                            Error::DamagedChunk(*id, format!("a delta base is unusable: {err}"))
-                        }
-                        other => other,
-                    })?,
-            )
-        };
-        let data = codec::decode(&payload, prefix.as_deref(), e.raw_len as usize)
-            .map_err(|err| Error::DamagedChunk(*id, err.to_string()))?;
-        if ChunkId::of(&data) != *id {
-            return Err(Error::DamagedChunk(
-                *id,
-                "content does not match its SHA-256".into(),
-            ));
-        }
-        Ok(Arc::new(data))
+/// Where blobs are read from: the archive, or the archive plus blobs being
+/// received.
+pub(crate) trait Blobs: Sync {
+    fn blob(&self, id: &ChunkId) -> Result<(pack::Entry, Vec<u8>)>;
+}
+
+impl Blobs for Archive {
+    fn blob(&self, id: &ChunkId) -> Result<(pack::Entry, Vec<u8>)> {
+        self.payload(id)
     }
+}
+
+pub(crate) fn prefix_from(
+    src: &dyn Blobs,
+    cache: &ChunkCache,
+    bases: &[ChunkId],
+    depth: u32,
+) -> Result<Vec<u8>> {
+    let parts = bases
+        .iter()
+        .map(|b| match cache.get(b) {
+            Some(d) => Ok(d),
+            None => {
+                let d = decode_from(src, cache, b, depth)?;
+                cache.put(*b, d.clone());
+                Ok(d)
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        out.extend_from_slice(&p);
+    }
+    Ok(out)
+}
+
+/// Decode a chunk through its delta chain and check it against its id.
+pub(crate) fn decode_from(
+    src: &dyn Blobs,
+    cache: &ChunkCache,
+    id: &ChunkId,
+    depth: u32,
+) -> Result<Arc<Vec<u8>>> {
+    if depth > MAX_DEPTH as u32 + 1 {
+        return Err(Error::DamagedChunk(
+            *id,
+            "delta chain too long or cyclic".into(),
+        ));
+    }
+    let (e, payload) = src.blob(id)?;
+    let prefix = if e.bases.is_empty() {
+        None
+    } else {
+        Some(
+            prefix_from(src, cache, &e.bases, depth + 1).map_err(|err| match err {
+                Error::DamagedChunk(..) | Error::MissingChunk(_) => {
+                    Error::DamagedChunk(*id, format!("a delta base is unusable: {err}"))
+                }
+                other => other,
+            })?,
+        )
+    };
+    let data = codec::decode(&payload, prefix.as_deref(), e.raw_len as usize)
+        .map_err(|err| Error::DamagedChunk(*id, err.to_string()))?;
+    if ChunkId::of(&data) != *id {
+        return Err(Error::DamagedChunk(
+            *id,
+            "content does not match its SHA-256".into(),
+        ));
+    }
+    Ok(Arc::new(data))
 }
 
 /// Recently decoded delta bases: neighbouring chunks share bases, so a

@@ -21,6 +21,7 @@ pub use manifest::{GenRecord, Node, NodeKind};
 pub mod gc;
 pub mod prune;
 pub mod restore;
+pub mod transfer;
 pub mod verify;
 
 /// Make the C allocator hand large buffers back to the system as soon as they

@@ -1,0 +1,459 @@
+//! Moving a generation between archives: the sender serves its generation
+//! record and, on request, any set of blobs as one pack (the same format as
+//! on disk); the receiver asks only for what it lacks — the file list first,
+//! then the chunks it names, then any delta bases of what arrived — checks
+//! every byte, and commits the generation atomically. Deltas travel as they
+//! are stored, so a transfer costs what the archive growth costs.
+//!
+//! The exporter's outbox, the PBS archive and each importer's store are all
+//! archives: the same code serves both legs.
+
+use std::collections::HashMap;
+
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::archive::{decode_from, Archive, Blobs, MAX_DEPTH};
+use crate::error::{corrupt, Error, Result};
+use crate::id::{ChunkId, DigestMap, DigestSet, FileDigest, GenId, Seq};
+use crate::ingest::{now_ns, PackSink};
+use crate::manifest::{self, GenRecord, Node, NodeKind};
+use crate::pack::{self, Entry, PackWriter};
+
+/// Most blobs one request asks for.
+pub const MAX_BLOBS_PER_REQUEST: usize = 256;
+
+impl Archive {
+    /// The record of a generation, as stored (what a receiver starts from).
+    pub fn record_bytes(&self, gen: &GenId) -> Result<Vec<u8>> {
+        let rec = self.record(gen)?;
+        rec.encode()
+    }
+
+    /// The named blobs, as stored, in one pack.
+    pub fn export_blobs(&self, ids: &[ChunkId]) -> Result<Vec<u8>> {
+        if ids.len() > MAX_BLOBS_PER_REQUEST {
+            return Err(Error::Invalid(format!(
+                "{} blobs asked for at once; at most {MAX_BLOBS_PER_REQUEST}",
+                ids.len()
+            )));
+        }
+        let mut w = PackWriter::new();
+        let mut seen = DigestSet::default();
+        for id in ids {
+            if seen.insert(*id) {
+                let (e, payload) = self.payload(id)?;
+                w.add(e, &payload);
+            }
+        }
+        Ok(w.finish().1)
+    }
+}
+
+/// A generation being received.
+pub struct Incoming {
+    record: GenRecord,
+    /// Blobs received so far: entry and payload.
+    received: DigestMap<ChunkId, (Entry, Vec<u8>)>,
+    /// Blobs asked for and not yet received.
+    asked: DigestSet<ChunkId>,
+    nodes: Option<Vec<Node>>,
+    pub bytes_received: u64,
+}
+
+/// The archive with the received blobs laid over it.
+struct Overlay<'a> {
+    archive: &'a Archive,
+    received: &'a DigestMap<ChunkId, (Entry, Vec<u8>)>,
+}
+
+impl Blobs for Overlay<'_> {
+    fn blob(&self, id: &ChunkId) -> Result<(Entry, Vec<u8>)> {
+        match self.received.get(id) {
+            Some((e, p)) => Ok((e.clone(), p.clone())),
+            None => self.archive.payload(id),
+        }
+    }
+}
+
+impl Incoming {
+    /// Start from the sender's record bytes.
+    pub fn new(record_bytes: &[u8]) -> Result<Incoming> {
+        let record = GenRecord::decode(record_bytes, "received generation record")?;
+        Ok(Incoming {
+            record,
+            received: DigestMap::default(),
+            asked: DigestSet::default(),
+            nodes: None,
+            bytes_received: record_bytes.len() as u64,
+        })
+    }
+
+    pub fn record(&self) -> &GenRecord {
+        &self.record
+    }
+
+    fn has(&self, ar: &Archive, id: &ChunkId) -> bool {
+        ar.index.contains(id) || self.received.contains_key(id)
+    }
+
+    /// Blobs still needed, at most `MAX_BLOBS_PER_REQUEST`; empty when the
+    /// generation is complete.
+    pub fn missing(&mut self, ar: &Archive) -> Result<Vec<ChunkId>> {
+        let mut need: Vec<ChunkId> = Vec::new();
+        let push = |need: &mut Vec<ChunkId>, id: ChunkId| {
+            if !need.contains(&id) {
+                need.push(id);
+            }
+        };
+        // Delta bases of what arrived.
+        for (e, _) in self.received.values() {
+            for b in &e.bases {
+                if !self.has(ar, b) {
+                    push(&mut need, *b);
+                }
+            }
+        }
+        for c in &self.record.manifest_chunks {
+            if !self.has(ar, &c.0) {
+                push(&mut need, c.0);
+            }
+        }
+        if need.is_empty() && self.nodes.is_none() {
+            let raw = {
+                let ov = Overlay {
+                    archive: ar,
+                    received: &self.received,
+                };
+                let mut raw = Vec::with_capacity(self.record.manifest_len as usize);
+                for c in &self.record.manifest_chunks {
+                    raw.extend_from_slice(&decode_from(&ov, &ar.cache, &c.0, 0)?);
+                }
+                raw
+            };
+            let what = format!("received file list of {}", self.record.id());
+            if raw.len() as u64 != self.record.manifest_len
+                || FileDigest::of(&raw) != self.record.manifest_digest
+            {
+                return Err(corrupt(&what, "does not match the record's digest"));
+            }
+            self.nodes = Some(manifest::decode_manifest(&raw, &what)?);
+        }
+        if need.is_empty() {
+            if let Some(nodes) = &self.nodes {
+                for n in nodes {
+                    for c in n.chunk_list() {
+                        if !self.has(ar, &c.0) {
+                            push(&mut need, c.0);
+                            if need.len() >= MAX_BLOBS_PER_REQUEST {
+                                break;
+                            }
+                        }
+                    }
+                    if need.len() >= MAX_BLOBS_PER_REQUEST {
+                        break;
+                    }
+                }
+            }
+        }
+        need.truncate(MAX_BLOBS_PER_REQUEST);
+        self.asked.extend(need.iter().copied());
+        Ok(need)
+    }
+
+    /// Take a pack of blobs from the sender. Blobs not asked for are ignored.
+    /// Returns how many were taken.
+    pub fn add_pack(&mut self, bytes: &[u8]) -> Result<usize> {
+        self.bytes_received += bytes.len() as u64;
+        let what = "received pack";
+        let min = pack::MAGIC.len() + pack::FOOTER_LEN;
+        if bytes.len() < min || &bytes[..8] != pack::MAGIC {
+            return Err(corrupt(what, "not a pack"));
+        }
+        let f = pack::parse_footer(&bytes[bytes.len() - pack::FOOTER_LEN..], what)?;
+        let tlen = f
+            .trailer_len()
+            .filter(|&t| t + min <= bytes.len())
+            .ok_or_else(|| corrupt(what, "footer claims more than the pack holds"))?;
+        let t0 = bytes.len() - pack::FOOTER_LEN - tlen;
+        let entries = pack::parse_trailer(&bytes[t0..t0 + tlen], &f, bytes.len() as u64, what)?;
+        let mut n = 0;
+        for e in entries {
+            if !self.asked.remove(&e.id) {
+                continue;
+            }
+            let payload = bytes[e.offset as usize..(e.offset + e.stored_len) as usize].to_vec();
+            self.received.insert(e.id, (e, payload));
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+impl Archive {
+    /// Check everything received and commit it as generation `seq` of its
+    /// source (default: the next number). Nothing is stored unless every
+    /// blob decodes to its id and every changed file hashes to its digest.
+    pub fn commit_incoming(&mut self, mut inc: Incoming, seq: Option<Seq>) -> Result<GenRecord> {
+        if !inc.missing(self)?.is_empty() {
+            return Err(Error::Invalid(format!(
+                "generation {} is incomplete: blobs are still missing",
+                inc.record.id()
+            )));
+        }
+        let nodes = inc.nodes.take().unwrap_or_default();
+        let source = inc.record.source.clone();
+        let _shared = self.backend.lock("archive", false, true)?;
+        let _src = self.backend.lock(&format!("source-{source}"), true, true)?;
+        self.reload()?;
+        let prev = self.latest(&source)?;
+        let next = Seq(prev.as_ref().map_or(1, |p| p.seq.0 + 1));
+        let seq = seq.unwrap_or(next);
+        if seq < next {
+            return Err(Error::GenerationExists(GenId {
+                source: source.clone(),
+                seq,
+            }));
+        }
+        if let Some(p) = &prev {
+            if inc.record.epoch < p.epoch {
+                return Err(Error::StaleEpoch {
+                    gen: format!("{source}/{seq}"),
+                    source_name: source.to_string(),
+                    got: inc.record.epoch.0,
+                    have: p.epoch.0,
+                });
+            }
+        }
+
+        let ov = Overlay {
+            archive: self,
+            received: &inc.received,
+        };
+        // Every received blob decodes to its id.
+        let ids: Vec<ChunkId> = inc.received.keys().copied().collect();
+        ids.par_iter()
+            .try_for_each(|id| decode_from(&ov, &self.cache, id, 0).map(|_| ()))?;
+        // Every file with received content hashes to its digest.
+        nodes
+            .par_iter()
+            .filter(|n| {
+                n.kind == NodeKind::File
+                    && n.chunk_list()
+                        .iter()
+                        .any(|c| inc.received.contains_key(&c.0))
+            })
+            .try_for_each(|n| -> Result<()> {
+                let mut h = Sha256::new();
+                for c in n.chunk_list() {
+                    h.update(&*decode_from(&ov, &self.cache, &c.0, 0)?);
+                }
+                if n.digest != Some(FileDigest(h.finalize().into())) {
+                    return Err(corrupt(
+                        format!("received file {}", n.path_lossy()),
+                        "content does not match its SHA-256",
+                    ));
+                }
+                Ok(())
+            })?;
+
+        // Depths as this archive sees them; a chain too deep is cut by
+        // storing that chunk whole.
+        let mut depth: HashMap<ChunkId, u8> = HashMap::new();
+        let mut order: Vec<ChunkId> = ids.clone();
+        order.sort_by_key(|id| inc.received.get(id).map_or(0, |(e, _)| e.depth));
+        let mut sink = PackSink::new(self.backend.as_ref());
+        for id in order {
+            let Some((e, payload)) = inc.received.get(&id) else {
+                continue;
+            };
+            let mut e = e.clone();
+            let d = e
+                .bases
+                .iter()
+                .map(|b| {
+                    depth
+                        .get(b)
+                        .copied()
+                        .or_else(|| self.index.get(b).map(|i| i.entry.depth))
+                        .unwrap_or(0)
+                })
+                .max()
+                .map_or(0, |m| m.saturating_add(1));
+            if d > MAX_DEPTH {
+                let data = decode_from(&ov, &self.cache, &id, 0)?;
+                let full = crate::codec::encode(&data, None, self.config.level)?;
+                e.bases.clear();
+                e.depth = 0;
+                depth.insert(id, 0);
+                sink.add(e, &full)?;
+            } else {
+                e.depth = d;
+                depth.insert(id, d);
+                sink.add(e, payload)?;
+            }
+        }
+        sink.publish()?;
+        let mut rec = inc.record.clone();
+        rec.seq = seq;
+        rec.committed_at_ns = now_ns();
+        rec.stats.new_chunks = sink.blobs;
+        rec.stats.new_deltas = sink.deltas;
+        rec.stats.added_bytes = sink.added_bytes + rec.encode()?.len() as u64;
+        let bytes = rec.encode()?;
+        if !self
+            .backend
+            .create(&manifest::gen_key(&source, seq), &bytes)?
+        {
+            return Err(Error::GenerationExists(rec.id()));
+        }
+        for (id, size, entries) in std::mem::take(&mut sink.packs) {
+            self.index.add_pack(id, size, entries);
+        }
+        Ok(rec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::SourceName;
+    use crate::ingest::IngestOptions;
+    use std::path::Path;
+
+    fn write(dir: &Path, name: &str, data: &[u8]) {
+        std::fs::write(dir.join(name), data).unwrap();
+    }
+
+    fn rows(n: u32, tag: &str) -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| format!("{i}\t{tag}\t{:x}\n", i.wrapping_mul(2654435761)).into_bytes())
+            .collect()
+    }
+
+    /// Move one generation from `a` to `b` the way the daemons do.
+    fn transfer(a: &Archive, b: &mut Archive, gen: &GenId) -> (GenRecord, u64, usize) {
+        let mut inc = Incoming::new(&a.record_bytes(gen).unwrap()).unwrap();
+        let mut rounds = 0;
+        loop {
+            let need = inc.missing(b).unwrap();
+            if need.is_empty() {
+                break;
+            }
+            rounds += 1;
+            assert!(rounds < 20, "no progress");
+            let pack = a.export_blobs(&need).unwrap();
+            assert_eq!(inc.add_pack(&pack).unwrap(), need.len());
+        }
+        let sent = inc.bytes_received;
+        (b.commit_incoming(inc, Some(gen.seq)).unwrap(), sent, rounds)
+    }
+
+    #[test]
+    fn second_transfer_carries_only_the_delta() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let mut data = rows(400_000, "a");
+        write(&src, "dump.sql", &data);
+        write(&src, "small", b"hello");
+        let mut a = Archive::init(&t.path().join("a")).unwrap();
+        let mut b = Archive::init(&t.path().join("b")).unwrap();
+        let s = SourceName::new("db").unwrap();
+        let g1 = a
+            .ingest(&s, &src, &IngestOptions::default())
+            .unwrap()
+            .record
+            .id();
+        let (r1, sent1, _) = transfer(&a, &mut b, &g1);
+        assert_eq!(r1.seq, g1.seq);
+        // A few scattered edits.
+        for at in [1_000_000usize, 4_000_000, 7_000_000] {
+            data[at] = b'#';
+        }
+        write(&src, "dump.sql", &data);
+        let g2 = a
+            .ingest(&s, &src, &IngestOptions::default())
+            .unwrap()
+            .record
+            .id();
+        let (_, sent2, _) = transfer(&a, &mut b, &g2);
+        assert!(
+            sent2 * 50 < sent1,
+            "second transfer {sent2} B vs first {sent1} B"
+        );
+        let out = t.path().join("out");
+        b.restore(&g2, &out).unwrap();
+        assert_eq!(std::fs::read(out.join("dump.sql")).unwrap(), data);
+        assert!(b.verify(true).unwrap().is_clean());
+    }
+
+    #[test]
+    fn corrupted_blobs_are_refused_and_nothing_is_stored() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        write(&src, "f", &rows(50_000, "x"));
+        let mut a = Archive::init(&t.path().join("a")).unwrap();
+        let mut b = Archive::init(&t.path().join("b")).unwrap();
+        let s = SourceName::new("db").unwrap();
+        let g = a
+            .ingest(&s, &src, &IngestOptions::default())
+            .unwrap()
+            .record
+            .id();
+        let mut inc = Incoming::new(&a.record_bytes(&g).unwrap()).unwrap();
+        let r = (|| -> Result<GenRecord> {
+            loop {
+                let need = inc.missing(&b)?;
+                if need.is_empty() {
+                    break;
+                }
+                let mut pack = a.export_blobs(&need)?;
+                pack[20] ^= 0x40; // inside the first payload
+                inc.add_pack(&pack)?;
+            }
+            b.commit_incoming(inc, None)
+        })();
+        assert!(matches!(r, Err(Error::DamagedChunk(..))), "{r:?}");
+        assert!(b.generations().unwrap().is_empty());
+        assert!(b.backend().list("packs").unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_records_and_packs_are_errors() {
+        assert!(Incoming::new(b"not a record").is_err());
+        let mut w = PackWriter::new();
+        w.add(
+            Entry {
+                id: ChunkId::of(b"x"),
+                bases: vec![],
+                offset: 0,
+                stored_len: 0,
+                raw_len: 1,
+                depth: 0,
+                features: Default::default(),
+            },
+            b"zz",
+        );
+        let (_, mut bytes, _) = w.finish();
+        let n = bytes.len();
+        bytes[n - 30] ^= 1; // trailer
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("s");
+        std::fs::create_dir(&src).unwrap();
+        let mut a = Archive::init(&t.path().join("a")).unwrap();
+        let g = a
+            .ingest(
+                &SourceName::new("x").unwrap(),
+                &src,
+                &IngestOptions::default(),
+            )
+            .unwrap()
+            .record
+            .id();
+        let mut inc = Incoming::new(&a.record_bytes(&g).unwrap()).unwrap();
+        assert!(inc.add_pack(&bytes).is_err());
+        assert!(inc.add_pack(b"short").is_err());
+    }
+}
