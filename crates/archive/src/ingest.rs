@@ -41,6 +41,23 @@ pub struct IngestOptions {
     pub label: Option<String>,
     /// Read every file even when its metadata matches the previous generation.
     pub reread: bool,
+    /// Glob patterns of paths (relative to the ingested folder) to leave
+    /// out; `*` also matches `/`, so `*.tmp` excludes at any depth. An
+    /// excluded folder is left out with everything in it.
+    pub excludes: Vec<String>,
+}
+
+fn exclude_set(patterns: &[String]) -> Result<globset::GlobSet> {
+    let mut b = globset::GlobSetBuilder::new();
+    for p in patterns {
+        let g = globset::GlobBuilder::new(p)
+            .literal_separator(false)
+            .build()
+            .map_err(|e| Error::Invalid(format!("bad exclude pattern {p:?}: {e}")))?;
+        b.add(g);
+    }
+    b.build()
+        .map_err(|e| Error::Invalid(format!("bad exclude patterns: {e}")))
 }
 
 #[derive(Clone, Debug)]
@@ -70,7 +87,13 @@ struct Item {
     meta: Metadata,
 }
 
-fn walk(root: &Path, rel: &[u8], out: &mut Vec<Item>, warnings: &mut Vec<String>) -> Result<()> {
+fn walk(
+    root: &Path,
+    rel: &[u8],
+    ex: &globset::GlobSet,
+    out: &mut Vec<Item>,
+    warnings: &mut Vec<String>,
+) -> Result<()> {
     let dir = if rel.is_empty() {
         root.to_path_buf()
     } else {
@@ -88,6 +111,9 @@ fn walk(root: &Path, rel: &[u8], out: &mut Vec<Item>, warnings: &mut Vec<String>
             r.push(b'/');
         }
         r.extend_from_slice(name.as_bytes());
+        if !ex.is_empty() && ex.is_match(std::ffi::OsStr::from_bytes(&r)) {
+            continue;
+        }
         let abs = dir.join(&name);
         let meta = fs::symlink_metadata(&abs).at(&abs)?;
         let ft = meta.file_type();
@@ -97,7 +123,7 @@ fn walk(root: &Path, rel: &[u8], out: &mut Vec<Item>, warnings: &mut Vec<String>
                 abs,
                 meta,
             });
-            walk(root, &r, out, warnings)?;
+            walk(root, &r, ex, out, warnings)?;
         } else if ft.is_file() || ft.is_symlink() {
             out.push(Item { rel: r, abs, meta });
         } else {
@@ -514,7 +540,8 @@ impl Archive {
 
         let mut warnings = Vec::new();
         let mut items = Vec::new();
-        walk(dir, b"", &mut items, &mut warnings)?;
+        let ex = exclude_set(&opts.excludes)?;
+        walk(dir, b"", &ex, &mut items, &mut warnings)?;
 
         let prev_seq: Vec<ChunkRef> = prev_nodes
             .iter()
@@ -808,5 +835,46 @@ impl Archive {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excludes_leave_out_matching_paths() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::create_dir_all(src.join("cache/deep")).unwrap();
+        fs::create_dir_all(src.join("data")).unwrap();
+        for f in ["keep.txt", "x.tmp", "data/y.tmp", "data/z", "cache/deep/c"] {
+            fs::write(src.join(f), f).unwrap();
+        }
+        let mut ar = Archive::init(&t.path().join("a")).unwrap();
+        let opts = IngestOptions {
+            excludes: vec!["*.tmp".into(), "cache".into()],
+            ..Default::default()
+        };
+        let rec = ar
+            .ingest(&SourceName::new("s").unwrap(), &src, &opts)
+            .unwrap()
+            .record;
+        let mut paths: Vec<String> = ar
+            .manifest(&rec)
+            .unwrap()
+            .iter()
+            .map(|n| n.path_lossy())
+            .collect();
+        paths.sort();
+        assert_eq!(paths, ["data", "data/z", "keep.txt"]);
+        let bad = IngestOptions {
+            excludes: vec!["a[".into()],
+            ..Default::default()
+        };
+        let e = ar
+            .ingest(&SourceName::new("s").unwrap(), &src, &bad)
+            .unwrap_err();
+        assert!(e.to_string().contains("a["), "{e}");
     }
 }

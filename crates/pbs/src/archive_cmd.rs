@@ -39,6 +39,9 @@ enum ArchiveCmd {
         /// Read every file, even those whose metadata is unchanged.
         #[arg(long)]
         reread: bool,
+        /// Leave out paths matching this glob (relative to DIR; repeatable).
+        #[arg(long = "exclude")]
+        excludes: Vec<String>,
         #[arg(long)]
         json: bool,
         dir: PathBuf,
@@ -163,6 +166,7 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
             taken_at,
             label,
             reread,
+            excludes,
             json,
             dir,
         } => {
@@ -173,6 +177,7 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
                 taken_at_ns: taken_at.as_deref().map(parse_time).transpose()?,
                 label,
                 reread,
+                excludes,
             };
             let t = Instant::now();
             let rep = ar
