@@ -92,7 +92,7 @@ impl Archive {
                 "pack {key} is unreadable ({e}); gc refuses to run until it is repaired or removed"
             )));
         }
-        let live = self.live_set()?;
+        let mut live = self.live_set()?;
         let mut packs: Vec<(PackId, u64)> = self
             .index
             .packs
@@ -101,42 +101,72 @@ impl Archive {
             .zip(self.index.pack_sizes.iter().copied())
             .collect();
         packs.sort();
-        let mut home: DigestSet<ChunkId> = DigestSet::default();
-        let mut plan = GcPlan::default();
-        let mut copies = Vec::new();
-        let mut per_pack: HashMap<PackId, Vec<(Entry, bool)>> = HashMap::new();
-        let mut dead_bytes: HashMap<PackId, u64> = HashMap::new();
-        for (pid, size) in &packs {
+        let mut trailers: HashMap<PackId, Vec<Entry>> = HashMap::new();
+        for (pid, _) in &packs {
             let (_, _, entries) = read_trailer(self.backend.as_ref(), &pack::key(pid))?;
-            let mut dead = *size;
-            let mut v = Vec::new();
-            for e in entries {
-                // A blob lives in the first pack that holds it; other copies are dead.
-                let alive = live.contains(&e.id) && home.insert(e.id);
-                if alive {
-                    plan.live_blobs += 1;
-                    dead -= e.stored_len as u64 + pack::ENTRY_LEN as u64;
-                } else {
-                    plan.dead_blobs += 1;
+            trailers.insert(*pid, entries);
+        }
+        let (mut plan, copies) = loop {
+            let mut home: DigestSet<ChunkId> = DigestSet::default();
+            let mut plan = GcPlan::default();
+            let mut copies = Vec::new();
+            let mut per_pack: HashMap<PackId, Vec<(Entry, bool)>> = HashMap::new();
+            let mut dead_bytes: HashMap<PackId, u64> = HashMap::new();
+            for (pid, size) in &packs {
+                let mut dead = *size;
+                let mut v = Vec::new();
+                for e in &trailers[pid] {
+                    // A blob lives in the first pack that holds it; other copies are dead.
+                    let alive = live.contains(&e.id) && home.insert(e.id);
+                    if alive {
+                        plan.live_blobs += 1;
+                        dead -= e.stored_len as u64 + pack::ENTRY_LEN as u64;
+                    } else {
+                        plan.dead_blobs += 1;
+                    }
+                    v.push((e.clone(), alive));
                 }
-                v.push((e, alive));
+                dead_bytes.insert(*pid, dead);
+                per_pack.insert(*pid, v);
             }
-            dead_bytes.insert(*pid, dead);
-            per_pack.insert(*pid, v);
-        }
-        for (pid, size) in &packs {
-            let entries = &per_pack[pid];
-            let dead = dead_bytes[pid];
-            let any_live = entries.iter().any(|(_, a)| *a);
-            if !any_live {
-                plan.delete_packs.push(pack::key(pid));
-                plan.freed_bytes += size;
-            } else if dead * 5 > *size {
-                plan.repack_packs.push(pack::key(pid));
-                plan.freed_bytes += dead;
-                copies.extend(entries.iter().filter(|(_, a)| *a).map(|(e, _)| e.clone()));
+            let mut kept = Vec::new();
+            for (pid, size) in &packs {
+                let entries = &per_pack[pid];
+                let dead = dead_bytes[pid];
+                let any_live = entries.iter().any(|(_, a)| *a);
+                // A pack without dead blobs is never rewritten (its fixed
+                // overhead looks dead): the copy would be the same pack.
+                let any_dead = entries.iter().any(|(_, a)| !*a);
+                if !any_live {
+                    plan.delete_packs.push(pack::key(pid));
+                    plan.freed_bytes += size;
+                } else if dead * 5 > *size && any_dead {
+                    plan.repack_packs.push(pack::key(pid));
+                    plan.freed_bytes += dead;
+                    copies.extend(entries.iter().filter(|(_, a)| *a).map(|(e, _)| e.clone()));
+                } else {
+                    kept.push(*pid);
+                }
             }
-        }
+            // Every blob of a pack that stays, dead or not, stays in the
+            // index, and ingest reuses any chunk the index has: its delta
+            // bases must stay too. Keep them, and plan again.
+            let mut more: Vec<ChunkId> = kept
+                .iter()
+                .flat_map(|pid| trailers[pid].iter().flat_map(|e| e.bases.iter().copied()))
+                .filter(|b| !live.contains(b))
+                .collect();
+            if more.is_empty() {
+                break (plan, copies);
+            }
+            while let Some(b) = more.pop() {
+                if live.insert(b) {
+                    if let Some(info) = self.index.get(&b) {
+                        more.extend(info.entry.bases.iter().copied());
+                    }
+                }
+            }
+        };
         plan.tmp_files = self.backend.list("tmp")?;
         plan.tmp_files.sort();
         Ok(Sweep { plan, copies })
@@ -169,8 +199,14 @@ impl Archive {
             sink.add(e, &payload)?;
         }
         sink.publish()?;
+        // A pack the copies went into may already have existed, byte for
+        // byte, as one the plan removes (left by an interrupted gc): it now
+        // holds the live copies, so it stays.
+        let written: Vec<String> = sink.packs.iter().map(|(id, _, _)| pack::key(id)).collect();
         for key in plan.delete_packs.iter().chain(&plan.repack_packs) {
-            backend.remove(key)?;
+            if !written.contains(key) {
+                backend.remove(key)?;
+            }
         }
         for key in &plan.tmp_files {
             backend.remove(key)?;
