@@ -80,10 +80,14 @@ impl Archive {
         Self::with_backend(Arc::new(LocalBackend::new(path)))
     }
 
-    /// Open `path`, creating the archive when the folder is missing or empty.
+    /// Open `path`, creating the archive when the folder is missing or empty
+    /// (or holds only what an interrupted creation leaves: `tmp`, `locks`).
     pub fn open_or_init(path: &Path) -> Result<Archive> {
         let empty = match std::fs::read_dir(path) {
-            Ok(mut rd) => rd.next().is_none(),
+            Ok(rd) => rd.filter_map(|e| e.ok()).all(|e| {
+                let n = e.file_name();
+                n == "tmp" || n == "locks"
+            }),
             Err(_) => !path.exists(),
         };
         if empty {

@@ -167,13 +167,20 @@ impl Backend for LocalBackend {
     fn stage(&self, data: &[u8]) -> Result<Staged> {
         let tmp_dir = self.root.join("tmp");
         self.ensure_dir(&tmp_dir)?;
-        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = tmp_dir.join(format!("{}-{n}.tmp", std::process::id()));
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .at(&tmp)?;
+        // pid, counter and clock: a leftover of a killed process whose pid
+        // came back does not collide (and if it does, the next name is tried).
+        let (tmp, mut f) = loop {
+            let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let tmp = tmp_dir.join(format!("{}-{n}-{t:x}.tmp", std::process::id()));
+            match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+                Ok(f) => break (tmp, f),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e).at(&tmp),
+            }
+        };
         if let Err(e) = f.write_all(data) {
             drop(f);
             let _ = fs::remove_file(&tmp);

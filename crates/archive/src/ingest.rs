@@ -74,11 +74,15 @@ pub fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
+/// Nanoseconds since the epoch; times past 2262 (or before 1677) saturate.
+fn ns(secs: i64, nsec: i64) -> i64 {
+    secs.saturating_mul(1_000_000_000).saturating_add(nsec)
+}
 fn mtime_ns(m: &Metadata) -> i64 {
-    m.mtime() * 1_000_000_000 + m.mtime_nsec()
+    ns(m.mtime(), m.mtime_nsec())
 }
 fn ctime_ns(m: &Metadata) -> i64 {
-    m.ctime() * 1_000_000_000 + m.ctime_nsec()
+    ns(m.ctime(), m.ctime_nsec())
 }
 
 struct Item {

@@ -21,7 +21,7 @@ use crate::manifest::{self, GenRecord, Node, NodeKind};
 use crate::pack::{self, Entry, PackWriter};
 
 /// Most blobs one request asks for.
-pub const MAX_BLOBS_PER_REQUEST: usize = 256;
+pub const MAX_BLOBS_PER_REQUEST: usize = 64;
 
 impl Archive {
     /// The record of a generation, as stored (what a receiver starts from).
