@@ -1,27 +1,171 @@
-//! `exporter`: runs on the main node (export hook, notify, serve the snapshot).
-//! Not built yet: it arrives with the pipeline.
+//! `exporter`: runs on the main node. Runs the export hook on a cron schedule
+//! or on demand, snapshots the backup folder into a local outbox archive
+//! (file list, modes, per-file SHA-256; deltas against the previous export),
+//! notifies every PBS and serves the snapshot read-only to them.
 
-use std::path::PathBuf;
+mod daemon;
+
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Parser;
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use serde::Deserialize;
 
 #[derive(Parser)]
 #[command(
     name = "exporter",
     version,
-    about = "pullback exporter (main node): runs the export hook and serves the snapshot to the PBS"
+    about = "pullback exporter (main node): runs the export hook, notifies the PBS and serves the snapshot read-only"
 )]
 struct Cli {
     /// Configuration file (TOML).
-    #[arg(long)]
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
-    /// serve | run | status
-    command: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon: exports on the schedule, serves snapshots to the PBS.
+    Serve,
+    /// One export now (through the running daemon if there is one); exits 0
+    /// only once a PBS has committed it.
+    Run {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The last export, the last success and the last failure.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    /// Dumps the software's data into PULLBACK_BACKUP_DIR.
+    pub export: PathBuf,
+    #[serde(default = "default_hook_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_hook_timeout() -> u64 {
+    3600
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The source name this node's data is archived under.
+    pub source: String,
+    /// Where the export hook writes its dump (kept between runs).
+    pub backup_dir: PathBuf,
+    /// Outbox archive, status and hook logs.
+    pub state_dir: PathBuf,
+    /// 5-field cron (UTC); default hourly; "off" for on-demand only.
+    #[serde(default = "default_schedule")]
+    pub schedule: String,
+    /// Export attempts per run (hook failures, data changing while read).
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    /// Glob patterns (relative to backup_dir) left out of the snapshot.
+    #[serde(default)]
+    pub excludes: Vec<String>,
+    pub hooks: Hooks,
+    pub server: wire::ListenConfig,
+    /// The backup servers to notify.
+    #[serde(default)]
+    pub pbs: Vec<wire::PeerConfig>,
+    /// Epoch this node exports under.
+    #[serde(default)]
+    pub epoch: u64,
+    /// How long `run` waits for a PBS to commit.
+    #[serde(default = "default_commit_timeout")]
+    pub commit_timeout_secs: u64,
+    /// Generations kept in the outbox (the PBS deltas against them).
+    #[serde(default = "default_keep")]
+    pub keep: u32,
+}
+
+fn default_schedule() -> String {
+    "0 * * * *".into()
+}
+fn default_attempts() -> u32 {
+    3
+}
+fn default_commit_timeout() -> u64 {
+    3600
+}
+fn default_keep() -> u32 {
+    2
+}
+
+pub fn load_config(path: &Path) -> Result<Config> {
+    let mut c: Config = wire::load_toml(path)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    for p in [&mut c.backup_dir, &mut c.state_dir, &mut c.hooks.export] {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    }
+    c.server.resolve_paths(base);
+    for p in &mut c.pbs {
+        p.resolve_paths(base);
+    }
+    let at = || format!("config {}", path.display());
+    archive::SourceName::new(&c.source)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("{}: source", at()))?;
+    if c.attempts == 0 || c.keep == 0 {
+        anyhow::bail!("{}: attempts and keep must be at least 1", at());
+    }
+    if c.schedule != "off" {
+        let n = c.schedule.split_whitespace().count();
+        if n != 5 {
+            anyhow::bail!(
+                "{}: schedule = {:?}: expected 5 cron fields (minute hour day month weekday) or \"off\"",
+                at(),
+                c.schedule
+            );
+        }
+    }
+    c.server
+        .token_set()
+        .with_context(|| format!("{}: [server] tokens", at()))?;
+    Ok(c)
 }
 
 fn main() -> ExitCode {
-    let _cli = Cli::parse();
-    eprintln!("exporter: not built yet: the export/notify/serve pipeline is the next piece of work; today use `pbs archive ingest`");
-    ExitCode::from(2)
+    archive::tune_allocator();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PULLBACK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let r = (|| -> Result<ExitCode> {
+        let path = cli
+            .config
+            .as_deref()
+            .context("no configuration: pass --config FILE")?;
+        let cfg = load_config(path)?;
+        let rt = tokio::runtime::Runtime::new()?;
+        match cli.cmd {
+            Cmd::Serve => rt.block_on(daemon::serve(cfg)).map(|_| ExitCode::SUCCESS),
+            Cmd::Run { json } => rt.block_on(daemon::run_cli(cfg, json)),
+            Cmd::Status { json } => rt.block_on(daemon::status_cli(cfg, json)),
+        }
+    })();
+    match r {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("exporter: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -101,7 +101,7 @@ enum ArchiveCmd {
     },
 }
 
-fn fmt_time(ns: i64) -> String {
+pub fn fmt_time(ns: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
         .ok()
         .and_then(|t| {

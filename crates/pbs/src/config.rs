@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -12,6 +12,18 @@ pub struct Config {
     pub archive: ArchiveSection,
     #[serde(default)]
     pub retention: Retention,
+    /// Status and logs of the server.
+    pub state_dir: Option<PathBuf>,
+    /// Where `pbs serve` listens and the tokens it accepts.
+    pub server: Option<wire::ListenConfig>,
+    /// Sources: what to pull, from which exporter.
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceConfig>,
+    /// Clones to push every generation to.
+    #[serde(default, rename = "importer")]
+    pub importers: Vec<wire::PeerConfig>,
+    #[serde(default)]
+    pub schedule: Schedule,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -21,7 +33,7 @@ pub struct ArchiveSection {
     pub path: Option<PathBuf>,
 }
 
-/// Retention policy for `pbs archive prune` (flags override it).
+/// Retention policy for `pbs archive prune` and the scheduled prune.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Retention {
@@ -32,10 +44,89 @@ pub struct Retention {
     pub keep_monthly: Option<u32>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub name: String,
+    /// The exporter to pull from (its URL and the token it accepts from us).
+    pub exporter: wire::PeerConfig,
+    /// The token peer (in [server] tokens) allowed to notify for this source;
+    /// default: the exporter's name.
+    pub notify_peer: Option<String>,
+    /// `pbs status` fails when the newest generation is older than this.
+    #[serde(default = "default_max_age")]
+    pub max_age_secs: u64,
+    /// Pull attempts after a notification (exponential backoff between them).
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+}
+
+fn default_max_age() -> u64 {
+    2 * 3600
+}
+fn default_attempts() -> u32 {
+    5
+}
+
+/// Housekeeping of `pbs serve`, as 5-field cron expressions (UTC).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// Prune by [retention], then gc.
+    pub prune: Option<String>,
+    /// Verify the archive.
+    pub verify: Option<String>,
+    /// Full verify (every byte) instead of quick.
+    #[serde(default)]
+    pub verify_full: bool,
+}
+
 pub fn load(path: &Path) -> Result<Config> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading config {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("config {}", path.display()))
+    let mut c: Config = wire::load_toml(path)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let fix = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    };
+    if let Some(p) = &mut c.archive.path {
+        fix(p);
+    }
+    if let Some(p) = &mut c.state_dir {
+        fix(p);
+    }
+    if let Some(s) = &mut c.server {
+        s.resolve_paths(base);
+    }
+    for s in &mut c.sources {
+        s.exporter.resolve_paths(base);
+        archive::SourceName::new(&s.name)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("config {}: [[source]] name", path.display()))?;
+    }
+    for i in &mut c.importers {
+        i.resolve_paths(base);
+    }
+    let mut names: Vec<&str> = c.sources.iter().map(|s| s.name.as_str()).collect();
+    names.sort();
+    if names.windows(2).any(|w| w[0] == w[1]) {
+        bail!(
+            "config {}: two [[source]] sections have the same name",
+            path.display()
+        );
+    }
+    Ok(c)
+}
+
+/// A standard 5-field cron expression as the scheduler's 6-field form.
+pub fn cron6(expr: &str, key: &str) -> Result<String> {
+    let n = expr.split_whitespace().count();
+    if n != 5 {
+        bail!(
+            "{key} = {expr:?}: expected 5 cron fields (minute hour day month weekday), found {n}"
+        );
+    }
+    Ok(format!("0 {expr}"))
 }
 
 #[cfg(test)]
@@ -46,9 +137,21 @@ mod tests {
     fn unknown_keys_are_named() {
         let e = toml::from_str::<Config>("[archive]\npaht = \"/x\"\n").unwrap_err();
         assert!(e.to_string().contains("paht"), "{e}");
-        let c: Config =
-            toml::from_str("[archive]\npath = \"/x\"\n[retention]\nkeep_last = 3\n").unwrap();
+        let c: Config = toml::from_str(
+            "[archive]\npath = \"/x\"\n[retention]\nkeep_last = 3\n[[source]]\nname = \"db\"\nexporter = { name = \"e\", url = \"http://127.0.0.1:1\", token = \"0123456789abcdef\" }\n",
+        )
+        .unwrap();
         assert_eq!(c.archive.path, Some(PathBuf::from("/x")));
         assert_eq!(c.retention.keep_last, Some(3));
+        assert_eq!(c.sources[0].max_age_secs, 7200);
+    }
+
+    #[test]
+    fn cron_fields() {
+        assert_eq!(cron6("0 * * * *", "k").unwrap(), "0 0 * * * *");
+        assert!(cron6("* * *", "schedule.prune")
+            .unwrap_err()
+            .to_string()
+            .contains("schedule.prune"));
     }
 }

@@ -2,6 +2,8 @@
 
 mod archive_cmd;
 mod config;
+mod daemon;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,10 +31,14 @@ struct Cli {
 enum Cmd {
     /// Work on the archive directly.
     Archive(archive_cmd::ArchiveArgs),
-    /// Run the server (pull, store, push): not built yet.
+    /// Run the server: take notifications, pull, commit, push to importers.
     Serve,
-    /// Show sources, importers and their last results: not built yet.
-    Status,
+    /// Sources, importers and their last results; exits 1 when a source's
+    /// newest generation is older than its max_age.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -40,7 +46,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PULLBACK_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -52,9 +58,25 @@ fn main() -> ExitCode {
         };
         match cli.cmd {
             Cmd::Archive(a) => archive_cmd::run(a, cli.archive.or(cfg.archive.path.clone()), &cfg),
-            Cmd::Serve | Cmd::Status => {
-                eprintln!("pbs: the server (serve, status) is not built yet; today pbs offers `pbs archive ...`");
-                Ok(ExitCode::from(2))
+            Cmd::Serve => {
+                let path = cli
+                    .archive
+                    .or(cfg.archive.path.clone())
+                    .ok_or_else(|| anyhow::anyhow!("no archive: set [archive] path in --config"))?;
+                let rt = tokio::runtime::Runtime::new()?;
+                rt.block_on(daemon::serve(cfg, path))?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Cmd::Status { json } => {
+                let mut cfg = cfg;
+                if let Some(a) = cli.archive {
+                    cfg.archive.path = Some(a);
+                }
+                let sd = cfg
+                    .state_dir
+                    .clone()
+                    .ok_or_else(|| anyhow::anyhow!("no state_dir in the config"))?;
+                status::print(&cfg, &sd, json)
             }
         }
     })();

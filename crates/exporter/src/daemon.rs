@@ -1,0 +1,681 @@
+//! The exporter daemon and the `run` / `status` commands.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use archive::prune::Retention;
+use archive::{Archive, ChunkId, Epoch, GenId, IngestOptions, Seq, SourceName};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use wire::server::ApiError;
+use wire::{Metrics, Peer};
+
+use crate::Config;
+
+/// One export, from the hook to a PBS's commit.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RunState {
+    pub tx: String,
+    /// running, exported, committed, failed.
+    pub state: String,
+    /// The snapshot in the outbox (`SOURCE/SEQ`).
+    pub generation: Option<String>,
+    /// The generation the PBS committed it as.
+    pub committed_as: Option<String>,
+    pub committed_by: Option<String>,
+    pub error: Option<String>,
+    pub attempts: u32,
+    pub started_at: String,
+    pub log_tail: String,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Status {
+    pub source: String,
+    pub role: String,
+    pub status: String,
+    pub epoch: u64,
+    pub running: Option<String>,
+    pub last_run: Option<RunState>,
+    pub last_success: Option<RunState>,
+    pub last_failure: Option<RunState>,
+}
+
+struct App {
+    cfg: Config,
+    source: SourceName,
+    outbox: Arc<RwLock<Archive>>,
+    export_lock: tokio::sync::Mutex<()>,
+    runs: Mutex<HashMap<String, RunState>>,
+    status: Mutex<Status>,
+    metrics: Metrics,
+    counter: std::sync::atomic::AtomicU64,
+}
+
+fn now_rfc3339() -> String {
+    let ns = archive::ingest::now_ns();
+    time::OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
+        .ok()
+        .and_then(|t| t.replace_nanosecond(0).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn status_path(cfg: &Config) -> std::path::PathBuf {
+    cfg.state_dir.join("status.json")
+}
+
+impl App {
+    fn set_run(&self, r: &RunState) {
+        self.runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(r.tx.clone(), r.clone());
+        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        s.last_run = Some(r.clone());
+        s.running = (r.state == "running" || r.state == "exported").then(|| r.tx.clone());
+        match r.state.as_str() {
+            "committed" => s.last_success = Some(r.clone()),
+            "failed" => s.last_failure = Some(r.clone()),
+            _ => {}
+        }
+        if let Err(e) = wire::write_json_atomic(&status_path(&self.cfg), &*s) {
+            tracing::error!("cannot save status: {e}");
+        }
+    }
+
+    fn new_tx(&self) -> String {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let t = time::OffsetDateTime::now_utc();
+        format!(
+            "{}-{:04}{:02}{:02}T{:02}{:02}{:02}Z-{}-{n}",
+            self.cfg.source,
+            t.year(),
+            t.month() as u8,
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            std::process::id()
+        )
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| anyhow!("worker failed: {e}"))?
+}
+
+/// Export hook, snapshot, notify, wait for the commit. Never two at once.
+async fn export(app: Arc<App>, tx: String) -> RunState {
+    let _one = app.export_lock.lock().await;
+    let mut run = RunState {
+        tx: tx.clone(),
+        state: "running".into(),
+        started_at: now_rfc3339(),
+        ..Default::default()
+    };
+    app.set_run(&run);
+    let t = Instant::now();
+    let r = export_steps(&app, &mut run).await;
+    app.metrics
+        .gauge("pullback_export_seconds", "Duration of the last export run")
+        .set_duration(t.elapsed());
+    if let Err(e) = r {
+        tracing::warn!(tx = %tx, "export failed: {e:#}");
+        app.metrics
+            .counter("pullback_failures_total", "Export runs that failed")
+            .inc();
+        run.state = "failed".into();
+        run.error = Some(format!("{e:#}"));
+    }
+    app.set_run(&run);
+    run
+}
+
+async fn export_steps(app: &Arc<App>, run: &mut RunState) -> Result<()> {
+    let cfg = &app.cfg;
+    std::fs::create_dir_all(&cfg.backup_dir)
+        .with_context(|| format!("creating {}", cfg.backup_dir.display()))?;
+    let log = cfg.state_dir.join("logs").join(format!("{}.log", run.tx));
+    let env = vec![
+        (
+            "PULLBACK_BACKUP_DIR".to_string(),
+            cfg.backup_dir.display().to_string(),
+        ),
+        ("PULLBACK_TRANSACTION_ID".to_string(), run.tx.clone()),
+        ("PULLBACK_EPOCH".to_string(), cfg.epoch.to_string()),
+    ];
+    let mut last_err = anyhow!("no attempt made");
+    let mut committed = None;
+    for attempt in 1..=cfg.attempts {
+        run.attempts = attempt;
+        if attempt > 1 {
+            tokio::time::sleep(Duration::from_secs(attempt as u64 - 1)).await;
+        }
+        let taken_at = archive::ingest::now_ns();
+        let out = wire::run_hook(
+            &cfg.hooks.export,
+            &[],
+            &env,
+            &log,
+            Duration::from_secs(cfg.hooks.timeout_secs),
+        )
+        .await?;
+        run.log_tail = out.log_tail.clone();
+        if !out.success() {
+            last_err = anyhow!("export hook failed ({}) on attempt {attempt}", out.status);
+            continue;
+        }
+        let a = app.clone();
+        let tx = run.tx.clone();
+        let snap = blocking(move || {
+            let mut ar = a.outbox.write().unwrap_or_else(|p| p.into_inner());
+            let opts = IngestOptions {
+                epoch: Epoch(a.cfg.epoch),
+                taken_at_ns: Some(taken_at),
+                label: Some(tx),
+                reread: false,
+                excludes: a.cfg.excludes.clone(),
+            };
+            Ok(ar.ingest(&a.source, &a.cfg.backup_dir, &opts)?)
+        })
+        .await;
+        match snap {
+            Ok(rep) => {
+                for w in &rep.warnings {
+                    tracing::warn!("{w}");
+                }
+                committed = Some(rep.record);
+                break;
+            }
+            Err(e) => {
+                last_err = e.context(format!("snapshot of the backup folder, attempt {attempt}"))
+            }
+        }
+    }
+    let rec = committed.ok_or(last_err)?;
+    run.generation = Some(rec.id().to_string());
+    run.bytes = rec.stats.bytes;
+    run.state = "exported".into();
+    app.set_run(run);
+    tracing::info!(tx = %run.tx, generation = %rec.id(), "exported; notifying");
+    notify_and_wait(app, run, rec.seq).await?;
+    run.state = "committed".into();
+    app.metrics
+        .counter("pullback_generations_total", "Exports committed by a PBS")
+        .inc();
+    let a = app.clone();
+    if let Err(e) = blocking(move || trim_outbox(&a)).await {
+        tracing::warn!("outbox retention: {e:#}");
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Notify<'a> {
+    source: &'a str,
+    seq: u64,
+    tx: &'a str,
+    epoch: u64,
+}
+
+#[derive(Deserialize)]
+struct TxState {
+    state: String,
+    generation: Option<String>,
+    error: Option<String>,
+}
+
+async fn notify_and_wait(app: &Arc<App>, run: &mut RunState, seq: Seq) -> Result<()> {
+    let cfg = &app.cfg;
+    if cfg.pbs.is_empty() {
+        bail!("no [[pbs]] configured: nobody to notify (Leader (single node))");
+    }
+    let body = Notify {
+        source: &cfg.source,
+        seq: seq.0,
+        tx: &run.tx,
+        epoch: cfg.epoch,
+    };
+    let mut notified = Vec::new();
+    let mut errors = Vec::new();
+    for p in &cfg.pbs {
+        let client = p
+            .client(Duration::from_secs(30))
+            .map_err(|e| anyhow!("{e}"))?;
+        let backoff = wire::Backoff {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(10),
+            attempts: 4,
+        };
+        let r: Result<serde_json::Value, _> =
+            wire::retry(&backoff, || client.post_json("/v1/notify", &body)).await;
+        match r {
+            Ok(_) => notified.push((p.name.clone(), client)),
+            Err(e) => errors.push(format!("notifying {}: {e}", p.name)),
+        }
+    }
+    if notified.is_empty() {
+        bail!("{}", errors.join("; "));
+    }
+    let deadline = Instant::now() + Duration::from_secs(cfg.commit_timeout_secs);
+    let mut failures: Vec<String> = errors;
+    while Instant::now() < deadline && !notified.is_empty() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut still = Vec::new();
+        for (name, client) in notified {
+            match client
+                .get_json::<TxState>(&format!("/v1/transactions/{}", run.tx))
+                .await
+            {
+                Ok(t) if t.state == "committed" => {
+                    run.committed_as = t.generation;
+                    run.committed_by = Some(name);
+                    return Ok(());
+                }
+                Ok(t) if t.state == "failed" => failures.push(format!(
+                    "{name}: {}",
+                    t.error.unwrap_or_else(|| "failed".into())
+                )),
+                Ok(_) => still.push((name, client)),
+                Err(e) => {
+                    tracing::debug!("asking {name}: {e}");
+                    still.push((name, client))
+                }
+            }
+        }
+        notified = still;
+    }
+    if !notified.is_empty() {
+        failures.push(format!(
+            "no PBS committed within {} s",
+            cfg.commit_timeout_secs
+        ));
+    }
+    bail!("not committed: {}", failures.join("; "))
+}
+
+fn trim_outbox(app: &App) -> Result<()> {
+    let mut ar = app.outbox.write().unwrap_or_else(|p| p.into_inner());
+    let plan = ar.prune_plan(&Retention {
+        keep_last: Some(app.cfg.keep),
+        ..Default::default()
+    })?;
+    if plan.removed().next().is_some() {
+        ar.apply_prune(&plan)?;
+        let gc = ar.gc_plan(true)?;
+        ar.gc(&gc, true)?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- API
+
+fn start(app: &Arc<App>) -> String {
+    if let Some(tx) = app
+        .status
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .running
+        .clone()
+    {
+        return tx;
+    }
+    let tx = app.new_tx();
+    let run = RunState {
+        tx: tx.clone(),
+        state: "running".into(),
+        started_at: now_rfc3339(),
+        ..Default::default()
+    };
+    app.set_run(&run);
+    tokio::spawn(export(app.clone(), tx.clone()));
+    tx
+}
+
+async fn run_now(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    if peer.0 != "admin" {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("peer {} may not start exports (only admin)", peer.0),
+        ));
+    }
+    let tx = start(&app);
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "tx": tx }))))
+}
+
+async fn run_state(
+    State(app): State<Arc<App>>,
+    Path(tx): Path<String>,
+) -> Result<Json<RunState>, ApiError> {
+    app.runs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&tx)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no run {tx}")))
+}
+
+async fn status(State(app): State<Arc<App>>) -> Json<Status> {
+    Json(app.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
+}
+
+async fn generation(
+    State(app): State<Arc<App>>,
+    Path((source, seq)): Path<(String, u64)>,
+) -> Result<Bytes, ApiError> {
+    let gen = GenId {
+        source: SourceName::new(&source).map_err(ApiError::bad_request)?,
+        seq: Seq(seq),
+    };
+    let a = app.clone();
+    let b = tokio::task::spawn_blocking(move || {
+        let ar = a.outbox.read().unwrap_or_else(|p| p.into_inner());
+        ar.record_bytes(&gen)
+            .map_err(|e| ApiError::not_found(e.to_string()))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    app.metrics
+        .counter(
+            "pullback_bytes_sent_total",
+            "Bytes served to backup servers",
+        )
+        .add(b.len() as u64);
+    Ok(Bytes::from(b))
+}
+
+async fn blobs(State(app): State<Arc<App>>, body: Bytes) -> Result<Bytes, ApiError> {
+    if !body.len().is_multiple_of(32) {
+        return Err(ApiError::bad_request("the body must be 32-byte chunk ids"));
+    }
+    let ids: Vec<ChunkId> = body
+        .chunks_exact(32)
+        .map(|c| ChunkId(c.try_into().unwrap_or([0; 32])))
+        .collect();
+    let a = app.clone();
+    let pack = tokio::task::spawn_blocking(move || {
+        let ar = a.outbox.read().unwrap_or_else(|p| p.into_inner());
+        ar.export_blobs(&ids)
+            .map_err(|e| ApiError::bad_request(e.to_string()))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    app.metrics
+        .counter(
+            "pullback_bytes_sent_total",
+            "Bytes served to backup servers",
+        )
+        .add(pack.len() as u64);
+    Ok(Bytes::from(pack))
+}
+
+fn router(app: &Arc<App>) -> Result<Router> {
+    Ok(Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/run", post(run_now))
+        .route("/v1/runs/{tx}", get(run_state))
+        .route("/v1/generations/{source}/{seq}", get(generation))
+        .route("/v1/blobs", post(blobs))
+        .with_state(app.clone())
+        .merge(app.metrics.router())
+        .layer(wire::require_token(app.cfg.server.token_set()?)))
+}
+
+fn new_app(cfg: Config) -> Result<Arc<App>> {
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    let outbox = Archive::open_or_init(&cfg.state_dir.join("outbox"))?;
+    let mut st: Status = wire::read_json(&status_path(&cfg))?.unwrap_or_default();
+    st.source = cfg.source.clone();
+    st.role = "MAIN".into();
+    st.status = if cfg.pbs.is_empty() {
+        "Leader (single node)".into()
+    } else {
+        "Leader".into()
+    };
+    st.epoch = cfg.epoch;
+    if let Some(tx) = st.running.take() {
+        if let Some(r) = st.last_run.as_mut().filter(|r| r.tx == tx) {
+            r.state = "failed".into();
+            r.error = Some("interrupted by a restart of the exporter".into());
+            st.last_failure = Some(r.clone());
+        }
+    }
+    let source = SourceName::new(&cfg.source).map_err(anyhow::Error::msg)?;
+    Ok(Arc::new(App {
+        cfg,
+        source,
+        outbox: Arc::new(RwLock::new(outbox)),
+        export_lock: tokio::sync::Mutex::new(()),
+        runs: Mutex::new(HashMap::new()),
+        status: Mutex::new(st),
+        metrics: Metrics::new(),
+        counter: std::sync::atomic::AtomicU64::new(0),
+    }))
+}
+
+async fn schedule(app: &Arc<App>) -> Result<Option<tokio_cron_scheduler::JobScheduler>> {
+    use tokio_cron_scheduler::{Job, JobScheduler};
+    if app.cfg.schedule == "off" {
+        return Ok(None);
+    }
+    let expr = format!("0 {}", app.cfg.schedule);
+    let sched = JobScheduler::new()
+        .await
+        .map_err(|e| anyhow!("scheduler: {e}"))?;
+    let a = app.clone();
+    let job = Job::new_async(expr.as_str(), move |_, _| {
+        let a = a.clone();
+        Box::pin(async move {
+            let tx = start(&a);
+            tracing::info!(tx = %tx, "scheduled export");
+        })
+    })
+    .map_err(|e| anyhow!("schedule = {:?}: {e}", app.cfg.schedule))?;
+    sched
+        .add(job)
+        .await
+        .map_err(|e| anyhow!("scheduler: {e}"))?;
+    sched.start().await.map_err(|e| anyhow!("scheduler: {e}"))?;
+    Ok(Some(sched))
+}
+
+pub async fn serve(cfg: Config) -> Result<()> {
+    let tls = cfg.server.tls_files()?;
+    let listen = cfg.server.listen;
+    let app = new_app(cfg)?;
+    {
+        let s = app.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        wire::write_json_atomic(&status_path(&app.cfg), &s)?;
+    }
+    let _sched = schedule(&app).await?;
+    let srv = wire::server::bind(listen, tls.as_ref()).await?;
+    tracing::info!("exporter listening on {}", srv.url());
+    srv.serve(router(&app)?, wire::server::shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+fn local_client(cfg: &Config) -> Result<wire::Client> {
+    let token = cfg
+        .server
+        .tokens
+        .iter()
+        .find(|t| t.peer == "admin")
+        .context(
+            "[server] tokens has no entry for peer \"admin\" (used by `exporter run` and `status`)",
+        )?;
+    let mut addr = cfg.server.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let scheme = if cfg.server.cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    wire::Client::new(
+        &format!("{scheme}://{addr}"),
+        Some(&token.token),
+        None,
+        Duration::from_secs(10),
+    )
+    .map_err(|e| anyhow!("{e}"))
+}
+
+fn report(r: &RunState, json: bool) -> ExitCode {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+    } else if r.state == "committed" {
+        println!(
+            "export {} committed as {} by {}",
+            r.tx,
+            r.committed_as.as_deref().unwrap_or("?"),
+            r.committed_by.as_deref().unwrap_or("?")
+        );
+    } else {
+        eprintln!(
+            "export {} failed: {}",
+            r.tx,
+            r.error.as_deref().unwrap_or("unknown reason")
+        );
+        if !r.log_tail.is_empty() {
+            eprintln!("--- hook log (end) ---\n{}", r.log_tail.trim_end());
+        }
+    }
+    if r.state == "committed" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `exporter run`: through the daemon when one answers; otherwise serve the
+/// snapshot from this process until a PBS has committed it.
+pub async fn run_cli(cfg: Config, json: bool) -> Result<ExitCode> {
+    let client = local_client(&cfg)?;
+    let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    });
+    let started: Result<serde_json::Value, _> =
+        client.post_json("/v1/run", &serde_json::json!({})).await;
+    let run = match started {
+        Ok(v) => {
+            let tx = v["tx"].as_str().unwrap_or_default().to_string();
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let r: RunState = client
+                    .get_json(&format!("/v1/runs/{tx}"))
+                    .await
+                    .map_err(|e| anyhow!("{e}"))?;
+                if let Some(b) = &bar {
+                    b.set_message(format!("{} {}", r.tx, r.state));
+                }
+                if r.state == "committed" || r.state == "failed" {
+                    break r;
+                }
+            }
+        }
+        Err(e) if e.status().is_none() => {
+            // No daemon: do it here, serving the snapshot while the PBS pulls.
+            let tls = cfg.server.tls_files()?;
+            let listen = cfg.server.listen;
+            let app = new_app(cfg)?;
+            let srv = wire::server::bind(listen, tls.as_ref())
+                .await
+                .with_context(|| format!("no daemon answered and {listen} cannot be bound"))?;
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let router = router(&app)?;
+            let server = tokio::spawn(srv.serve(router, async move {
+                let _ = stop_rx.await;
+            }));
+            if let Some(b) = &bar {
+                b.set_message("exporting (no daemon running: serving from this process)");
+            }
+            let tx = app.new_tx();
+            let r = export(app.clone(), tx).await;
+            let _ = stop_tx.send(());
+            let _ = server.await;
+            r
+        }
+        Err(e) => return Err(anyhow!("{e}")),
+    };
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(report(&run, json))
+}
+
+pub async fn status_cli(cfg: Config, json: bool) -> Result<ExitCode> {
+    let client = local_client(&cfg)?;
+    let (st, live) = match client.get_json::<Status>("/v1/status").await {
+        Ok(s) => (s, true),
+        Err(_) => (
+            wire::read_json::<Status>(&status_path(&cfg))?.unwrap_or_default(),
+            false,
+        ),
+    };
+    if json {
+        let mut v = serde_json::to_value(&st)?;
+        v["daemon_running"] = serde_json::json!(live);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "exporter {}: role {} status {} epoch {}{}",
+            cfg.source,
+            st.role,
+            st.status,
+            st.epoch,
+            if live { "" } else { "  (daemon not running)" }
+        );
+        let line = |what: &str, r: &Option<RunState>| match r {
+            Some(r) => println!(
+                "{what}: {} {} {}{}",
+                r.tx,
+                r.state,
+                r.committed_as.as_deref().unwrap_or(""),
+                r.error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ),
+            None => println!("{what}: none"),
+        };
+        line("last run", &st.last_run);
+        line("last success", &st.last_success);
+        line("last failure", &st.last_failure);
+    }
+    Ok(
+        if st.last_failure.is_some()
+            && st.last_failure.as_ref().map(|f| &f.started_at)
+                > st.last_success.as_ref().map(|s| &s.started_at)
+        {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
+}

@@ -1,0 +1,508 @@
+//! The importer daemon: receive endpoints, applying, status.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use archive::prune::Retention;
+use archive::transfer::Incoming;
+use archive::{Archive, ChunkId, GenId, Seq, SourceName};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use wire::server::ApiError;
+use wire::Metrics;
+
+use crate::apply::Applier;
+use crate::Config;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Applied {
+    pub generation: String,
+    pub taken_at: String,
+    pub restored_at: String,
+    /// Restore checked and both hooks passed.
+    pub verified: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Failure {
+    pub generation: String,
+    pub at: String,
+    pub reason: String,
+}
+
+/// What `GET /v1/status` and `importer status` show.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Status {
+    pub name: String,
+    pub role: String,
+    pub status: String,
+    pub epoch: u64,
+    /// The copy in the restore folder.
+    pub last_valid: Option<Applied>,
+    /// A generation being received or imported right now.
+    pub importing: Option<String>,
+    pub last_failure: Option<Failure>,
+    /// The end of the last import's hook log.
+    pub last_log: String,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Need {
+    pub need: Vec<String>,
+    /// The generation is already here.
+    #[serde(default)]
+    pub have: bool,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ApplyResult {
+    pub ok: bool,
+    pub generation: String,
+    pub verified: bool,
+    pub error: Option<String>,
+    pub log_tail: String,
+}
+
+struct App {
+    cfg: Config,
+    store: Arc<RwLock<Archive>>,
+    sessions: Mutex<HashMap<String, Incoming>>,
+    apply_lock: tokio::sync::Mutex<()>,
+    status: Mutex<Status>,
+    metrics: Metrics,
+}
+
+fn now_rfc3339() -> String {
+    fmt_ns(archive::ingest::now_ns())
+}
+
+pub fn fmt_ns(ns: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
+        .ok()
+        .and_then(|t| t.replace_nanosecond(0).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn status_path(cfg: &Config) -> std::path::PathBuf {
+    cfg.state_dir.join("status.json")
+}
+
+impl App {
+    fn set_status(&self, f: impl FnOnce(&mut Status)) {
+        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut s);
+        if let Err(e) = wire::write_json_atomic(&status_path(&self.cfg), &*s) {
+            tracing::error!("cannot save status: {e}");
+        }
+    }
+
+    fn applier(&self) -> Applier {
+        Applier {
+            restore_dir: self.cfg.restore_dir.clone(),
+            state_dir: self.cfg.state_dir.clone(),
+        }
+    }
+}
+
+fn gen_id(source: &str, seq: u64) -> Result<GenId, ApiError> {
+    Ok(GenId {
+        source: SourceName::new(source).map_err(ApiError::bad_request)?,
+        seq: Seq(seq),
+    })
+}
+
+fn hexes(ids: &[ChunkId]) -> Vec<String> {
+    ids.iter().map(|i| i.to_hex()).collect()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
+}
+
+async fn offer(
+    State(app): State<Arc<App>>,
+    Path((source, seq)): Path<(String, u64)>,
+    body: Bytes,
+) -> Result<Json<Need>, ApiError> {
+    let gen = gen_id(&source, seq)?;
+    app.metrics
+        .counter(
+            "pullback_bytes_received_total",
+            "Bytes received from the PBS",
+        )
+        .add(body.len() as u64);
+    let a = app.clone();
+    blocking(move || {
+        let ar = a.store.read().unwrap_or_else(|p| p.into_inner());
+        if ar.record(&gen).is_ok() {
+            return Ok(Json(Need {
+                need: vec![],
+                have: true,
+            }));
+        }
+        let mut inc = Incoming::new(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if inc.record().id() != gen {
+            return Err(ApiError::bad_request(format!(
+                "the record is {}, not {gen}",
+                inc.record().id()
+            )));
+        }
+        let need = inc
+            .missing(&ar)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        a.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(gen.to_string(), inc);
+        a.set_status(|s| s.importing = Some(gen.to_string()));
+        Ok(Json(Need {
+            need: hexes(&need),
+            have: false,
+        }))
+    })
+    .await
+}
+
+async fn blobs(
+    State(app): State<Arc<App>>,
+    Path((source, seq)): Path<(String, u64)>,
+    body: Bytes,
+) -> Result<Json<Need>, ApiError> {
+    let gen = gen_id(&source, seq)?;
+    app.metrics
+        .counter(
+            "pullback_bytes_received_total",
+            "Bytes received from the PBS",
+        )
+        .add(body.len() as u64);
+    let a = app.clone();
+    blocking(move || {
+        let key = gen.to_string();
+        let mut inc = a
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key)
+            .ok_or_else(|| {
+                ApiError::not_found(format!("no transfer of {gen} in progress: offer it first"))
+            })?;
+        let ar = a.store.read().unwrap_or_else(|p| p.into_inner());
+        let r = inc
+            .add_pack(&body)
+            .and_then(|_| inc.missing(&ar))
+            .map_err(|e| ApiError::bad_request(format!("refused: {e}")));
+        match r {
+            Ok(need) => {
+                a.sessions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, inc);
+                Ok(Json(Need {
+                    need: hexes(&need),
+                    have: false,
+                }))
+            }
+            Err(e) => {
+                a.set_status(|s| {
+                    s.importing = None;
+                    s.last_failure = Some(Failure {
+                        generation: gen.to_string(),
+                        at: now_rfc3339(),
+                        reason: e.message.clone(),
+                    });
+                });
+                Err(e)
+            }
+        }
+    })
+    .await
+}
+
+async fn commit(
+    State(app): State<Arc<App>>,
+    Path((source, seq)): Path<(String, u64)>,
+) -> Result<Json<ApplyResult>, ApiError> {
+    let gen = gen_id(&source, seq)?;
+    let _one = app.apply_lock.lock().await;
+    let a = app.clone();
+    let g = gen.clone();
+    let stored = blocking(move || {
+        let inc = a
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&g.to_string());
+        let mut ar = a.store.write().unwrap_or_else(|p| p.into_inner());
+        match inc {
+            Some(inc) => ar
+                .commit_incoming(inc, Some(g.seq))
+                .map(|r| r.taken_at_ns)
+                .map_err(|e| ApiError::bad_request(format!("refused {g}: {e}"))),
+            None => ar
+                .record(&g)
+                .map(|r| r.taken_at_ns)
+                .map_err(|_| ApiError::not_found(format!("no transfer of {g} in progress"))),
+        }
+    })
+    .await;
+    let taken_at = match stored {
+        Ok(t) => t,
+        Err(e) => {
+            app.set_status(|s| {
+                s.importing = None;
+                s.last_failure = Some(Failure {
+                    generation: gen.to_string(),
+                    at: now_rfc3339(),
+                    reason: e.message.clone(),
+                });
+            });
+            return Err(e);
+        }
+    };
+    let already = app
+        .status
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .last_valid
+        .as_ref()
+        .is_some_and(|v| v.generation == gen.to_string() && v.verified);
+    if already {
+        app.set_status(|s| s.importing = None);
+        return Ok(Json(ApplyResult {
+            ok: true,
+            generation: gen.to_string(),
+            verified: true,
+            error: None,
+            log_tail: String::new(),
+        }));
+    }
+    let t = Instant::now();
+    let r = apply(&app, &gen, taken_at).await;
+    app.metrics
+        .gauge(
+            "pullback_import_seconds",
+            "Duration of the last import (restore, hooks)",
+        )
+        .set_duration(t.elapsed());
+    let (ok, error, log_tail) = match r {
+        Ok(log) => (true, None, log),
+        Err((e, log)) => {
+            app.metrics
+                .counter("pullback_import_failures_total", "Imports that failed")
+                .inc();
+            (false, Some(format!("{e:#}")), log)
+        }
+    };
+    app.set_status(|s| {
+        s.importing = None;
+        s.last_log = log_tail.clone();
+        if ok {
+            s.last_valid = Some(Applied {
+                generation: gen.to_string(),
+                taken_at: fmt_ns(taken_at),
+                restored_at: now_rfc3339(),
+                verified: true,
+            });
+        } else if let Some(e) = &error {
+            s.last_failure = Some(Failure {
+                generation: gen.to_string(),
+                at: now_rfc3339(),
+                reason: e.clone(),
+            });
+        }
+    });
+    if ok {
+        app.metrics
+            .counter(
+                "pullback_generations_total",
+                "Generations imported and verified",
+            )
+            .inc();
+        let a = app.clone();
+        let _ = blocking(move || trim_store(&a).map_err(|e| ApiError::internal(format!("{e:#}"))))
+            .await
+            .map_err(|e| tracing::warn!("store retention: {}", e.message));
+    }
+    Ok(Json(ApplyResult {
+        ok,
+        generation: gen.to_string(),
+        verified: ok,
+        error,
+        log_tail,
+    }))
+}
+
+/// Keep the newest `keep` generations of the local store.
+fn trim_store(app: &App) -> Result<()> {
+    let mut ar = app.store.write().unwrap_or_else(|p| p.into_inner());
+    let plan = ar.prune_plan(&Retention {
+        keep_last: Some(app.cfg.keep),
+        ..Default::default()
+    })?;
+    if plan.removed().next().is_some() {
+        ar.apply_prune(&plan)?;
+        let gc = ar.gc_plan(false)?;
+        ar.gc(&gc, false)?;
+    }
+    Ok(())
+}
+
+/// Stage, swap in, run the hooks; roll back on any failure. Returns the log
+/// tail, or the error with it.
+async fn apply(
+    app: &Arc<App>,
+    gen: &GenId,
+    taken_at: i64,
+) -> Result<String, (anyhow::Error, String)> {
+    let a = app.clone();
+    let g = gen.clone();
+    let staged = tokio::task::spawn_blocking(move || -> Result<u64> {
+        let ar = a.store.read().unwrap_or_else(|p| p.into_inner());
+        a.applier().stage(&ar, &g)
+    })
+    .await
+    .map_err(|e| (anyhow::anyhow!("worker failed: {e}"), String::new()))
+    .and_then(|r| r.map_err(|e| (e, String::new())));
+    let files = staged?;
+    tracing::info!(generation = %gen, files, "staged and checked");
+    let applier = app.applier();
+    applier.swap_in(gen).map_err(|e| (e, String::new()))?;
+    let env = vec![
+        (
+            "PULLBACK_RESTORE_DIR".to_string(),
+            app.cfg.restore_dir.display().to_string(),
+        ),
+        ("PULLBACK_GENERATION".to_string(), gen.to_string()),
+        ("PULLBACK_TAKEN_AT".to_string(), fmt_ns(taken_at)),
+    ];
+    let log_path = app
+        .cfg
+        .state_dir
+        .join("logs")
+        .join(format!("{}-{}.log", gen.source, gen.seq));
+    let timeout = Duration::from_secs(app.cfg.hooks.timeout_secs);
+    let mut log = String::new();
+    for (what, hook) in [
+        ("import", &app.cfg.hooks.import),
+        ("verify", &app.cfg.hooks.verify),
+    ] {
+        let Some(hook) = hook else { continue };
+        let r = wire::run_hook(hook, &[], &env, &log_path, timeout).await;
+        let failed = match r {
+            Ok(out) => {
+                log = out.log_tail.clone();
+                (!out.success()).then(|| anyhow::anyhow!("{what} hook failed: {}", out.status))
+            }
+            Err(e) => Some(anyhow::anyhow!("{what} hook: {e}")),
+        };
+        if let Some(e) = failed {
+            let undo = applier
+                .roll_back()
+                .map(|_| "the previous copy is back in place".to_string())
+                .unwrap_or_else(|re| format!("rolling back failed too: {re:#}"));
+            return Err((e.context(undo), log));
+        }
+    }
+    applier.finish().map_err(|e| (e, log.clone()))?;
+    Ok(log)
+}
+
+async fn status(State(app): State<Arc<App>>) -> Json<Status> {
+    Json(app.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
+}
+
+pub async fn serve(cfg: Config) -> Result<()> {
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    let applier = Applier {
+        restore_dir: cfg.restore_dir.clone(),
+        state_dir: cfg.state_dir.clone(),
+    };
+    let mut st: Status = wire::read_json(&status_path(&cfg))?.unwrap_or_default();
+    if applier.roll_back()? {
+        tracing::warn!("an import was interrupted by a crash; the previous copy is back in place");
+        st.last_failure = Some(Failure {
+            generation: st.importing.clone().unwrap_or_default(),
+            at: now_rfc3339(),
+            reason: "interrupted by a crash; the previous copy was put back".into(),
+        });
+    }
+    st.name = cfg.name.clone();
+    st.role = "BACKUP".into();
+    st.status = "Follower".into();
+    st.importing = None;
+    let store = Archive::open_or_init(&cfg.store)?;
+    let tokens = cfg.server.token_set()?;
+    let tls = cfg.server.tls_files()?;
+    let listen = cfg.server.listen;
+    let app = Arc::new(App {
+        cfg,
+        store: Arc::new(RwLock::new(store)),
+        sessions: Mutex::new(HashMap::new()),
+        apply_lock: tokio::sync::Mutex::new(()),
+        status: Mutex::new(st),
+        metrics: Metrics::new(),
+    });
+    app.set_status(|_| {});
+    let api = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/receive/{source}/{seq}/offer", post(offer))
+        .route("/v1/receive/{source}/{seq}/blobs", post(blobs))
+        .route("/v1/receive/{source}/{seq}/commit", post(commit))
+        .layer(DefaultBodyLimit::max(256 << 20))
+        .with_state(app.clone())
+        .merge(app.metrics.router())
+        .layer(wire::require_token(tokens));
+    let server = wire::server::bind(listen, tls.as_ref()).await?;
+    tracing::info!("importer listening on {}", server.url());
+    server.serve(api, wire::server::shutdown_signal()).await?;
+    Ok(())
+}
+
+pub fn print_status(cfg: &Config, json: bool) -> Result<ExitCode> {
+    let st: Option<Status> = wire::read_json(&status_path(cfg))?;
+    let Some(st) = st else {
+        println!(
+            "importer {}: never started (no {})",
+            cfg.name,
+            status_path(cfg).display()
+        );
+        return Ok(ExitCode::from(1));
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+    } else {
+        println!(
+            "importer {}  role {}  status {}  epoch {}",
+            st.name, st.role, st.status, st.epoch
+        );
+        match &st.last_valid {
+            Some(v) => println!(
+                "last valid: {} taken {} restored {} verified {}",
+                v.generation, v.taken_at, v.restored_at, v.verified
+            ),
+            None => println!("last valid: none yet"),
+        }
+        if let Some(i) = &st.importing {
+            println!("importing: {i}");
+        }
+        if let Some(f) = &st.last_failure {
+            println!("last failure: {} at {}: {}", f.generation, f.at, f.reason);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

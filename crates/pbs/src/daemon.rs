@@ -1,0 +1,689 @@
+//! `pbs serve`: take notifications, pull what is missing from the exporter,
+//! commit, push to every importer; prune and verify on a schedule.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use archive::prune::Retention;
+use archive::transfer::Incoming;
+use archive::{Archive, ChunkId, Epoch, GenId, GenRecord, SourceName};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use wire::server::ApiError;
+use wire::{Metrics, Peer};
+
+use crate::config::{self, Config, SourceConfig};
+
+/// What an exporter sends when a generation is ready.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Notify {
+    pub source: String,
+    /// The generation's number in the exporter's outbox.
+    pub seq: u64,
+    /// Transaction id of the export: notifications are idempotent by it.
+    pub tx: String,
+    pub epoch: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct TxState {
+    pub tx: String,
+    pub source: String,
+    /// queued, pulling, committed, failed.
+    pub state: String,
+    pub generation: Option<String>,
+    pub error: Option<String>,
+    pub at: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Event {
+    pub at: String,
+    pub generation: Option<String>,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SourceStatus {
+    pub last_success: Option<Event>,
+    pub last_failure: Option<Event>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ImporterStatus {
+    pub last_good: Option<Event>,
+    pub last_failure: Option<Event>,
+}
+
+/// The server's durable status (`STATE_DIR/status.json`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub sources: BTreeMap<String, SourceStatus>,
+    pub importers: BTreeMap<String, ImporterStatus>,
+    pub transactions: VecDeque<TxState>,
+    pub last_prune: Option<Event>,
+    pub last_verify: Option<Event>,
+}
+
+const KEEP_TX: usize = 200;
+
+pub fn status_path(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("status.json")
+}
+
+pub fn now_rfc3339() -> String {
+    crate::archive_cmd::fmt_time(archive::ingest::now_ns())
+}
+
+struct App {
+    cfg: Config,
+    state_dir: PathBuf,
+    archive: Arc<RwLock<Archive>>,
+    status: Mutex<ServerStatus>,
+    queues: HashMap<String, mpsc::UnboundedSender<Notify>>,
+    metrics: Metrics,
+}
+
+impl App {
+    fn update(&self, f: impl FnOnce(&mut ServerStatus)) {
+        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut s);
+        while s.transactions.len() > KEEP_TX {
+            s.transactions.pop_front();
+        }
+        if let Err(e) = wire::write_json_atomic(&status_path(&self.state_dir), &*s) {
+            tracing::error!("cannot save status: {e}");
+        }
+    }
+
+    fn set_tx(&self, t: TxState) {
+        self.update(|s| {
+            if let Some(old) = s.transactions.iter_mut().find(|x| x.tx == t.tx) {
+                *old = t;
+            } else {
+                s.transactions.push_back(t);
+            }
+        });
+    }
+
+    fn tx(&self, tx: &str) -> Option<TxState> {
+        let s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        s.transactions.iter().find(|t| t.tx == tx).cloned()
+    }
+
+    fn source(&self, name: &str) -> Option<&SourceConfig> {
+        self.cfg.sources.iter().find(|s| s.name == name)
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| anyhow!("worker failed: {e}"))?
+}
+
+// ---------------------------------------------------------------- pull
+
+async fn pull(app: &Arc<App>, src: &SourceConfig, n: &Notify) -> Result<GenRecord> {
+    let client = src
+        .exporter
+        .client(Duration::from_secs(600))
+        .map_err(|e| anyhow!("{e}"))?;
+    let rec = client
+        .get_bytes(&format!("/v1/generations/{}/{}", n.source, n.seq))
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let received = app.metrics.counter_with(
+        "pullback_bytes_received_total",
+        "Bytes received from exporters",
+        &[("source", &n.source)],
+    );
+    received.add(rec.len() as u64);
+    let mut inc = Incoming::new(&rec).context("the exporter's generation record")?;
+    if inc.record().source.as_str() != n.source {
+        bail!(
+            "the exporter sent a record of source {}",
+            inc.record().source
+        );
+    }
+    if inc.record().epoch != Epoch(n.epoch) {
+        bail!(
+            "the record's epoch {} differs from the notification's {}",
+            inc.record().epoch,
+            n.epoch
+        );
+    }
+    loop {
+        let a = app.clone();
+        let (i, need) = blocking(move || {
+            let ar = a.archive.read().unwrap_or_else(|p| p.into_inner());
+            let need = inc.missing(&ar)?;
+            Ok((inc, need))
+        })
+        .await?;
+        inc = i;
+        if need.is_empty() {
+            break;
+        }
+        let body: Vec<u8> = need.iter().flat_map(|id| id.0).collect();
+        let pack = client
+            .post_bytes("/v1/blobs", body)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        received.add(pack.len() as u64);
+        inc.add_pack(&pack).context("a pack from the exporter")?;
+    }
+    let a = app.clone();
+    blocking(move || {
+        let mut ar = a.archive.write().unwrap_or_else(|p| p.into_inner());
+        Ok(ar.commit_incoming(inc, None)?)
+    })
+    .await
+}
+
+// ---------------------------------------------------------------- push
+
+#[derive(Debug, Deserialize)]
+struct Need {
+    need: Vec<String>,
+    #[serde(default)]
+    have: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct ApplyResult {
+    ok: bool,
+    verified: bool,
+    error: Option<String>,
+    #[serde(default)]
+    log_tail: String,
+}
+
+async fn push(app: &Arc<App>, imp: &wire::PeerConfig, gen: &GenId) -> Result<()> {
+    let client = imp
+        .client(Duration::from_secs(4 * 3600))
+        .map_err(|e| anyhow!("{e}"))?;
+    let sent = app.metrics.counter_with(
+        "pullback_bytes_sent_total",
+        "Bytes sent to importers",
+        &[("importer", &imp.name)],
+    );
+    let a = app.clone();
+    let g = gen.clone();
+    let rec = blocking(move || {
+        let ar = a.archive.read().unwrap_or_else(|p| p.into_inner());
+        Ok(ar.record_bytes(&g)?)
+    })
+    .await?;
+    let base = format!("/v1/receive/{}/{}", gen.source, gen.seq);
+    sent.add(rec.len() as u64);
+    let reply = client
+        .post_bytes(&format!("{base}/offer"), rec)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let mut need: Need = serde_json::from_slice(&reply).context("importer's answer to offer")?;
+    let mut rounds = 0;
+    while !need.need.is_empty() {
+        rounds += 1;
+        if rounds > 10_000 {
+            bail!("the importer keeps asking for blobs: giving up");
+        }
+        let ids = need
+            .need
+            .iter()
+            .map(|h| h.parse::<ChunkId>().map_err(anyhow::Error::msg))
+            .collect::<Result<Vec<_>>>()?;
+        let a = app.clone();
+        let pack = blocking(move || {
+            let ar = a.archive.read().unwrap_or_else(|p| p.into_inner());
+            Ok(ar.export_blobs(&ids)?)
+        })
+        .await?;
+        sent.add(pack.len() as u64);
+        let reply = client
+            .post_bytes(&format!("{base}/blobs"), pack)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        need = serde_json::from_slice(&reply).context("importer's answer to blobs")?;
+    }
+    let _ = need.have;
+    let reply = client
+        .post_bytes(&format!("{base}/commit"), Vec::new())
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let r: ApplyResult = serde_json::from_slice(&reply).context("importer's answer to commit")?;
+    if !r.ok || !r.verified {
+        bail!(
+            "import failed: {}{}",
+            r.error.unwrap_or_else(|| "not verified".into()),
+            if r.log_tail.is_empty() {
+                String::new()
+            } else {
+                format!("\n{}", r.log_tail)
+            }
+        );
+    }
+    Ok(())
+}
+
+async fn push_all(app: &Arc<App>, gen: &GenId) {
+    let jobs = app.cfg.importers.clone().into_iter().map(|imp| {
+        let app = app.clone();
+        let gen = gen.clone();
+        async move {
+            let imp = &imp;
+            let t = Instant::now();
+            let backoff = wire::Backoff {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(30),
+                attempts: 3,
+            };
+            let mut last = None;
+            for attempt in 0..backoff.attempts {
+                if attempt > 0 {
+                    tokio::time::sleep(backoff.delay(attempt)).await;
+                }
+                match push(&app, imp, &gen).await {
+                    Ok(()) => {
+                        last = None;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(importer = %imp.name, generation = %gen, "push failed: {e:#}");
+                        last = Some(e);
+                    }
+                }
+            }
+            app.metrics
+                .gauge_with("pullback_push_seconds", "Duration of the last push", &[("importer", &imp.name)])
+                .set_duration(t.elapsed());
+            let ev = |detail: String| Event {
+                at: now_rfc3339(),
+                generation: Some(gen.to_string()),
+                detail,
+            };
+            app.update(|s| {
+                let st = s.importers.entry(imp.name.clone()).or_default();
+                match &last {
+                    None => st.last_good = Some(ev("imported and verified".into())),
+                    Some(e) => st.last_failure = Some(ev(format!("{e:#}"))),
+                }
+            });
+            if last.is_some() {
+                app.metrics
+                    .counter_with("pullback_failures_total", "Failed transfers", &[("peer", &imp.name)])
+                    .inc();
+            }
+        }
+    });
+    futures_join_all(jobs).await;
+}
+
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
+    jobs: impl Iterator<Item = F>,
+) {
+    let handles: Vec<_> = jobs.map(tokio::spawn).collect();
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+// ---------------------------------------------------------------- per-source worker
+
+async fn worker(app: Arc<App>, name: String, mut rx: mpsc::UnboundedReceiver<Notify>) {
+    while let Some(n) = rx.recv().await {
+        let Some(src) = app.source(&name) else {
+            continue;
+        };
+        if app.tx(&n.tx).is_some_and(|t| t.state == "committed") {
+            continue;
+        }
+        let mut tx = TxState {
+            tx: n.tx.clone(),
+            source: name.clone(),
+            state: "pulling".into(),
+            generation: None,
+            error: None,
+            at: now_rfc3339(),
+        };
+        app.set_tx(tx.clone());
+        let t = Instant::now();
+        let backoff = wire::Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            attempts: src.attempts.max(1),
+        };
+        let mut result = Err(anyhow!("no attempt made"));
+        for attempt in 0..backoff.attempts {
+            if attempt > 0 {
+                tokio::time::sleep(backoff.delay(attempt)).await;
+            }
+            result = pull(&app, src, &n).await;
+            match &result {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(source = %name, tx = %n.tx, attempt = attempt + 1, "pull failed: {e:#}");
+                    let msg = format!("attempt {} of {}: {e:#}", attempt + 1, backoff.attempts);
+                    app.update(|s| {
+                        s.sources.entry(name.clone()).or_default().last_failure = Some(Event {
+                            at: now_rfc3339(),
+                            generation: None,
+                            detail: msg,
+                        })
+                    });
+                    // A stale epoch or bad data will not get better by retrying.
+                    let text = format!("{e:#}");
+                    if text.contains("epoch")
+                        || text.contains("corrupt")
+                        || text.contains("damaged")
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        app.metrics
+            .gauge_with(
+                "pullback_pull_seconds",
+                "Duration of the last pull",
+                &[("source", &name)],
+            )
+            .set_duration(t.elapsed());
+        match result {
+            Ok(rec) => {
+                let gen = rec.id();
+                tracing::info!(source = %name, tx = %n.tx, generation = %gen, added = rec.stats.added_bytes, "committed");
+                app.metrics
+                    .counter_with(
+                        "pullback_generations_total",
+                        "Generations committed",
+                        &[("source", &name)],
+                    )
+                    .inc();
+                tx.state = "committed".into();
+                tx.generation = Some(gen.to_string());
+                tx.at = now_rfc3339();
+                app.set_tx(tx);
+                app.update(|s| {
+                    s.sources.entry(name.clone()).or_default().last_success = Some(Event {
+                        at: now_rfc3339(),
+                        generation: Some(gen.to_string()),
+                        detail: format!("tx {}", n.tx),
+                    })
+                });
+                push_all(&app, &gen).await;
+            }
+            Err(e) => {
+                app.metrics
+                    .counter_with(
+                        "pullback_failures_total",
+                        "Failed transfers",
+                        &[("peer", &src.exporter.name)],
+                    )
+                    .inc();
+                tx.state = "failed".into();
+                tx.error = Some(format!("{e:#}"));
+                tx.at = now_rfc3339();
+                app.set_tx(tx);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- API
+
+async fn notify(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    Json(n): Json<Notify>,
+) -> Result<(StatusCode, Json<TxState>), ApiError> {
+    let src = app
+        .source(&n.source)
+        .ok_or_else(|| ApiError::not_found(format!("unknown source {:?}", n.source)))?;
+    let allowed = src.notify_peer.as_deref().unwrap_or(&src.exporter.name);
+    if peer.0 != allowed {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("peer {} may not notify for source {}", peer.0, n.source),
+        ));
+    }
+    if n.tx.is_empty() || n.tx.len() > 128 {
+        return Err(ApiError::bad_request("tx must be 1 to 128 characters"));
+    }
+    let name = SourceName::new(&n.source).map_err(ApiError::bad_request)?;
+    let a = app.clone();
+    let latest_epoch = tokio::task::spawn_blocking(move || {
+        let ar = a.archive.read().unwrap_or_else(|p| p.into_inner());
+        ar.latest(&name).ok().flatten().map(|r| r.epoch.0)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    if let Some(have) = latest_epoch {
+        if n.epoch < have {
+            return Err(ApiError::conflict(format!(
+                "stale epoch {} for source {} (current {have}): demote",
+                n.epoch, n.source
+            )));
+        }
+    }
+    if let Some(t) = app.tx(&n.tx) {
+        return Ok((StatusCode::OK, Json(t)));
+    }
+    let t = TxState {
+        tx: n.tx.clone(),
+        source: n.source.clone(),
+        state: "queued".into(),
+        generation: None,
+        error: None,
+        at: now_rfc3339(),
+    };
+    app.set_tx(t.clone());
+    let q = app
+        .queues
+        .get(&n.source)
+        .ok_or_else(|| ApiError::internal("no worker for the source"))?;
+    q.send(n)
+        .map_err(|_| ApiError::internal("the source's worker stopped"))?;
+    Ok((StatusCode::ACCEPTED, Json(t)))
+}
+
+async fn transaction(
+    State(app): State<Arc<App>>,
+    Path(tx): Path<String>,
+) -> Result<Json<TxState>, ApiError> {
+    app.tx(&tx)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no transaction {tx}")))
+}
+
+async fn status(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let a = app.clone();
+    let v = tokio::task::spawn_blocking(move || crate::status::report(&a.cfg, &a.state_dir))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    Ok(Json(v.json))
+}
+
+// ---------------------------------------------------------------- housekeeping
+
+async fn schedule(app: &Arc<App>) -> Result<Option<tokio_cron_scheduler::JobScheduler>> {
+    use tokio_cron_scheduler::{Job, JobScheduler};
+    let sc = &app.cfg.schedule;
+    if sc.prune.is_none() && sc.verify.is_none() {
+        return Ok(None);
+    }
+    let sched = JobScheduler::new()
+        .await
+        .map_err(|e| anyhow!("scheduler: {e}"))?;
+    if let Some(expr) = &sc.prune {
+        let r = &app.cfg.retention;
+        let pol = Retention {
+            keep_last: r.keep_last,
+            keep_hourly: r.keep_hourly,
+            keep_daily: r.keep_daily,
+            keep_weekly: r.keep_weekly,
+            keep_monthly: r.keep_monthly,
+        };
+        if pol.is_empty() {
+            bail!("[schedule] prune is set but [retention] keeps nothing: add keep_* rules");
+        }
+        let a = app.clone();
+        let job = Job::new_async(
+            config::cron6(expr, "schedule.prune")?.as_str(),
+            move |_, _| {
+                let a = a.clone();
+                let pol = pol.clone();
+                Box::pin(async move {
+                    let b = a.clone();
+                    let r = blocking(move || {
+                        let mut ar = b.archive.write().unwrap_or_else(|p| p.into_inner());
+                        let plan = ar.prune_plan(&pol)?;
+                        let n = ar.apply_prune(&plan)?;
+                        let gc = ar.gc_plan(true)?;
+                        let freed = ar.gc(&gc, true)?;
+                        Ok(format!("removed {n} generations, freed {freed} bytes"))
+                    })
+                    .await;
+                    let detail = r.unwrap_or_else(|e| format!("failed: {e:#}"));
+                    tracing::info!("scheduled prune: {detail}");
+                    a.update(|s| {
+                        s.last_prune = Some(Event {
+                            at: now_rfc3339(),
+                            generation: None,
+                            detail,
+                        })
+                    });
+                })
+            },
+        )
+        .map_err(|e| anyhow!("schedule.prune = {expr:?}: {e}"))?;
+        sched
+            .add(job)
+            .await
+            .map_err(|e| anyhow!("scheduler: {e}"))?;
+    }
+    if let Some(expr) = &sc.verify {
+        let full = sc.verify_full;
+        let a = app.clone();
+        let job = Job::new_async(
+            config::cron6(expr, "schedule.verify")?.as_str(),
+            move |_, _| {
+                let a = a.clone();
+                Box::pin(async move {
+                    let b = a.clone();
+                    let r = blocking(move || {
+                        let ar = b.archive.read().unwrap_or_else(|p| p.into_inner());
+                        Ok(ar.verify(full)?)
+                    })
+                    .await;
+                    let detail = match r {
+                        Ok(rep) if rep.is_clean() => {
+                            format!("clean: {} generations", rep.generations)
+                        }
+                        Ok(rep) => {
+                            b_metrics_fail(&a);
+                            format!(
+                                "{} problems: {}",
+                                rep.problems.len(),
+                                rep.problems
+                                    .iter()
+                                    .map(|p| format!("{} ({})", p.object, p.what))
+                                    .collect::<Vec<_>>()
+                                    .join("; ")
+                            )
+                        }
+                        Err(e) => format!("failed: {e:#}"),
+                    };
+                    tracing::info!("scheduled verify: {detail}");
+                    a.update(|s| {
+                        s.last_verify = Some(Event {
+                            at: now_rfc3339(),
+                            generation: None,
+                            detail,
+                        })
+                    });
+                })
+            },
+        )
+        .map_err(|e| anyhow!("schedule.verify = {expr:?}: {e}"))?;
+        sched
+            .add(job)
+            .await
+            .map_err(|e| anyhow!("scheduler: {e}"))?;
+    }
+    sched.start().await.map_err(|e| anyhow!("scheduler: {e}"))?;
+    Ok(Some(sched))
+}
+
+fn b_metrics_fail(app: &App) {
+    app.metrics
+        .counter(
+            "pullback_verify_problems_total",
+            "Scheduled verifies that found damage",
+        )
+        .inc();
+}
+
+pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
+    let server = cfg
+        .server
+        .clone()
+        .context("the config has no [server] section: pbs serve needs one")?;
+    let state_dir = cfg
+        .state_dir
+        .clone()
+        .context("the config has no state_dir: pbs serve needs one")?;
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let tokens = server.token_set()?;
+    let tls = server.tls_files()?;
+    let ar = Archive::open_or_init(&archive_path)?;
+    let st: ServerStatus = wire::read_json(&status_path(&state_dir))?.unwrap_or_default();
+    let mut queues = HashMap::new();
+    let mut rxs = Vec::new();
+    for s in &cfg.sources {
+        let (tx, rx) = mpsc::unbounded_channel();
+        queues.insert(s.name.clone(), tx);
+        rxs.push((s.name.clone(), rx));
+    }
+    let app = Arc::new(App {
+        cfg,
+        state_dir,
+        archive: Arc::new(RwLock::new(ar)),
+        status: Mutex::new(st),
+        queues,
+        metrics: Metrics::new(),
+    });
+    // Transactions cut short by a restart failed; the exporter notifies again.
+    app.update(|s| {
+        for t in s.transactions.iter_mut() {
+            if t.state == "queued" || t.state == "pulling" {
+                t.state = "failed".into();
+                t.error = Some("interrupted by a restart of the PBS".into());
+            }
+        }
+    });
+    for (name, rx) in rxs {
+        tokio::spawn(worker(app.clone(), name, rx));
+    }
+    let _sched = schedule(&app).await?;
+    let api = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/notify", post(notify))
+        .route("/v1/transactions/{tx}", get(transaction))
+        .with_state(app.clone())
+        .merge(app.metrics.router())
+        .layer(wire::require_token(tokens));
+    let srv = wire::server::bind(server.listen, tls.as_ref()).await?;
+    tracing::info!("pbs listening on {}", srv.url());
+    srv.serve(api, wire::server::shutdown_signal()).await?;
+    Ok(())
+}

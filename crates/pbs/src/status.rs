@@ -1,0 +1,151 @@
+//! `pbs status` and `GET /v1/status`: per source the newest generation and
+//! its age, the last success and failure; per importer the last good
+//! generation and the last failure. Read from the archive and the server's
+//! status file, so it answers even when the server is down.
+
+use std::path::Path;
+
+use anyhow::Result;
+use archive::{Archive, SourceName};
+use serde_json::{json, Value};
+
+use crate::archive_cmd::fmt_time;
+use crate::config::Config;
+use crate::daemon::{status_path, ServerStatus};
+
+pub struct Report {
+    pub json: Value,
+    /// Sources whose newest generation is missing or older than max_age.
+    pub stale: Vec<String>,
+}
+
+pub fn report(cfg: &Config, state_dir: &Path) -> Result<Report> {
+    let st: ServerStatus = wire::read_json(&status_path(state_dir))?.unwrap_or_default();
+    let ar = match &cfg.archive.path {
+        Some(p) if p.join("config").exists() => Some(Archive::open(p)?),
+        _ => None,
+    };
+    let now = archive::ingest::now_ns();
+    let mut stale = Vec::new();
+    let mut sources = Vec::new();
+    for s in &cfg.sources {
+        let newest = match (&ar, SourceName::new(&s.name)) {
+            (Some(ar), Ok(n)) => ar.latest(&n)?,
+            _ => None,
+        };
+        let age = newest
+            .as_ref()
+            .map(|r| ((now - r.taken_at_ns).max(0) / 1_000_000_000) as u64);
+        let is_stale = age.is_none_or(|a| a > s.max_age_secs);
+        if is_stale {
+            stale.push(s.name.clone());
+        }
+        let ss = st.sources.get(&s.name).cloned().unwrap_or_default();
+        sources.push(json!({
+            "name": s.name,
+            "newest": newest.as_ref().map(|r| json!({
+                "generation": r.id().to_string(),
+                "epoch": r.epoch.0,
+                "taken_at": fmt_time(r.taken_at_ns),
+                "files": r.stats.files,
+                "bytes": r.stats.bytes,
+            })),
+            "age_secs": age,
+            "max_age_secs": s.max_age_secs,
+            "stale": is_stale,
+            "last_success": ss.last_success,
+            "last_failure": ss.last_failure,
+        }));
+    }
+    let importers: Vec<Value> = cfg
+        .importers
+        .iter()
+        .map(|i| {
+            let s = st.importers.get(&i.name).cloned().unwrap_or_default();
+            json!({"name": i.name, "url": i.url, "last_good": s.last_good, "last_failure": s.last_failure})
+        })
+        .collect();
+    let epoch = ar
+        .as_ref()
+        .and_then(|ar| {
+            ar.generations()
+                .ok()?
+                .iter()
+                .filter_map(|g| ar.record(g).ok())
+                .map(|r| r.epoch.0)
+                .max()
+        })
+        .unwrap_or(0);
+    let json = json!({
+        "role": "COORDINATOR",
+        "status": if stale.is_empty() { "OK" } else { "STALE" },
+        "epoch": epoch,
+        "sources": sources,
+        "importers": importers,
+        "last_prune": st.last_prune,
+        "last_verify": st.last_verify,
+        "transactions": st.transactions.iter().rev().take(20).collect::<Vec<_>>(),
+    });
+    Ok(Report { json, stale })
+}
+
+fn event(v: &Value) -> String {
+    if v.is_null() {
+        return "-".into();
+    }
+    let at = v["at"].as_str().unwrap_or("");
+    let g = v["generation"]
+        .as_str()
+        .map(|g| format!(" {g}"))
+        .unwrap_or_default();
+    let d = v["detail"].as_str().unwrap_or("");
+    format!("{at}{g} {d}")
+}
+
+pub fn print(cfg: &Config, state_dir: &Path, json_out: bool) -> Result<std::process::ExitCode> {
+    let r = report(cfg, state_dir)?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&r.json)?);
+    } else {
+        println!(
+            "pbs status: {}  epoch {}",
+            r.json["status"].as_str().unwrap_or(""),
+            r.json["epoch"]
+        );
+        for s in r.json["sources"].as_array().into_iter().flatten() {
+            let newest = &s["newest"];
+            println!(
+                "source {}: newest {} taken {} (age {} s, max {} s){}",
+                s["name"].as_str().unwrap_or(""),
+                newest["generation"].as_str().unwrap_or("none"),
+                newest["taken_at"].as_str().unwrap_or("-"),
+                s["age_secs"],
+                s["max_age_secs"],
+                if s["stale"].as_bool() == Some(true) {
+                    "  STALE"
+                } else {
+                    ""
+                }
+            );
+            println!("    last success: {}", event(&s["last_success"]));
+            println!("    last failure: {}", event(&s["last_failure"]));
+        }
+        for i in r.json["importers"].as_array().into_iter().flatten() {
+            println!(
+                "importer {} ({}):",
+                i["name"].as_str().unwrap_or(""),
+                i["url"].as_str().unwrap_or("")
+            );
+            println!("    last good:    {}", event(&i["last_good"]));
+            println!("    last failure: {}", event(&i["last_failure"]));
+        }
+    }
+    if !r.stale.is_empty() {
+        eprintln!(
+            "pbs: newest generation missing or older than max_age for: {}",
+            r.stale.join(", ")
+        );
+        return Ok(std::process::ExitCode::from(1));
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
