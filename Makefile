@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 BENCH_DIR ?= /var/tmp/pullback-bench
-APT_PACKAGES := gcc make pkg-config rsync zstd time curl python3 postgresql-client
+APT_PACKAGES := gcc make pkg-config rsync zstd time curl bc python3 postgresql-client
 
 .PHONY: all deps build test lint unit e2e demo bench fmt clean
 
@@ -39,8 +39,9 @@ fmt:
 demo: build
 	bash deploy/demo.sh
 
-bench:
+bench: deps
 	bash bench/bench.sh "$(BENCH_DIR)"
+	bash bench/pipeline.sh "$(BENCH_DIR)"
 
 clean:
 	$(CARGO) clean
