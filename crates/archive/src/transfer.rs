@@ -50,11 +50,52 @@ impl Archive {
     }
 }
 
+/// Received payloads, kept on disk (an unlinked temporary file, gone with
+/// the process) so that a large first transfer does not live in memory.
+struct Spool {
+    file: std::fs::File,
+    len: u64,
+}
+
+impl Spool {
+    fn new() -> Result<Spool> {
+        let dir = std::env::temp_dir();
+        let file = tempfile::tempfile_in(&dir).map_err(|source| Error::Io { path: dir, source })?;
+        Ok(Spool { file, len: 0 })
+    }
+
+    fn put(&mut self, data: &[u8]) -> Result<u64> {
+        use std::os::unix::fs::FileExt;
+        let at = self.len;
+        self.file
+            .write_all_at(data, at)
+            .map_err(|source| Error::Io {
+                path: "(receive spool)".into(),
+                source,
+            })?;
+        self.len += data.len() as u64;
+        Ok(at)
+    }
+
+    fn get(&self, at: u64, len: u32) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut b = vec![0u8; len as usize];
+        self.file
+            .read_exact_at(&mut b, at)
+            .map_err(|source| Error::Io {
+                path: "(receive spool)".into(),
+                source,
+            })?;
+        Ok(b)
+    }
+}
+
 /// A generation being received.
 pub struct Incoming {
     record: GenRecord,
-    /// Blobs received so far: entry and payload.
-    received: DigestMap<ChunkId, (Entry, Vec<u8>)>,
+    /// Blobs received so far: entry and where the payload is in the spool.
+    received: DigestMap<ChunkId, (Entry, u64)>,
+    spool: Spool,
     /// Blobs asked for and not yet received.
     asked: DigestSet<ChunkId>,
     nodes: Option<Vec<Node>>,
@@ -64,13 +105,14 @@ pub struct Incoming {
 /// The archive with the received blobs laid over it.
 struct Overlay<'a> {
     archive: &'a Archive,
-    received: &'a DigestMap<ChunkId, (Entry, Vec<u8>)>,
+    received: &'a DigestMap<ChunkId, (Entry, u64)>,
+    spool: &'a Spool,
 }
 
 impl Blobs for Overlay<'_> {
     fn blob(&self, id: &ChunkId) -> Result<(Entry, Vec<u8>)> {
         match self.received.get(id) {
-            Some((e, p)) => Ok((e.clone(), p.clone())),
+            Some((e, at)) => Ok((e.clone(), self.spool.get(*at, e.stored_len)?)),
             None => self.archive.payload(id),
         }
     }
@@ -83,6 +125,7 @@ impl Incoming {
         Ok(Incoming {
             record,
             received: DigestMap::default(),
+            spool: Spool::new()?,
             asked: DigestSet::default(),
             nodes: None,
             bytes_received: record_bytes.len() as u64,
@@ -124,6 +167,7 @@ impl Incoming {
                 let ov = Overlay {
                     archive: ar,
                     received: &self.received,
+                    spool: &self.spool,
                 };
                 let mut raw = Vec::with_capacity(self.record.manifest_len as usize);
                 for c in &self.record.manifest_chunks {
@@ -182,8 +226,10 @@ impl Incoming {
             if !self.asked.remove(&e.id) {
                 continue;
             }
-            let payload = bytes[e.offset as usize..(e.offset + e.stored_len) as usize].to_vec();
-            self.received.insert(e.id, (e, payload));
+            let at = self
+                .spool
+                .put(&bytes[e.offset as usize..(e.offset + e.stored_len) as usize])?;
+            self.received.insert(e.id, (e, at));
             n += 1;
         }
         Ok(n)
@@ -229,6 +275,7 @@ impl Archive {
         let ov = Overlay {
             archive: self,
             received: &inc.received,
+            spool: &inc.spool,
         };
         // Every received blob decodes to its id.
         let ids: Vec<ChunkId> = inc.received.keys().copied().collect();
@@ -264,9 +311,10 @@ impl Archive {
         order.sort_by_key(|id| inc.received.get(id).map_or(0, |(e, _)| e.depth));
         let mut sink = PackSink::new(self.backend.as_ref());
         for id in order {
-            let Some((e, payload)) = inc.received.get(&id) else {
+            let Some((e, at)) = inc.received.get(&id) else {
                 continue;
             };
+            let payload = inc.spool.get(*at, e.stored_len)?;
             let mut e = e.clone();
             let d = e
                 .bases
@@ -290,7 +338,7 @@ impl Archive {
             } else {
                 e.depth = d;
                 depth.insert(id, d);
-                sink.add(e, payload)?;
+                sink.add(e, &payload)?;
             }
         }
         sink.publish()?;
