@@ -61,17 +61,7 @@ struct App {
     counter: std::sync::atomic::AtomicU64,
 }
 
-fn now_rfc3339() -> String {
-    let ns = archive::ingest::now_ns();
-    time::OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
-        .ok()
-        .and_then(|t| t.replace_nanosecond(0).ok())
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
+use wire::cli::now_rfc3339;
 
 fn status_path(cfg: &Config) -> std::path::PathBuf {
     cfg.state_dir.join("status.json")

@@ -140,14 +140,13 @@ pub fn load_config(path: &Path) -> Result<Config> {
 
 fn main() -> ExitCode {
     archive::tune_allocator();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PULLBACK_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // Daemons log their work; one-shot commands only warnings.
+    wire::cli::init_logging(if matches!(cli.cmd, Cmd::Serve) {
+        "info"
+    } else {
+        "warn"
+    });
     let r = (|| -> Result<ExitCode> {
         let path = cli
             .config
@@ -161,11 +160,5 @@ fn main() -> ExitCode {
             Cmd::Status { json } => rt.block_on(daemon::status_cli(cfg, json)),
         }
     })();
-    match r {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("exporter: error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    wire::cli::exit("exporter", r)
 }

@@ -78,20 +78,7 @@ struct App {
     metrics: Metrics,
 }
 
-fn now_rfc3339() -> String {
-    fmt_ns(archive::ingest::now_ns())
-}
-
-pub fn fmt_ns(ns: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
-        .ok()
-        .and_then(|t| t.replace_nanosecond(0).ok())
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
+use wire::cli::{fmt_time as fmt_ns, now_rfc3339};
 
 fn status_path(cfg: &Config) -> std::path::PathBuf {
     cfg.state_dir.join("status.json")
@@ -104,6 +91,18 @@ impl App {
         if let Err(e) = wire::write_json_atomic(&status_path(&self.cfg), &*s) {
             tracing::error!("cannot save status: {e}");
         }
+    }
+
+    /// Record a failed transfer or import of `gen`.
+    fn fail(&self, gen: &GenId, reason: &str) {
+        self.set_status(|s| {
+            s.importing = None;
+            s.last_failure = Some(Failure {
+                generation: gen.to_string(),
+                at: now_rfc3339(),
+                reason: reason.to_string(),
+            });
+        });
     }
 
     fn applier(&self) -> Applier {
@@ -217,14 +216,7 @@ async fn blobs(
                 }))
             }
             Err(e) => {
-                a.set_status(|s| {
-                    s.importing = None;
-                    s.last_failure = Some(Failure {
-                        generation: gen.to_string(),
-                        at: now_rfc3339(),
-                        reason: e.message.clone(),
-                    });
-                });
+                a.fail(&gen, &e.message);
                 Err(e)
             }
         }
@@ -262,14 +254,7 @@ async fn commit(
     let taken_at = match stored {
         Ok(t) => t,
         Err(e) => {
-            app.set_status(|s| {
-                s.importing = None;
-                s.last_failure = Some(Failure {
-                    generation: gen.to_string(),
-                    at: now_rfc3339(),
-                    reason: e.message.clone(),
-                });
-            });
+            app.fail(&gen, &e.message);
             return Err(e);
         }
     };

@@ -78,9 +78,7 @@ pub fn status_path(state_dir: &std::path::Path) -> PathBuf {
     state_dir.join("status.json")
 }
 
-pub fn now_rfc3339() -> String {
-    crate::archive_cmd::fmt_time(archive::ingest::now_ns())
-}
+pub use wire::cli::now_rfc3339;
 
 struct App {
     cfg: Config,

@@ -43,14 +43,13 @@ enum Cmd {
 
 fn main() -> ExitCode {
     archive::tune_allocator();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PULLBACK_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // Daemons log their work; one-shot commands only warnings.
+    wire::cli::init_logging(if matches!(cli.cmd, Cmd::Serve) {
+        "info"
+    } else {
+        "warn"
+    });
     let r = (|| -> anyhow::Result<ExitCode> {
         let cfg = match &cli.config {
             Some(p) => config::load(p)?,
@@ -80,11 +79,5 @@ fn main() -> ExitCode {
             }
         }
     })();
-    match r {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("pbs: error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    wire::cli::exit("pbs", r)
 }

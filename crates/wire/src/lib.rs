@@ -14,6 +14,7 @@
 //!   [`state::read_json`]).
 //! - [`config`]: [`config::load_toml`] with errors naming the file, line and key, and
 //!   the [`config::PeerConfig`] / [`config::ListenConfig`] blocks every daemon embeds.
+//! - [`cli`]: logging set-up, RFC 3339 times and exit codes shared by the binaries.
 //! - [`hook`]: [`hook::run_hook`] runs a hook executable with a timeout that kills its
 //!   whole process group, logging its output.
 //!
@@ -23,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod hook;
