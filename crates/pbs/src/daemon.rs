@@ -376,12 +376,12 @@ async fn worker(app: Arc<App>, name: String, mut rx: mpsc::UnboundedReceiver<Not
                             detail: msg,
                         })
                     });
-                    // A stale epoch or bad data will not get better by retrying.
-                    let text = format!("{e:#}");
-                    if text.contains("epoch")
-                        || text.contains("corrupt")
-                        || text.contains("damaged")
-                    {
+                    // A stale epoch will not get better by retrying (damaged
+                    // data may: it can be a transient fault on the way).
+                    if matches!(
+                        e.downcast_ref::<archive::Error>(),
+                        Some(archive::Error::StaleEpoch { .. })
+                    ) {
                         break;
                     }
                 }
