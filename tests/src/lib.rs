@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests: where the built binaries are, how
 //! to run `pbs archive ...`, and how to make and compare directory trees.
 
+pub mod cluster;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fmt::Write as _;
