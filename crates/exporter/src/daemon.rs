@@ -169,7 +169,11 @@ async fn export_steps(app: &Arc<App>, run: &mut RunState) -> Result<()> {
         .await?;
         run.log_tail = out.log_tail.clone();
         if !out.success() {
-            last_err = anyhow!("export hook failed ({}) on attempt {attempt}", out.status);
+            last_err = anyhow!(
+                "export hook failed ({}) on attempt {attempt} of {}",
+                out.status,
+                cfg.attempts
+            );
             continue;
         }
         let a = app.clone();
