@@ -529,10 +529,12 @@ fn local_client(cfg: &Config) -> Result<wire::Client> {
     } else {
         "http"
     };
+    // Our own certificate is trusted (it may be self-signed); it must name
+    // the address we connect to (e.g. subjectAltName IP:127.0.0.1).
     wire::Client::new(
         &format!("{scheme}://{addr}"),
         Some(&token.token),
-        None,
+        cfg.server.cert.as_deref(),
         Duration::from_secs(10),
     )
     .map_err(|e| anyhow!("{e}"))
@@ -593,7 +595,8 @@ pub async fn run_cli(cfg: Config, json: bool) -> Result<ExitCode> {
                 }
             }
         }
-        Err(e) if e.status().is_none() => {
+        // Nothing listens: no daemon (a TLS or other failure is an error).
+        Err(wire::WireError::Connect { ref detail, .. }) if detail.contains("refused") => {
             // No daemon: do it here, serving the snapshot while the PBS pulls.
             let tls = cfg.server.tls_files()?;
             let listen = cfg.server.listen;
