@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 BENCH_DIR ?= /var/tmp/pullback-bench
-APT_PACKAGES := gcc make pkg-config rsync zstd time curl bc python3 postgresql-client
+APT_PACKAGES := gcc make pkg-config rsync zstd time curl bc python3 postgresql-client postgresql mariadb-server mariadb-client
 
 .PHONY: all deps build test lint unit e2e demo bench fmt clean
 

@@ -2,6 +2,7 @@
 //! to run `pbs archive ...`, and how to make and compare directory trees.
 
 pub mod cluster;
+pub mod db;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
