@@ -487,6 +487,9 @@ pub fn print_status(cfg: &Config, json: bool) -> Result<ExitCode> {
         }
         if let Some(f) = &st.last_failure {
             println!("last failure: {} at {}: {}", f.generation, f.at, f.reason);
+            if !st.last_log.trim().is_empty() {
+                println!("--- last hook log (end) ---\n{}", st.last_log.trim_end());
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
