@@ -30,7 +30,7 @@ pub mod verify;
 pub fn tune_allocator() {
     // SAFETY: mallopt only sets allocator parameters.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
         libc::mallopt(libc::M_ARENA_MAX, 4);
     }
 }
