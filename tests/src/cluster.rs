@@ -414,6 +414,12 @@ pub struct Options {
     pub max_age_secs: u64,
     /// Put a [`Proxy`] between the PBS and the exporter.
     pub proxy: bool,
+    /// `[takeover] password_hash` of every importer (an argon2 PHC string).
+    pub takeover_hash: Option<String>,
+    /// The exporter's `hooks.demote`.
+    pub demote_hook: Option<PathBuf>,
+    /// Every importer's `hooks.promote`.
+    pub promote_hook: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -427,6 +433,9 @@ impl Default for Options {
             pull_attempts: 2,
             max_age_secs: 86_400,
             proxy: false,
+            takeover_hash: None,
+            demote_hook: None,
+            promote_hook: None,
         }
     }
 }
@@ -475,6 +484,8 @@ pub struct Tokens {
     pub push: Vec<String>,
     /// Peer "admin" on every daemon (status, metrics, `exporter run`).
     pub admin: String,
+    /// Importer i speaks to the coordinator (the PBS, peer `clone{i}`) with `coord[i]`.
+    pub coord: Vec<String>,
 }
 
 impl Tokens {
@@ -485,6 +496,7 @@ impl Tokens {
             self.admin.as_str(),
         ];
         v.extend(self.push.iter().map(String::as_str));
+        v.extend(self.coord.iter().map(String::as_str));
         v
     }
 }
@@ -519,6 +531,7 @@ impl Cluster {
             pull: unique_token("pull"),
             push: (0..n).map(|i| unique_token(&format!("push{i}"))).collect(),
             admin: unique_token("admin"),
+            coord: (0..n).map(|i| unique_token(&format!("coord{i}"))).collect(),
         };
         let exporter_port = PortHold::new();
         let proxy = opts.proxy.then(|| Proxy::start(exporter_port.port));
@@ -619,7 +632,7 @@ path = "{d}/pbs/archive"
 keep_last = 10
 [server]
 listen = "127.0.0.1:{pp}"
-tokens = [{{ peer = "exporter", token = "{notify}" }}, {{ peer = "admin", token = "{admin}" }}]
+tokens = [{{ peer = "exporter", token = "{notify}" }}, {{ peer = "admin", token = "{admin}" }}{coord_tokens}]
 [[source]]
 name = "{src}"
 max_age_secs = {max_age}
@@ -634,6 +647,9 @@ exporter = {{ name = "exporter", url = "http://127.0.0.1:{ep}", token = "{pull}"
             pull_attempts = o.pull_attempts,
             ep = self.pull_port(),
             pull = t.pull,
+            coord_tokens = (0..o.importers)
+                .map(|i| format!(", {{ peer = \"clone{i}\", token = \"{}\" }}", t.coord[i]))
+                .collect::<String>(),
         );
         for i in 0..o.importers {
             pbs.push_str(&format!(
@@ -655,7 +671,7 @@ attempts = {attempts}
 commit_timeout_secs = 120
 [hooks]
 export = "{hook}"
-timeout_secs = 120
+{demote}timeout_secs = 120
 [server]
 listen = "127.0.0.1:{ep}"
 tokens = [{{ peer = "pbs", token = "{pull}" }}, {{ peer = "admin", token = "{admin}" }}]
@@ -667,6 +683,11 @@ token = "{notify}"
             src = o.source,
             attempts = o.exporter_attempts,
             hook = export_hook.display(),
+            demote = o
+                .demote_hook
+                .as_ref()
+                .map(|h| format!("demote = \"{}\"\n", h.display()))
+                .unwrap_or_default(),
             ep = self.exporter_port.port,
             pull = t.pull,
             admin = t.admin,
@@ -681,7 +702,7 @@ token = "{notify}"
                 .cloned()
                 .flatten()
                 .unwrap_or_else(|| files_hook("import"));
-            let imp = format!(
+            let mut imp = format!(
                 r#"name = "clone{i}"
 store = "{d}/clone{i}/store"
 restore_dir = "{d}/clone{i}/restore"
@@ -689,17 +710,29 @@ state_dir = "{d}/clone{i}"
 [hooks]
 import = "{import}"
 verify = "{verify}"
-timeout_secs = 120
+{promote}timeout_secs = 120
 [server]
 listen = "127.0.0.1:{ip}"
 tokens = [{{ peer = "pbs", token = "{push}" }}, {{ peer = "admin", token = "{admin}" }}]
 "#,
                 import = import.display(),
                 verify = files_hook("verify").display(),
+                promote = o
+                    .promote_hook
+                    .as_ref()
+                    .map(|h| format!("promote = \"{}\"\n", h.display()))
+                    .unwrap_or_default(),
                 ip = self.importer_ports[i].port,
                 push = t.push[i],
                 admin = t.admin,
             );
+            imp.push_str(&format!(
+                "[coordinator]\nname = \"pbs\"\nurl = \"http://127.0.0.1:{}\"\ntoken = \"{}\"\n",
+                self.pbs_port.port, t.coord[i]
+            ));
+            if let Some(h) = &o.takeover_hash {
+                imp.push_str(&format!("[takeover]\npassword_hash = \"{h}\"\n"));
+            }
             fs::write(self.config(Who::Importer(i)), imp).expect("importer.toml");
         }
     }
@@ -845,6 +878,28 @@ tokens = [{{ peer = "pbs", token = "{push}" }}, {{ peer = "admin", token = "{adm
             );
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The role file (`state_dir/role.json`) of the exporter or an importer, if any.
+    pub fn role_file(&self, who: Who) -> Option<Value> {
+        let dir = match who {
+            Who::Exporter => self.path().join("exporter"),
+            Who::Importer(i) => self.path().join(format!("clone{i}")),
+            Who::Pbs => self.path().join("pbs"),
+        };
+        let text = fs::read_to_string(dir.join("role.json")).ok()?;
+        Some(serde_json::from_str(&text).expect("role.json is JSON"))
+    }
+
+    /// Wait until a daemon exits by itself; its exit status (the slot is emptied).
+    pub fn wait_exit(&mut self, who: Who) -> std::process::ExitStatus {
+        let name = who.name();
+        let d = self.slot(who).as_mut().expect("the daemon was started");
+        let st = wait_for(&format!("{name} to exit"), || {
+            d.child.try_wait().expect("try_wait")
+        });
+        *self.slot(who) = None;
+        st
     }
 
     /// SIGKILL one daemon and reap it (no-op if it is not running).

@@ -50,20 +50,26 @@ pub struct Status {
     pub last_failure: Option<RunState>,
 }
 
-struct App {
-    cfg: Config,
+pub(crate) struct App {
+    pub(crate) cfg: Config,
     source: SourceName,
     outbox: Arc<RwLock<Archive>>,
     export_lock: tokio::sync::Mutex<()>,
     runs: Mutex<HashMap<String, RunState>>,
-    status: Mutex<Status>,
+    pub(crate) status: Mutex<Status>,
     metrics: Metrics,
     counter: std::sync::atomic::AtomicU64,
+    /// Role, epoch and whether a coordinator confirmed them since start.
+    pub(crate) ha: Mutex<crate::ha::HaState>,
+    /// One demotion at a time.
+    pub(crate) demote_lock: tokio::sync::Mutex<()>,
+    /// Notified when the daemon must exit (a role change is a restart).
+    pub(crate) shutdown: Arc<tokio::sync::Notify>,
 }
 
 use wire::cli::now_rfc3339;
 
-fn status_path(cfg: &Config) -> std::path::PathBuf {
+pub(crate) fn status_path(cfg: &Config) -> std::path::PathBuf {
     cfg.state_dir.join("status.json")
 }
 
@@ -140,6 +146,8 @@ async fn export(app: Arc<App>, tx: String) -> RunState {
 
 async fn export_steps(app: &Arc<App>, run: &mut RunState) -> Result<()> {
     let cfg = &app.cfg;
+    // Only a main confirmed by the coordinator exports, at the epoch it was granted.
+    let epoch = crate::ha::check_role(app).await?;
     std::fs::create_dir_all(&cfg.backup_dir)
         .with_context(|| format!("creating {}", cfg.backup_dir.display()))?;
     let log = cfg.state_dir.join("logs").join(format!("{}.log", run.tx));
@@ -149,7 +157,7 @@ async fn export_steps(app: &Arc<App>, run: &mut RunState) -> Result<()> {
             cfg.backup_dir.display().to_string(),
         ),
         ("PULLBACK_TRANSACTION_ID".to_string(), run.tx.clone()),
-        ("PULLBACK_EPOCH".to_string(), cfg.epoch.to_string()),
+        ("PULLBACK_EPOCH".to_string(), epoch.to_string()),
     ];
     let mut last_err = anyhow!("no attempt made");
     let mut committed = None;
@@ -181,7 +189,7 @@ async fn export_steps(app: &Arc<App>, run: &mut RunState) -> Result<()> {
         let snap = blocking(move || {
             let mut ar = a.outbox.write().unwrap_or_else(|p| p.into_inner());
             let opts = IngestOptions {
-                epoch: Epoch(a.cfg.epoch),
+                epoch: Epoch(epoch),
                 taken_at_ns: Some(taken_at),
                 label: Some(tx),
                 reread: false,
@@ -209,7 +217,7 @@ async fn export_steps(app: &Arc<App>, run: &mut RunState) -> Result<()> {
     run.state = "exported".into();
     app.set_run(run);
     tracing::info!(tx = %run.tx, generation = %rec.id(), "exported; notifying");
-    notify_and_wait(app, run, rec.seq).await?;
+    notify_and_wait(app, run, rec.seq, epoch).await?;
     run.state = "committed".into();
     app.metrics
         .counter("pullback_generations_total", "Exports committed by a PBS")
@@ -227,6 +235,7 @@ struct Notify<'a> {
     seq: u64,
     tx: &'a str,
     epoch: u64,
+    node: &'a str,
 }
 
 #[derive(Deserialize)]
@@ -236,7 +245,7 @@ struct TxState {
     error: Option<String>,
 }
 
-async fn notify_and_wait(app: &Arc<App>, run: &mut RunState, seq: Seq) -> Result<()> {
+async fn notify_and_wait(app: &Arc<App>, run: &mut RunState, seq: Seq, epoch: u64) -> Result<()> {
     let cfg = &app.cfg;
     if cfg.pbs.is_empty() {
         bail!("no [[pbs]] configured: nobody to notify (Leader (single node))");
@@ -245,7 +254,8 @@ async fn notify_and_wait(app: &Arc<App>, run: &mut RunState, seq: Seq) -> Result
         source: &cfg.source,
         seq: seq.0,
         tx: &run.tx,
-        epoch: cfg.epoch,
+        epoch,
+        node: &cfg.name,
     };
     let mut notified = Vec::new();
     let mut errors = Vec::new();
@@ -262,6 +272,14 @@ async fn notify_and_wait(app: &Arc<App>, run: &mut RunState, seq: Seq) -> Result
             wire::retry(&backoff, || client.post_json("/v1/notify", &body)).await;
         match r {
             Ok(_) => notified.push((p.name.clone(), client)),
+            Err(e) if e.status() == Some(StatusCode::CONFLICT) => {
+                // Fenced: a newer epoch or another main exists. Step down.
+                crate::ha::demote(app, epoch, wire::ha::NodeStatus::Broken).await;
+                bail!(
+                    "{} refused the notification: {e}; demoted to BACKUP",
+                    p.name
+                );
+            }
             Err(e) => errors.push(format!("notifying {}: {e}", p.name)),
         }
     }
@@ -426,6 +444,7 @@ async fn blobs(State(app): State<Arc<App>>, body: Bytes) -> Result<Bytes, ApiErr
 
 fn router(app: &Arc<App>) -> Result<Router> {
     Ok(Router::new()
+        .merge(crate::ha::routes())
         .route("/v1/status", get(status))
         .route("/v1/run", post(run_now))
         .route("/v1/runs/{tx}", get(run_state))
@@ -436,19 +455,22 @@ fn router(app: &Arc<App>) -> Result<Router> {
         .layer(wire::require_token(app.cfg.server.token_set()?)))
 }
 
-fn new_app(cfg: Config) -> Result<Arc<App>> {
+pub(crate) fn new_app(cfg: Config) -> Result<Arc<App>> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     let outbox = Archive::open_or_init(&cfg.state_dir.join("outbox"))?;
     let mut st: Status = wire::read_json(&status_path(&cfg))?.unwrap_or_default();
     st.source = cfg.source.clone();
-    st.role = "MAIN".into();
-    st.status = if cfg.pbs.is_empty() {
-        "Leader (single node)".into()
-    } else {
-        "Leader".into()
+    // Every node starts as BACKUP; only the coordinator makes it MAIN.
+    let rf = wire::ha::RoleFile::load(&cfg.state_dir)?;
+    st.role = wire::ha::Role::Backup.to_string();
+    st.status = wire::ha::SINGLE_NODE.into();
+    st.epoch = rf.map_or(cfg.epoch, |r| r.epoch);
+    let ha = crate::ha::HaState {
+        role: wire::ha::Role::Backup,
+        epoch: st.epoch,
+        confirmed: false,
     };
-    st.epoch = cfg.epoch;
     if let Some(tx) = st.running.take() {
         if let Some(r) = st.last_run.as_mut().filter(|r| r.tx == tx) {
             r.state = "failed".into();
@@ -466,6 +488,9 @@ fn new_app(cfg: Config) -> Result<Arc<App>> {
         status: Mutex::new(st),
         metrics: Metrics::new(),
         counter: std::sync::atomic::AtomicU64::new(0),
+        ha: Mutex::new(ha),
+        demote_lock: tokio::sync::Mutex::new(()),
+        shutdown: Arc::new(tokio::sync::Notify::new()),
     }))
 }
 
@@ -503,11 +528,19 @@ pub async fn serve(cfg: Config) -> Result<()> {
         let s = app.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
         wire::write_json_atomic(&status_path(&app.cfg), &s)?;
     }
+    // Ask the coordinator at once: MAIN, BACKUP (demote) or unreachable (single node).
+    crate::ha::startup_hello(&app).await?;
     let _sched = schedule(&app).await?;
     let srv = wire::server::bind(listen, tls.as_ref()).await?;
     tracing::info!("exporter listening on {}", srv.url());
-    srv.serve(router(&app)?, wire::server::shutdown_signal())
-        .await?;
+    let stop = app.shutdown.clone();
+    srv.serve(router(&app)?, async move {
+        tokio::select! {
+            () = wire::server::shutdown_signal() => {},
+            () = stop.notified() => tracing::warn!("role changed: exiting (the supervisor restarts the node)"),
+        }
+    })
+    .await?;
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! notifies every PBS and serves the snapshot read-only to them.
 
 mod daemon;
+mod ha;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -48,6 +49,8 @@ enum Cmd {
 pub struct Hooks {
     /// Dumps the software's data into PULLBACK_BACKUP_DIR.
     pub export: PathBuf,
+    /// Stops the software taking writes when this node steps down (PULLBACK_EPOCH).
+    pub demote: Option<PathBuf>,
     #[serde(default = "default_hook_timeout")]
     pub timeout_secs: u64,
 }
@@ -59,6 +62,9 @@ fn default_hook_timeout() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// This node's name, as the PBS knows it (its `[[source]] exporter` name).
+    #[serde(default = "default_name")]
+    pub name: String,
     /// The source name this node's data is archived under.
     pub source: String,
     /// Where the export hook writes its dump (kept between runs).
@@ -79,7 +85,8 @@ pub struct Config {
     /// The backup servers to notify.
     #[serde(default)]
     pub pbs: Vec<wire::PeerConfig>,
-    /// Epoch this node exports under.
+    /// The epoch assumed before any role file exists (the coordinator's grant decides the
+    /// epoch this node exports under).
     #[serde(default)]
     pub epoch: u64,
     /// How long `run` waits for a PBS to commit.
@@ -90,6 +97,9 @@ pub struct Config {
     pub keep: u32,
 }
 
+fn default_name() -> String {
+    "exporter".into()
+}
 fn default_schedule() -> String {
     "0 * * * *".into()
 }
@@ -106,7 +116,10 @@ fn default_keep() -> u32 {
 pub fn load_config(path: &Path) -> Result<Config> {
     let mut c: Config = wire::load_toml(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
-    for p in [&mut c.backup_dir, &mut c.state_dir, &mut c.hooks.export] {
+    for p in [&mut c.backup_dir, &mut c.state_dir, &mut c.hooks.export]
+        .into_iter()
+        .chain(c.hooks.demote.as_mut())
+    {
         if p.is_relative() {
             *p = base.join(&*p);
         }

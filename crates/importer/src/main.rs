@@ -5,6 +5,7 @@
 
 mod apply;
 mod server;
+mod takeover;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -36,6 +37,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Read a takeover password from stdin, print its argon2id hash (PHC string) for
+    /// `[takeover] password_hash`.
+    HashPassword,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -45,6 +49,8 @@ pub struct Hooks {
     pub import: Option<PathBuf>,
     /// Checks that the clone answers correctly (e.g. an SQL smoke query).
     pub verify: Option<PathBuf>,
+    /// Makes the clone serve when it takes over (PULLBACK_EPOCH, PULLBACK_RESTORE_DIR).
+    pub promote: Option<PathBuf>,
     #[serde(default = "default_hook_timeout")]
     pub timeout_secs: u64,
 }
@@ -58,6 +64,7 @@ impl Default for Hooks {
         Hooks {
             import: None,
             verify: None,
+            promote: None,
             timeout_secs: default_hook_timeout(),
         }
     }
@@ -81,6 +88,42 @@ pub struct Config {
     #[serde(default = "default_keep")]
     pub keep: u32,
     pub server: wire::ListenConfig,
+    /// The coordinator (a PBS): hello at start, takeover requests, other nodes' status.
+    /// The token is the one the PBS accepts for peer = this clone's name.
+    pub coordinator: Option<wire::PeerConfig>,
+    #[serde(default)]
+    pub takeover: TakeoverConfig,
+}
+
+/// `[takeover]`: the password of the takeover page and API, and its rate limit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TakeoverConfig {
+    /// argon2 PHC string (`importer hash-password`); no takeover by password without it.
+    pub password_hash: Option<String>,
+    /// Wrong passwords within a minute before the page locks.
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+    /// How long it then refuses every password.
+    #[serde(default = "default_lockout")]
+    pub lockout_secs: u64,
+}
+
+impl Default for TakeoverConfig {
+    fn default() -> Self {
+        TakeoverConfig {
+            password_hash: None,
+            max_failures: default_max_failures(),
+            lockout_secs: default_lockout(),
+        }
+    }
+}
+
+fn default_max_failures() -> u32 {
+    3
+}
+fn default_lockout() -> u64 {
+    30
 }
 
 fn default_name() -> String {
@@ -98,15 +141,36 @@ pub fn load_config(path: &Path) -> Result<Config> {
             *p = base.join(&*p);
         }
     }
-    for p in [&mut c.hooks.import, &mut c.hooks.verify]
-        .into_iter()
-        .flatten()
+    for p in [
+        &mut c.hooks.import,
+        &mut c.hooks.verify,
+        &mut c.hooks.promote,
+    ]
+    .into_iter()
+    .flatten()
     {
         if p.is_relative() {
             *p = base.join(&*p);
         }
     }
     c.server.resolve_paths(base);
+    if let Some(p) = &mut c.coordinator {
+        p.resolve_paths(base);
+    }
+    if let Some(h) = &c.takeover.password_hash {
+        argon2::PasswordHash::new(h).map_err(|e| {
+            anyhow::anyhow!(
+                "config {}: takeover.password_hash is not an argon2 PHC string ({e}): make one with `importer hash-password`",
+                path.display()
+            )
+        })?;
+    }
+    if c.takeover.max_failures == 0 {
+        anyhow::bail!(
+            "config {}: takeover.max_failures must be at least 1",
+            path.display()
+        );
+    }
     if c.keep == 0 {
         anyhow::bail!("config {}: keep must be at least 1", path.display());
     }
@@ -126,6 +190,9 @@ fn main() -> ExitCode {
         "warn"
     });
     let r = (|| -> Result<ExitCode> {
+        if matches!(cli.cmd, Cmd::HashPassword) {
+            return takeover::hash_password_cli();
+        }
         let path = cli
             .config
             .as_deref()
@@ -138,6 +205,7 @@ fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             }
             Cmd::Status { json } => server::print_status(&cfg, json),
+            Cmd::HashPassword => takeover::hash_password_cli(),
         }
     })();
     wire::cli::exit("importer", r)

@@ -50,6 +50,10 @@ pub struct Status {
     pub last_failure: Option<Failure>,
     /// The end of the last import's hook log.
     pub last_log: String,
+    /// Whether the last import (restore, import and verify hooks) passed; `None` before
+    /// the first one.
+    #[serde(default)]
+    pub last_import_ok: Option<bool>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -69,13 +73,15 @@ pub struct ApplyResult {
     pub log_tail: String,
 }
 
-struct App {
-    cfg: Config,
+pub(crate) struct App {
+    pub(crate) cfg: Config,
     store: Arc<RwLock<Archive>>,
     sessions: Mutex<HashMap<String, Incoming>>,
-    apply_lock: tokio::sync::Mutex<()>,
-    status: Mutex<Status>,
+    pub(crate) apply_lock: tokio::sync::Mutex<()>,
+    pub(crate) status: Mutex<Status>,
     metrics: Metrics,
+    /// Takeover: password rate limit, the promoted flag, the exit signal.
+    pub(crate) takeover: crate::takeover::TakeoverState,
 }
 
 use wire::cli::{fmt_time as fmt_ns, now_rfc3339};
@@ -85,7 +91,7 @@ fn status_path(cfg: &Config) -> std::path::PathBuf {
 }
 
 impl App {
-    fn set_status(&self, f: impl FnOnce(&mut Status)) {
+    pub(crate) fn set_status(&self, f: impl FnOnce(&mut Status)) {
         let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut s);
         if let Err(e) = wire::write_json_atomic(&status_path(&self.cfg), &*s) {
@@ -138,6 +144,7 @@ async fn offer(
     body: Bytes,
 ) -> Result<Json<Need>, ApiError> {
     let gen = gen_id(&source, seq)?;
+    app.takeover.refuse_if_promoted()?;
     app.metrics
         .counter(
             "pullback_bytes_received_total",
@@ -230,6 +237,7 @@ async fn commit(
 ) -> Result<Json<ApplyResult>, ApiError> {
     let gen = gen_id(&source, seq)?;
     let _one = app.apply_lock.lock().await;
+    app.takeover.refuse_if_promoted()?;
     let a = app.clone();
     let g = gen.clone();
     let stored = blocking(move || {
@@ -242,16 +250,16 @@ async fn commit(
         match inc {
             Some(inc) => ar
                 .commit_incoming(inc, Some(g.seq))
-                .map(|r| r.taken_at_ns)
+                .map(|r| (r.taken_at_ns, r.epoch.0))
                 .map_err(|e| ApiError::bad_request(format!("refused {g}: {e}"))),
             None => ar
                 .record(&g)
-                .map(|r| r.taken_at_ns)
+                .map(|r| (r.taken_at_ns, r.epoch.0))
                 .map_err(|_| ApiError::not_found(format!("no transfer of {g} in progress"))),
         }
     })
     .await;
-    let taken_at = match stored {
+    let (taken_at, gen_epoch) = match stored {
         Ok(t) => t,
         Err(e) => {
             app.fail(&gen, &e.message);
@@ -295,7 +303,9 @@ async fn commit(
     app.set_status(|s| {
         s.importing = None;
         s.last_log = log_tail.clone();
+        s.last_import_ok = Some(ok);
         if ok {
+            s.epoch = s.epoch.max(gen_epoch);
             s.last_valid = Some(Applied {
                 generation: gen.to_string(),
                 taken_at: fmt_ns(taken_at),
@@ -425,6 +435,17 @@ pub async fn serve(cfg: Config) -> Result<()> {
             at: now_rfc3339(),
             reason: "interrupted by a crash; the previous copy was put back".into(),
         });
+        st.last_import_ok = Some(false);
+    }
+    if let Some(rf) = wire::ha::RoleFile::load(&cfg.state_dir)? {
+        if rf.role == wire::ha::Role::Main {
+            anyhow::bail!(
+                "{} says this node is MAIN at epoch {}: run `exporter serve` here (the pullback-node launcher does)",
+                wire::ha::RoleFile::path(&cfg.state_dir).display(),
+                rf.epoch
+            );
+        }
+        st.epoch = st.epoch.max(rf.epoch);
     }
     st.name = cfg.name.clone();
     st.role = "BACKUP".into();
@@ -441,8 +462,10 @@ pub async fn serve(cfg: Config) -> Result<()> {
         apply_lock: tokio::sync::Mutex::new(()),
         status: Mutex::new(st),
         metrics: Metrics::new(),
+        takeover: crate::takeover::TakeoverState::default(),
     });
     app.set_status(|_| {});
+    crate::takeover::startup_hello(&app).await;
     let api = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/receive/{source}/{seq}/offer", post(offer))
@@ -450,11 +473,22 @@ pub async fn serve(cfg: Config) -> Result<()> {
         .route("/v1/receive/{source}/{seq}/commit", post(commit))
         .layer(DefaultBodyLimit::max(256 << 20))
         .with_state(app.clone())
+        .merge(crate::takeover::api_routes(&app))
         .merge(app.metrics.router())
-        .layer(wire::require_token(tokens));
+        .layer(wire::require_token(tokens))
+        // The takeover page: outside the token layer (the password protects the action).
+        .merge(crate::takeover::page_routes(&app));
     let server = wire::server::bind(listen, tls.as_ref()).await?;
     tracing::info!("importer listening on {}", server.url());
-    server.serve(api, wire::server::shutdown_signal()).await?;
+    let stop = app.takeover.shutdown.clone();
+    server
+        .serve(api, async move {
+            tokio::select! {
+                () = wire::server::shutdown_signal() => {},
+                () = stop.notified() => tracing::warn!("promoted to MAIN: exiting (the supervisor starts the exporter)"),
+            }
+        })
+        .await?;
     Ok(())
 }
 

@@ -1,4 +1,10 @@
 //! `pbs` configuration file (TOML). Unknown keys are errors that name the key.
+//!
+//! Besides the archive, retention and schedule, the PBS is the coordinator of takeover:
+//! its nodes are the `[[source]]` exporters (by their `exporter.name`) and the
+//! `[[importer]]` clones (by `name`; `disabled = true` excludes a clone from takeover).
+//! Each node speaks to the coordinator with its own token in `[server] tokens`, whose
+//! `peer` is the node's name (an exporter may also use its source's `notify_peer`).
 
 use std::path::{Path, PathBuf};
 
@@ -19,9 +25,9 @@ pub struct Config {
     /// Sources: what to pull, from which exporter.
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
-    /// Clones to push every generation to.
+    /// Clones to push every generation to (also the nodes eligible for takeover).
     #[serde(default, rename = "importer")]
-    pub importers: Vec<wire::PeerConfig>,
+    pub importers: Vec<ImporterConfig>,
     #[serde(default)]
     pub schedule: Schedule,
 }
@@ -68,6 +74,32 @@ fn default_attempts() -> u32 {
     5
 }
 
+/// A clone: where to push (its URL and the token it accepts from us) and whether it may
+/// take over. Its name is also the token peer (in `[server] tokens`) it uses to say hello
+/// to the coordinator and to ask for a takeover.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImporterConfig {
+    pub name: String,
+    pub url: String,
+    pub token: String,
+    pub ca: Option<PathBuf>,
+    /// Excluded from takeover (status Disabled); it still receives every generation.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+impl ImporterConfig {
+    pub fn peer(&self) -> wire::PeerConfig {
+        wire::PeerConfig {
+            name: self.name.clone(),
+            url: self.url.clone(),
+            token: self.token.clone(),
+            ca: self.ca.clone(),
+        }
+    }
+}
+
 /// Housekeeping of `pbs serve`, as 5-field cron expressions (UTC).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,7 +137,9 @@ pub fn load(path: &Path) -> Result<Config> {
             .with_context(|| format!("config {}: [[source]] name", path.display()))?;
     }
     for i in &mut c.importers {
-        i.resolve_paths(base);
+        if let Some(ca) = &mut i.ca {
+            fix(ca);
+        }
     }
     let mut names: Vec<&str> = c.sources.iter().map(|s| s.name.as_str()).collect();
     names.sort();
@@ -144,6 +178,21 @@ mod tests {
         assert_eq!(c.archive.path, Some(PathBuf::from("/x")));
         assert_eq!(c.retention.keep_last, Some(3));
         assert_eq!(c.sources[0].max_age_secs, 7200);
+    }
+
+    #[test]
+    fn importers_may_be_disabled() {
+        let imp = |extra: &str| {
+            toml::from_str::<Config>(&format!(
+                "[[importer]]\nname = \"c1\"\nurl = \"http://127.0.0.1:2\"\ntoken = \"0123456789abcdef\"\n{extra}"
+            ))
+        };
+        let c = imp("disabled = true\n").unwrap();
+        assert!(c.importers[0].disabled);
+        assert_eq!(c.importers[0].peer().url, "http://127.0.0.1:2");
+        assert!(!imp("").unwrap().importers[0].disabled);
+        let e = imp("disable = true\n").unwrap_err();
+        assert!(e.to_string().contains("disable"), "{e}");
     }
 
     #[test]

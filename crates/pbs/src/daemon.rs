@@ -20,6 +20,7 @@ use wire::server::ApiError;
 use wire::{Metrics, Peer};
 
 use crate::config::{self, Config, SourceConfig};
+use crate::coord::Coordinator;
 
 /// What an exporter sends when a generation is ready.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -30,6 +31,10 @@ pub struct Notify {
     /// Transaction id of the export: notifications are idempotent by it.
     pub tx: String,
     pub epoch: u64,
+    /// The node that notifies (default: the source's exporter name); fenced by the
+    /// coordinator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -80,13 +85,14 @@ pub fn status_path(state_dir: &std::path::Path) -> PathBuf {
 
 pub use wire::cli::now_rfc3339;
 
-struct App {
-    cfg: Config,
-    state_dir: PathBuf,
+pub(crate) struct App {
+    pub(crate) cfg: Config,
+    pub(crate) state_dir: PathBuf,
     archive: Arc<RwLock<Archive>>,
-    status: Mutex<ServerStatus>,
+    pub(crate) status: Mutex<ServerStatus>,
     queues: HashMap<String, mpsc::UnboundedSender<Notify>>,
     metrics: Metrics,
+    pub(crate) coord: Coordinator,
 }
 
 impl App {
@@ -204,8 +210,9 @@ struct ApplyResult {
     log_tail: String,
 }
 
-async fn push(app: &Arc<App>, imp: &wire::PeerConfig, gen: &GenId) -> Result<()> {
+async fn push(app: &Arc<App>, imp: &config::ImporterConfig, gen: &GenId) -> Result<()> {
     let client = imp
+        .peer()
         .client(Duration::from_secs(4 * 3600))
         .map_err(|e| anyhow!("{e}"))?;
     let sent = app.metrics.counter_with(
@@ -405,6 +412,8 @@ async fn worker(app: Arc<App>, name: String, mut rx: mpsc::UnboundedReceiver<Not
                         &[("source", &name)],
                     )
                     .inc();
+                let node = n.node.as_deref().unwrap_or(&src.exporter.name);
+                app.coord.set_generation(node, &gen.to_string());
                 tx.state = "committed".into();
                 tx.generation = Some(gen.to_string());
                 tx.at = now_rfc3339();
@@ -456,6 +465,14 @@ async fn notify(
         return Err(ApiError::bad_request("tx must be 1 to 128 characters"));
     }
     let name = SourceName::new(&n.source).map_err(ApiError::bad_request)?;
+    let node = n.node.clone().unwrap_or_else(|| src.exporter.name.clone());
+    if n.node.is_some() {
+        app.coord.check_peer(&peer.0, &node)?;
+    }
+    let (a, epoch) = (app.clone(), n.epoch);
+    tokio::task::spawn_blocking(move || a.coord.check_notify(&node, epoch))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
     let a = app.clone();
     let latest_epoch = tokio::task::spawn_blocking(move || {
         let ar = a.archive.read().unwrap_or_else(|p| p.into_inner());
@@ -501,7 +518,9 @@ async fn transaction(
         .ok_or_else(|| ApiError::not_found(format!("no transaction {tx}")))
 }
 
-async fn status(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, ApiError> {
+pub(crate) async fn status(
+    State(app): State<Arc<App>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let a = app.clone();
     let v = tokio::task::spawn_blocking(move || crate::status::report(&a.cfg, &a.state_dir))
         .await
@@ -644,6 +663,14 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
     let tokens = server.token_set()?;
     let tls = server.tls_files()?;
     let ar = Archive::open_or_init(&archive_path)?;
+    let archive_epoch = ar
+        .generations()?
+        .iter()
+        .filter_map(|g| ar.record(g).ok())
+        .map(|r| r.epoch.0)
+        .max()
+        .unwrap_or(0);
+    let coord = Coordinator::open(&cfg, &state_dir, archive_epoch)?;
     let st: ServerStatus = wire::read_json(&status_path(&state_dir))?.unwrap_or_default();
     let mut queues = HashMap::new();
     let mut rxs = Vec::new();
@@ -659,6 +686,7 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
         status: Mutex::new(st),
         queues,
         metrics: Metrics::new(),
+        coord,
     });
     // Transactions cut short by a restart failed; the exporter notifies again.
     app.update(|s| {
@@ -677,6 +705,7 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
         .route("/v1/status", get(status))
         .route("/v1/notify", post(notify))
         .route("/v1/transactions/{tx}", get(transaction))
+        .merge(crate::ha_api::routes())
         .with_state(app.clone())
         .merge(app.metrics.router())
         .layer(wire::require_token(tokens));

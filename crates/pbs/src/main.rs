@@ -2,7 +2,9 @@
 
 mod archive_cmd;
 mod config;
+mod coord;
 mod daemon;
+mod ha_api;
 mod status;
 
 use std::path::PathBuf;

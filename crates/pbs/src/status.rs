@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::archive_cmd::fmt_time;
 use crate::config::Config;
+use crate::coord::{self, CoordState};
 use crate::daemon::{status_path, ServerStatus};
 
 pub struct Report {
@@ -76,12 +77,21 @@ pub fn report(cfg: &Config, state_dir: &Path) -> Result<Report> {
                 .max()
         })
         .unwrap_or(0);
+    // The coordinator's view (written by `pbs serve`; none before its first start).
+    let coord: Option<CoordState> = wire::read_json(&coord::state_path(state_dir))?;
+    let epoch = coord.as_ref().map_or(epoch, |c| c.epoch.max(epoch));
+    let nodes = coord
+        .as_ref()
+        .map(|c| coord::views(c, &st))
+        .unwrap_or_default();
     let json = json!({
         "role": "COORDINATOR",
         "status": if stale.is_empty() { "OK" } else { "STALE" },
         "epoch": epoch,
         "sources": sources,
         "importers": importers,
+        "main": coord.as_ref().and_then(|c| c.main.clone()),
+        "nodes": nodes,
         "last_prune": st.last_prune,
         "last_verify": st.last_verify,
         "transactions": st.transactions.iter().rev().take(20).collect::<Vec<_>>(),
@@ -138,6 +148,18 @@ pub fn print(cfg: &Config, state_dir: &Path, json_out: bool) -> Result<std::proc
             );
             println!("    last good:    {}", event(&i["last_good"]));
             println!("    last failure: {}", event(&i["last_failure"]));
+        }
+        for n in r.json["nodes"].as_array().into_iter().flatten() {
+            println!(
+                "node {} ({}): {} {}  epoch {}  generation {}  last seen {}",
+                n["name"].as_str().unwrap_or(""),
+                n["kind"].as_str().unwrap_or(""),
+                n["role"].as_str().unwrap_or(""),
+                n["status"].as_str().unwrap_or(""),
+                n["epoch"],
+                n["generation"].as_str().unwrap_or("none"),
+                n["last_seen"].as_str().unwrap_or("never"),
+            );
         }
     }
     if !r.stale.is_empty() {

@@ -15,6 +15,7 @@
 //! - [`config`]: [`config::load_toml`] with errors naming the file, line and key, and
 //!   the [`config::PeerConfig`] / [`config::ListenConfig`] blocks every daemon embeds.
 //! - [`cli`]: logging set-up, RFC 3339 times and exit codes shared by the binaries.
+//! - [`ha`]: roles, epochs, the role file and the coordinator's HA API types.
 //! - [`hook`]: [`hook::run_hook`] runs a hook executable with a timeout that kills its
 //!   whole process group, logging its output.
 //!
@@ -27,6 +28,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod ha;
 pub mod hook;
 pub mod metrics;
 pub mod server;

@@ -1,0 +1,253 @@
+//! The exporter's role: every node starts as BACKUP and exports only once the
+//! coordinator (a PBS) grants it MAIN at an epoch. The role is kept durably in
+//! `state_dir/role.json`.
+//!
+//! - At start and before each export the exporter says hello. MAIN at epoch E: it exports
+//!   at E. BACKUP or Broken: it runs its demote hook (once), writes role BACKUP and refuses
+//!   to export. No coordinator answers: it does not export and shows
+//!   "Leader (single node)" while answering BACKUP on the HA API (a node already
+//!   confirmed since its start keeps exporting: the PBS still fences its notifications).
+//! - A 409 on notify (stale epoch, Broken) also demotes.
+//! - HA API as the seeds: `GET /rest/ha/status` → `MAIN` / `BACKUP`;
+//!   `POST /rest/ha/status?change=BACKUP` on a MAIN demotes and exits 0 (a role change is
+//!   a restart); `change=MAIN` is refused (409): only the coordinator grants MAIN.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+use wire::ha::{Hello, NodeStatus, Role, RoleFile, Verdict, SINGLE_NODE};
+use wire::server::ApiError;
+
+use crate::daemon::{status_path, App};
+
+/// The role this process holds now.
+#[derive(Clone, Copy, Debug)]
+pub struct HaState {
+    pub role: Role,
+    pub epoch: u64,
+    /// A coordinator answered since this process started.
+    pub confirmed: bool,
+}
+
+enum Answer {
+    Verdict(Verdict),
+    Unreachable(String),
+}
+
+fn role_file(app: &App) -> Result<RoleFile> {
+    Ok(RoleFile::load(&app.cfg.state_dir)?.unwrap_or(RoleFile {
+        role: Role::Backup,
+        epoch: app.cfg.epoch,
+    }))
+}
+
+/// Updates the in-memory role and the status file.
+fn set(app: &App, role: Role, epoch: u64, status: &str, confirmed: bool) {
+    {
+        let mut h = app.ha.lock().unwrap_or_else(|p| p.into_inner());
+        h.role = role;
+        h.epoch = epoch;
+        h.confirmed = h.confirmed || confirmed;
+    }
+    let mut s = app.status.lock().unwrap_or_else(|p| p.into_inner());
+    s.role = role.to_string();
+    s.epoch = epoch;
+    s.status = status.to_string();
+    if let Err(e) = wire::write_json_atomic(&status_path(&app.cfg), &*s) {
+        tracing::error!("cannot save status: {e}");
+    }
+}
+
+async fn say_hello(app: &App) -> Result<Answer> {
+    let rf = role_file(app)?;
+    let body = Hello {
+        node: app.cfg.name.clone(),
+        epoch: rf.epoch,
+        role: rf.role,
+    };
+    let mut errors = Vec::new();
+    for p in &app.cfg.pbs {
+        let client = p
+            .client(Duration::from_secs(10))
+            .map_err(|e| anyhow!("{e}"))?;
+        match client.post_json::<_, Verdict>("/v1/ha/hello", &body).await {
+            Ok(v) => return Ok(Answer::Verdict(v)),
+            // The coordinator answered but refused the question: a configuration error.
+            Err(e) if e.status().is_some_and(|s| s.is_client_error()) => {
+                bail!("the coordinator {} refused our hello: {e}", p.name)
+            }
+            Err(e) => errors.push(format!("{}: {e}", p.name)),
+        }
+    }
+    if errors.is_empty() {
+        errors.push("no [[pbs]] configured".into());
+    }
+    Ok(Answer::Unreachable(errors.join("; ")))
+}
+
+/// Says hello and applies the verdict. `Ok(epoch)` when this node is MAIN and may export.
+pub async fn check_role(app: &Arc<App>) -> Result<u64> {
+    match say_hello(app).await? {
+        Answer::Verdict(v) if v.role == Role::Main => {
+            let rf = role_file(app)?;
+            let granted = RoleFile {
+                role: Role::Main,
+                epoch: v.epoch,
+            };
+            if rf != granted {
+                granted.save(&app.cfg.state_dir)?;
+                tracing::info!(epoch = v.epoch, "the coordinator granted MAIN");
+            }
+            set(app, Role::Main, v.epoch, "Leader", true);
+            Ok(v.epoch)
+        }
+        Answer::Verdict(v) => {
+            demote(app, v.epoch, v.status).await;
+            bail!(
+                "the coordinator says this node is {} ({}) at epoch {}: not exporting",
+                v.role,
+                v.status,
+                v.epoch
+            )
+        }
+        Answer::Unreachable(e) => {
+            let h = *app.ha.lock().unwrap_or_else(|p| p.into_inner());
+            if h.confirmed && h.role == Role::Main {
+                tracing::warn!(
+                    "no coordinator answered ({e}); exporting as confirmed MAIN at epoch {}",
+                    h.epoch
+                );
+                return Ok(h.epoch);
+            }
+            if h.confirmed {
+                // Demoted earlier in this process: it stays what it was told.
+                bail!("no coordinator answered ({e}): not exporting (this node is BACKUP)")
+            }
+            set(app, Role::Backup, h.epoch, SINGLE_NODE, false);
+            bail!("no coordinator answered ({e}): not exporting ({SINGLE_NODE})")
+        }
+    }
+}
+
+/// At start: one hello; while no coordinator answers, ask again every few seconds.
+pub async fn startup_hello(app: &Arc<App>) -> Result<()> {
+    match check_role(app).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::warn!("{e:#}");
+            let unconfirmed = !app.ha.lock().unwrap_or_else(|p| p.into_inner()).confirmed;
+            if unconfirmed
+                && app.status.lock().unwrap_or_else(|p| p.into_inner()).status == SINGLE_NODE
+            {
+                let a = app.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        let r = check_role(&a).await;
+                        let still_single =
+                            a.status.lock().unwrap_or_else(|p| p.into_inner()).status
+                                == SINGLE_NODE;
+                        if r.is_ok() || !still_single {
+                            break;
+                        }
+                    }
+                });
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Steps down: the demote hook (once: not when the role file already says BACKUP), role
+/// file BACKUP, status `status`.
+pub async fn demote(app: &App, epoch: u64, status: NodeStatus) {
+    let _one = app.demote_lock.lock().await;
+    let rf = RoleFile::load(&app.cfg.state_dir).ok().flatten();
+    let needs_hook = rf.is_none_or(|r| r.role != Role::Backup);
+    if needs_hook {
+        if let Some(hook) = &app.cfg.hooks.demote {
+            let log = app
+                .cfg
+                .state_dir
+                .join("logs")
+                .join(format!("demote-{epoch}.log"));
+            let env = vec![("PULLBACK_EPOCH".to_string(), epoch.to_string())];
+            match wire::run_hook(
+                hook,
+                &[],
+                &env,
+                &log,
+                Duration::from_secs(app.cfg.hooks.timeout_secs),
+            )
+            .await
+            {
+                Ok(o) if o.success() => tracing::warn!(epoch, "demote hook done"),
+                Ok(o) => {
+                    tracing::error!(epoch, "demote hook failed ({}): {}", o.status, o.log_tail)
+                }
+                Err(e) => tracing::error!(epoch, "demote hook: {e}"),
+            }
+        }
+    }
+    let keep = rf.map_or(epoch, |r| r.epoch.max(epoch));
+    let backup = RoleFile {
+        role: Role::Backup,
+        epoch: keep,
+    };
+    if let Err(e) = backup.save(&app.cfg.state_dir) {
+        tracing::error!("cannot write the role file: {e}");
+    }
+    set(app, Role::Backup, keep, &status.to_string(), true);
+}
+
+pub fn routes() -> Router<Arc<App>> {
+    Router::new().route("/rest/ha/status", get(get_status).post(post_status))
+}
+
+async fn get_status(State(app): State<Arc<App>>) -> String {
+    app.ha
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .role
+        .to_string()
+}
+
+#[derive(Deserialize)]
+struct Change {
+    change: Option<String>,
+}
+
+async fn post_status(
+    State(app): State<Arc<App>>,
+    Query(q): Query<Change>,
+) -> Result<(StatusCode, String), ApiError> {
+    let want = q
+        .change
+        .as_deref()
+        .and_then(Role::parse)
+        .ok_or_else(|| ApiError::bad_request("change must be MAIN or BACKUP"))?;
+    match want {
+        Role::Main => Err(ApiError::conflict(
+            "only the coordinator grants MAIN: ask for a takeover on a clone",
+        )),
+        Role::Backup => {
+            let h = *app.ha.lock().unwrap_or_else(|p| p.into_inner());
+            let file_main = RoleFile::load(&app.cfg.state_dir)
+                .ok()
+                .flatten()
+                .is_some_and(|r| r.role == Role::Main);
+            if h.role == Role::Main || file_main {
+                demote(&app, h.epoch, NodeStatus::Follower).await;
+                // A role change is a restart: exit 0 once this answer is sent.
+                app.shutdown.notify_one();
+            }
+            Ok((StatusCode::OK, Role::Backup.to_string()))
+        }
+    }
+}

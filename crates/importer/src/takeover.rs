@@ -1,0 +1,525 @@
+//! Takeover on a clone: the page (`GET`/`POST /takeover`, plain HTML, outside the token
+//! layer: the password protects the action), the API (`POST /v1/takeover`) and the seeds'
+//! HA API (`/rest/ha/status`).
+//!
+//! Gates, in order: the password (argon2 PHC hash in `[takeover] password_hash`; after
+//! `max_failures` wrong ones within a minute every password is refused for `lockout_secs`),
+//! no import running, the last restore verified (both skipped with `force`), then the
+//! coordinator's answer (which applies the newer-clone gate unless forced, and refuses a
+//! takeover if the epoch moved since this clone last saw it). On success: the promote hook
+//! (PULLBACK_EPOCH, PULLBACK_RESTORE_DIR), `state_dir/role.json` = MAIN at the new epoch,
+//! the answer, then the process exits 0 so the supervisor starts the exporter here.
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::SaltString;
+use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Html;
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use serde::Deserialize;
+use wire::ha::{html_escape as esc, Hello, NodeView, Role, RoleFile, TakeoverRequest, Verdict};
+use wire::server::ApiError;
+
+use crate::server::App;
+
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Per node (this process): wrong-password rate limit, promotion, exit signal.
+#[derive(Default)]
+pub struct TakeoverState {
+    failures: Mutex<Failures>,
+    promoted: AtomicBool,
+    pub shutdown: Arc<tokio::sync::Notify>,
+}
+
+#[derive(Default)]
+struct Failures {
+    recent: VecDeque<Instant>,
+    locked_until: Option<Instant>,
+}
+
+impl TakeoverState {
+    /// After a successful takeover this node receives nothing more.
+    pub fn refuse_if_promoted(&self) -> Result<(), ApiError> {
+        if self.promoted.load(Ordering::SeqCst) {
+            return Err(ApiError::conflict(
+                "this node took over (MAIN): it imports nothing more",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `importer hash-password`: a password on stdin → its argon2id PHC string.
+pub fn hash_password_cli() -> Result<ExitCode> {
+    let mut input = String::new();
+    std::io::stdin()
+        .take(4096)
+        .read_to_string(&mut input)
+        .context("reading the password from stdin")?;
+    let pw = input.lines().next().unwrap_or("");
+    if pw.is_empty() {
+        bail!("no password on stdin (e.g. `read -rs P; printf '%s\\n' \"$P\" | importer hash-password`)");
+    }
+    let salt = SaltString::generate(&mut OsRng);
+    let hash = Argon2::default()
+        .hash_password(pw.as_bytes(), &salt)
+        .map_err(|e| anyhow::anyhow!("hashing: {e}"))?;
+    println!("{hash}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Why a takeover did not happen, as an HTTP status and a reason.
+type Refusal = ApiError;
+
+fn refuse(status: StatusCode, msg: impl Into<String>) -> Refusal {
+    ApiError::new(status, msg)
+}
+
+async fn check_password(app: &App, password: &str) -> Result<(), Refusal> {
+    let tc = &app.cfg.takeover;
+    let Some(hash) = tc.password_hash.clone() else {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "no takeover password is configured on this clone ([takeover] password_hash)",
+        ));
+    };
+    {
+        let f = app
+            .takeover
+            .failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(until) = f.locked_until.filter(|u| *u > Instant::now()) {
+            let secs = until.saturating_duration_since(Instant::now()).as_secs() + 1;
+            return Err(refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("too many wrong passwords: takeover locked for {secs} s"),
+            ));
+        }
+    }
+    let pw = password.to_owned();
+    let ok = tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash)
+            .map(|h| Argon2::default().verify_password(pw.as_bytes(), &h).is_ok())
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false);
+    if ok {
+        return Ok(());
+    }
+    let mut f = app
+        .takeover
+        .failures
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    f.recent.push_back(now);
+    while f
+        .recent
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > FAILURE_WINDOW)
+    {
+        f.recent.pop_front();
+    }
+    if f.recent.len() >= tc.max_failures as usize {
+        f.recent.clear();
+        f.locked_until = Some(now + Duration::from_secs(tc.lockout_secs));
+        tracing::warn!(
+            "takeover: {} wrong passwords: locked for {} s",
+            tc.max_failures,
+            tc.lockout_secs
+        );
+    }
+    tracing::warn!("takeover: wrong password");
+    Err(refuse(StatusCode::FORBIDDEN, "wrong password"))
+}
+
+/// The whole takeover after the password: local gates, coordinator, promote, role file,
+/// exit. Returns the new epoch.
+async fn take_over(app: &Arc<App>, force: bool) -> Result<u64, Refusal> {
+    app.takeover.refuse_if_promoted()?;
+    // Holding the apply lock keeps imports out until the process exits.
+    let _imports = if force {
+        app.apply_lock.lock().await
+    } else {
+        app.apply_lock.try_lock().map_err(|_| {
+            refuse(
+                StatusCode::CONFLICT,
+                "an import is running: wait for it, or force",
+            )
+        })?
+    };
+    app.takeover.refuse_if_promoted()?;
+    let st = app.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if !force {
+        if let Some(g) = &st.importing {
+            return Err(refuse(
+                StatusCode::CONFLICT,
+                format!("an import of {g} is running: wait for it, or force"),
+            ));
+        }
+        match (&st.last_valid, st.last_import_ok) {
+            (None, _) => {
+                return Err(refuse(
+                    StatusCode::CONFLICT,
+                    "no verified restore on this clone yet: nothing to take over with (force to do it anyway)",
+                ))
+            }
+            (Some(v), _) if !v.verified => {
+                return Err(refuse(
+                    StatusCode::CONFLICT,
+                    format!("the restore of {} is not verified (force to take over anyway)", v.generation),
+                ))
+            }
+            (Some(v), Some(false)) => {
+                let why = st
+                    .last_failure
+                    .as_ref()
+                    .map(|f| format!("{}: {}", f.generation, f.reason))
+                    .unwrap_or_else(|| "unknown reason".into());
+                return Err(refuse(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "the last restore is not verified ({why}); the clone holds {} (force to take over with it)",
+                        v.generation
+                    ),
+                ));
+            }
+            _ => {}
+        }
+    }
+    let Some(coord) = &app.cfg.coordinator else {
+        return Err(refuse(
+            StatusCode::CONFLICT,
+            "no [coordinator] configured: only the coordinator can grant MAIN",
+        ));
+    };
+    let client = coord
+        .client(Duration::from_secs(30))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let req = TakeoverRequest {
+        node: app.cfg.name.clone(),
+        force,
+        epoch: Some(st.epoch),
+    };
+    let v: Verdict = client
+        .post_json("/v1/ha/takeover", &req)
+        .await
+        .map_err(|e| match e.status() {
+            Some(s) if s.is_client_error() => refuse(
+                StatusCode::CONFLICT,
+                format!("the coordinator refused: {}", server_message(&e)),
+            ),
+            _ => refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the coordinator did not answer: {e}"),
+            ),
+        })?;
+    if v.role != Role::Main {
+        return Err(refuse(
+            StatusCode::CONFLICT,
+            format!("the coordinator answered {} {}", v.role, v.status),
+        ));
+    }
+    tracing::warn!(
+        epoch = v.epoch,
+        force,
+        "takeover granted by the coordinator"
+    );
+    let mut promote_error = None;
+    if let Some(hook) = &app.cfg.hooks.promote {
+        let env = vec![
+            ("PULLBACK_EPOCH".to_string(), v.epoch.to_string()),
+            (
+                "PULLBACK_RESTORE_DIR".to_string(),
+                app.cfg.restore_dir.display().to_string(),
+            ),
+        ];
+        let log = app
+            .cfg
+            .state_dir
+            .join("logs")
+            .join(format!("promote-{}.log", v.epoch));
+        let timeout = Duration::from_secs(app.cfg.hooks.timeout_secs);
+        match wire::run_hook(hook, &[], &env, &log, timeout).await {
+            Ok(o) if o.success() => {}
+            Ok(o) => {
+                promote_error = Some(format!(
+                    "promote hook failed ({}): {}",
+                    o.status, o.log_tail
+                ))
+            }
+            Err(e) => promote_error = Some(format!("promote hook: {e}")),
+        }
+    }
+    // The coordinator made this node MAIN: the role file says so whatever the hook did.
+    RoleFile {
+        role: Role::Main,
+        epoch: v.epoch,
+    }
+    .save(&app.cfg.state_dir)
+    .map_err(|e| ApiError::internal(format!("cannot write the role file: {e}")))?;
+    app.takeover.promoted.store(true, Ordering::SeqCst);
+    app.set_status(|s| {
+        s.role = Role::Main.to_string();
+        s.status = "Leader".into();
+        s.epoch = v.epoch;
+    });
+    // A role change is a restart: exit 0 once the answer is sent.
+    app.takeover.shutdown.notify_one();
+    if let Some(e) = promote_error {
+        tracing::error!("{e}");
+        return Err(ApiError::internal(format!(
+            "this node is MAIN at epoch {} but {e}; fix the software and run the promote hook by hand",
+            v.epoch
+        )));
+    }
+    Ok(v.epoch)
+}
+
+fn server_message(e: &wire::WireError) -> String {
+    match e {
+        wire::WireError::Status { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// At start: tell the coordinator we are here and learn the epoch and our status
+/// (best effort: an unreachable coordinator leaves the status as it was).
+pub async fn startup_hello(app: &Arc<App>) {
+    let Some(coord) = &app.cfg.coordinator else {
+        return;
+    };
+    let epoch = app.status.lock().unwrap_or_else(|p| p.into_inner()).epoch;
+    let hello = Hello {
+        node: app.cfg.name.clone(),
+        epoch,
+        role: Role::Backup,
+    };
+    let r = async {
+        let c = coord
+            .client(Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        c.post_json::<_, Verdict>("/v1/ha/hello", &hello)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    match r {
+        Ok(v) => app.set_status(|s| {
+            s.epoch = s.epoch.max(v.epoch);
+            s.status = v.status.to_string();
+        }),
+        Err(e) => tracing::warn!("coordinator hello: {e}"),
+    }
+}
+
+async fn other_nodes(app: &App) -> Result<Vec<NodeView>, String> {
+    let coord = app
+        .cfg
+        .coordinator
+        .as_ref()
+        .ok_or("no [coordinator] configured")?;
+    let c = coord
+        .client(Duration::from_secs(3))
+        .map_err(|e| e.to_string())?;
+    c.get_json("/v1/ha/nodes").await.map_err(|e| e.to_string())
+}
+
+// ---------------------------------------------------------------- routes
+
+pub fn api_routes(app: &Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/takeover", post(api_takeover))
+        .route("/rest/ha/status", get(ha_get).post(ha_post))
+        .with_state(app.clone())
+}
+
+pub fn page_routes(app: &Arc<App>) -> Router {
+    Router::new()
+        .route("/takeover", get(page).post(page_post))
+        .with_state(app.clone())
+}
+
+#[derive(Deserialize)]
+struct ApiBody {
+    password: String,
+    #[serde(default)]
+    force: bool,
+}
+
+async fn api_takeover(
+    State(app): State<Arc<App>>,
+    Json(b): Json<ApiBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_password(&app, &b.password).await?;
+    let epoch = take_over(&app, b.force).await?;
+    Ok(Json(serde_json::json!({ "role": "MAIN", "epoch": epoch })))
+}
+
+async fn ha_get(State(app): State<Arc<App>>) -> String {
+    if app.takeover.promoted.load(Ordering::SeqCst) {
+        Role::Main.to_string()
+    } else {
+        Role::Backup.to_string()
+    }
+}
+
+#[derive(Deserialize)]
+struct Change {
+    change: Option<String>,
+}
+
+async fn ha_post(State(app): State<Arc<App>>, Query(q): Query<Change>) -> Result<String, ApiError> {
+    match q.change.as_deref().and_then(Role::parse) {
+        None => Err(ApiError::bad_request("change must be MAIN or BACKUP")),
+        Some(Role::Backup) => Ok(Role::Backup.to_string()),
+        Some(Role::Main) => {
+            take_over(&app, false).await?;
+            Ok(Role::Main.to_string())
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct PageForm {
+    #[serde(default)]
+    password: String,
+    force: Option<String>,
+}
+
+async fn page(State(app): State<Arc<App>>) -> Html<String> {
+    Html(render(&app, None).await)
+}
+
+async fn page_post(
+    State(app): State<Arc<App>>,
+    Form(f): Form<PageForm>,
+) -> (StatusCode, Html<String>) {
+    let force = f.force.is_some();
+    let r = match check_password(&app, &f.password).await {
+        Ok(()) => take_over(&app, force).await,
+        Err(e) => Err(e),
+    };
+    let (code, msg) = match r {
+        Ok(epoch) => (
+            StatusCode::OK,
+            format!("Takeover done: this node is MAIN at epoch {epoch}. It now restarts as the main node (exporter)."),
+        ),
+        Err(e) => (e.status, format!("Takeover refused: {}", e.message)),
+    };
+    (code, Html(render(&app, Some((code, msg))).await))
+}
+
+fn data_loss_window(taken_at: &str) -> String {
+    let parsed =
+        time::OffsetDateTime::parse(taken_at, &time::format_description::well_known::Rfc3339);
+    match parsed {
+        Ok(t) => {
+            let secs = (time::OffsetDateTime::now_utc() - t).whole_seconds().max(0);
+            format!(
+                "{} h {:02} min {:02} s",
+                secs / 3600,
+                (secs / 60) % 60,
+                secs % 60
+            )
+        }
+        Err(_) => "unknown".into(),
+    }
+}
+
+async fn render(app: &App, result: Option<(StatusCode, String)>) -> String {
+    let st = app.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let nodes = other_nodes(app).await;
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    let mut h = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>pullback takeover</title>\
+         <style>body{font-family:sans-serif;margin:2em;max-width:60em}td,th{border:1px solid #999;padding:.3em .6em}\
+         table{border-collapse:collapse}pre{background:#eee;padding:1em;overflow:auto}\
+         .ok{color:#070}.bad{color:#b00}button{background:#c00;color:#fff;padding:.5em 1.5em;border:0}</style>\
+         </head><body>",
+    );
+    h.push_str(&format!("<h1>Takeover: clone {}</h1>", esc(&app.cfg.name)));
+    if let Some((code, msg)) = &result {
+        let class = if code.is_success() { "ok" } else { "bad" };
+        h.push_str(&format!(
+            "<p class=\"{class}\" id=\"result\"><b>{}</b></p>",
+            esc(msg)
+        ));
+    }
+    h.push_str("<table>");
+    let mut row = |k: &str, v: String| h.push_str(&format!("<tr><th>{k}</th><td>{v}</td></tr>"));
+    match &st.last_valid {
+        Some(v) => {
+            row("Last valid backup, data taken at", esc(&v.taken_at));
+            row("Generation", esc(&v.generation));
+            row("Restored at", esc(&v.restored_at));
+            row(
+                "Restore and verify passed",
+                yes_no(v.verified && st.last_import_ok != Some(false)).into(),
+            );
+            row(
+                "Data-loss window (now − taken at)",
+                esc(&data_loss_window(&v.taken_at)),
+            );
+        }
+        None => row("Last valid backup", "none yet".into()),
+    }
+    row(
+        "Import running",
+        st.importing
+            .as_deref()
+            .map_or("no".to_string(), |g| format!("yes ({})", esc(g))),
+    );
+    if let Some(f) = &st.last_failure {
+        row(
+            "Last failure",
+            esc(&format!("{} at {}: {}", f.generation, f.at, f.reason)),
+        );
+    }
+    row("Role", esc(&st.role));
+    row("Epoch", st.epoch.to_string());
+    h.push_str("</table><h2>Nodes</h2>");
+    match nodes {
+        Ok(list) => {
+            h.push_str("<table><tr><th>node</th><th>kind</th><th>role</th><th>status</th><th>epoch</th><th>generation</th></tr>");
+            for n in list {
+                h.push_str(&format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    esc(&n.name),
+                    esc(&n.kind),
+                    n.role,
+                    n.status,
+                    n.epoch,
+                    esc(n.generation.as_deref().unwrap_or("-"))
+                ));
+            }
+            h.push_str("</table>");
+        }
+        Err(e) => h.push_str(&format!("<p>coordinator not reachable: {}</p>", esc(&e))),
+    }
+    h.push_str(&format!(
+        "<h2>Import log (end)</h2><pre>{}</pre>",
+        esc(st.last_log.trim_end())
+    ));
+    h.push_str(
+        "<h2>Take over</h2><form method=\"post\" action=\"/takeover\">\
+         <label>Takeover password <input type=\"password\" name=\"password\" autocomplete=\"off\" required></label> \
+         <label><input type=\"checkbox\" name=\"force\" value=\"1\"> force (skip the verified-restore, running-import and newer-clone checks)</label> \
+         <button type=\"submit\">Take over</button></form>\
+         <p>The old main is fenced (Broken) and this clone becomes the main node.</p></body></html>\n",
+    );
+    h
+}

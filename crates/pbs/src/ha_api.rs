@@ -1,0 +1,81 @@
+//! The coordinator's HTTP API (`/v1/ha/...`) and the dashboard (`GET /`), all behind the
+//! token layer like every other route of the PBS.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::Html;
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use wire::ha::{Hello, NodeView, TakeoverRequest, Verdict};
+use wire::server::ApiError;
+use wire::Peer;
+
+use crate::coord;
+use crate::daemon::App;
+
+pub(crate) fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/v1/ha/hello", post(hello))
+        .route("/v1/ha/takeover", post(takeover))
+        .route("/v1/ha/nodes", get(nodes))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
+}
+
+async fn hello(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    Json(h): Json<Hello>,
+) -> Result<Json<Verdict>, ApiError> {
+    app.coord.check_peer(&peer.0, &h.node)?;
+    let a = app.clone();
+    let v = blocking(move || a.coord.hello(&h)).await?;
+    Ok(Json(v))
+}
+
+async fn takeover(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    Json(req): Json<TakeoverRequest>,
+) -> Result<Json<Verdict>, ApiError> {
+    app.coord.check_peer(&peer.0, &req.node).map_err(|e| {
+        if e.status == axum::http::StatusCode::NOT_FOUND {
+            ApiError::conflict(format!("unknown node {:?}: not a clone", req.node))
+        } else {
+            e
+        }
+    })?;
+    let a = app.clone();
+    let (v, old) = blocking(move || {
+        let server = a.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        a.coord.takeover(&req, &server)
+    })
+    .await?;
+    if let Some(old) = old {
+        app.coord.tell_to_step_down(&old);
+    }
+    Ok(Json(v))
+}
+
+fn views(app: &App) -> Vec<NodeView> {
+    let server = app.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    coord::views(&app.coord.snapshot(), &server)
+}
+
+async fn nodes(State(app): State<Arc<App>>) -> Json<Vec<NodeView>> {
+    Json(views(&app))
+}
+
+async fn dashboard(State(app): State<Arc<App>>) -> Result<Html<String>, ApiError> {
+    let report = crate::daemon::status(State(app.clone())).await?.0;
+    let st = app.coord.snapshot();
+    Ok(Html(coord::dashboard(&st, &views(&app), &report)))
+}

@@ -1,0 +1,205 @@
+//! Roles, epochs and the coordinator's HA API types, shared by the three daemons.
+//!
+//! A node is [`Role::Main`] or [`Role::Backup`]; every node starts as BACKUP and becomes
+//! MAIN only when the coordinator (the PBS) grants it at the current [`Epoch`]. A node's
+//! durable role lives in `STATE_DIR/role.json` ([`RoleFile`]), written with
+//! [`crate::write_json_atomic`]; the `pullback-node` launcher reads it to choose between
+//! `exporter serve` and `importer serve`.
+//!
+//! Coordinator API (PBS, token-protected):
+//! - `POST /v1/ha/hello` [`Hello`] → [`Verdict`]
+//! - `POST /v1/ha/takeover` [`TakeoverRequest`] → [`Verdict`] (409 with the reason when refused)
+//! - `GET /v1/ha/nodes` → a list of [`NodeView`]
+//!
+//! Node API (exporter and importer), as the seeds: `GET /rest/ha/status` answers `MAIN` or
+//! `BACKUP` (text); `POST /rest/ha/status?change=MAIN|BACKUP`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A node's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum Role {
+    /// Serves the software and exports its data.
+    #[serde(rename = "MAIN")]
+    Main,
+    /// Does not serve (a clone, or a fenced former main).
+    #[serde(rename = "BACKUP")]
+    #[default]
+    Backup,
+}
+
+impl Role {
+    /// `MAIN` or `BACKUP`, as the HA API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Main => "MAIN",
+            Role::Backup => "BACKUP",
+        }
+    }
+
+    /// Parses `MAIN` / `BACKUP` (exactly, as the seeds spell them).
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "MAIN" => Some(Role::Main),
+            "BACKUP" => Some(Role::Backup),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A node's status as people see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum NodeStatus {
+    /// The main at the current epoch.
+    Leader,
+    /// A clone, eligible for takeover (or an exporter node waiting for a grant).
+    #[default]
+    Follower,
+    /// A clone excluded from takeover by configuration.
+    Disabled,
+    /// A fenced former main, quarantined until an operator rejoins it.
+    Broken,
+}
+
+impl fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NodeStatus::Leader => "Leader",
+            NodeStatus::Follower => "Follower",
+            NodeStatus::Disabled => "Disabled",
+            NodeStatus::Broken => "Broken",
+        })
+    }
+}
+
+/// The status an exporter shows when no coordinator confirmed it (a warning).
+pub const SINGLE_NODE: &str = "Leader (single node)";
+
+/// A node's durable role (`STATE_DIR/role.json`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RoleFile {
+    /// The role the node last held.
+    pub role: Role,
+    /// The epoch it was granted (MAIN) or last knew (BACKUP).
+    pub epoch: u64,
+}
+
+impl RoleFile {
+    /// `state_dir/role.json`.
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("role.json")
+    }
+
+    /// Reads the role file; `None` when there is none.
+    pub fn load(state_dir: &Path) -> Result<Option<RoleFile>, crate::state::StateError> {
+        crate::read_json(&Self::path(state_dir))
+    }
+
+    /// Writes it atomically and durably.
+    pub fn save(&self, state_dir: &Path) -> Result<(), crate::state::StateError> {
+        crate::write_json_atomic(&Self::path(state_dir), self)
+    }
+}
+
+/// `POST /v1/ha/hello`: a node tells the coordinator who it is and what it believes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The node's name (the source's exporter name, or the importer's name).
+    pub node: String,
+    /// The epoch of its role file.
+    pub epoch: u64,
+    /// The role of its role file.
+    pub role: Role,
+}
+
+/// The coordinator's answer to a hello or a granted takeover.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// The role the node must hold.
+    pub role: Role,
+    /// The coordinator's current epoch.
+    pub epoch: u64,
+    /// The node's status.
+    pub status: NodeStatus,
+}
+
+/// `POST /v1/ha/takeover`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TakeoverRequest {
+    /// The clone that wants to become MAIN.
+    pub node: String,
+    /// Skip the newer-clone gate.
+    #[serde(default)]
+    pub force: bool,
+    /// The epoch the clone knew when it decided: a takeover is refused if the epoch moved
+    /// since (another takeover won). Absent: not checked.
+    #[serde(default)]
+    pub epoch: Option<u64>,
+}
+
+/// One node as `GET /v1/ha/nodes` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// Node name.
+    pub name: String,
+    /// `exporter` (a source's main node) or `importer` (a clone).
+    pub kind: String,
+    /// Its role.
+    pub role: Role,
+    /// Its status.
+    pub status: NodeStatus,
+    /// The coordinator's current epoch.
+    pub epoch: u64,
+    /// Its last generation (exporter: newest committed; importer: last verified).
+    pub generation: Option<String>,
+    /// When it last said hello or notified (RFC 3339).
+    pub last_seen: Option<String>,
+}
+
+/// Escapes text for HTML element content and attribute values.
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_and_escape() {
+        assert_eq!(Role::parse("MAIN"), Some(Role::Main));
+        assert_eq!(Role::parse("main"), None);
+        assert_eq!(
+            serde_json::to_string(&RoleFile {
+                role: Role::Main,
+                epoch: 3
+            })
+            .unwrap_or_default(),
+            r#"{"role":"MAIN","epoch":3}"#
+        );
+        assert_eq!(
+            html_escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+}
