@@ -221,3 +221,22 @@ fn unsafe_to_collect(gen: &str, e: Error) -> Error {
         "generation {gen} is unreadable ({e}); gc refuses to run, as it cannot tell what that generation needs"
     ))
 }
+
+impl Archive {
+    /// Keep the newest `n` generations of every source and collect what the
+    /// others held: the retention of a node's local archive (an exporter's
+    /// outbox, an importer's store). Returns how many generations went.
+    pub fn keep_last(&mut self, n: u32, wait: bool) -> Result<usize> {
+        let plan = self.prune_plan(&crate::prune::Retention {
+            keep_last: Some(n.max(1)),
+            ..Default::default()
+        })?;
+        let removed = plan.removed().count();
+        if removed > 0 {
+            self.apply_prune(&plan)?;
+            let gc = self.gc_plan(wait)?;
+            self.gc(&gc, wait)?;
+        }
+        Ok(removed)
+    }
+}
