@@ -3,13 +3,14 @@
 
 CARGO ?= cargo
 BENCH_DIR ?= /var/tmp/pullback-bench
-APT_PACKAGES := gcc make pkg-config rsync zstd time curl bc python3 postgresql-client postgresql mariadb-server mariadb-client
+APT_PACKAGES := gcc make pkg-config rsync zstd time curl bc python3 postgresql-client postgresql mariadb-server mariadb-client chromium chromium-driver
 
 .PHONY: all deps build test lint unit e2e demo bench fmt clean
 
 all: build
 
-# System packages the build, tests and demo need (apt-get update first).
+# System packages the build, tests and demo need (apt-get update first); chromium and
+# chromium-driver are for the browser test (tests/tests/chromium.rs).
 deps:
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install the Rust toolchain (rustup) first"; exit 1; }
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
