@@ -420,6 +420,8 @@ pub struct Options {
     pub demote_hook: Option<PathBuf>,
     /// Every importer's `hooks.promote`.
     pub promote_hook: Option<PathBuf>,
+    /// TOML appended to the PBS config (e.g. a `[failover]` section, more `[[importer]]`s).
+    pub pbs_extra: String,
 }
 
 impl Default for Options {
@@ -436,6 +438,7 @@ impl Default for Options {
             takeover_hash: None,
             demote_hook: None,
             promote_hook: None,
+            pbs_extra: String::new(),
         }
     }
 }
@@ -657,6 +660,7 @@ exporter = {{ name = "exporter", url = "http://127.0.0.1:{ep}", token = "{pull}"
                 self.importer_ports[i].port, t.push[i]
             ));
         }
+        pbs.push_str(&o.pbs_extra);
         fs::write(self.config(Who::Pbs), pbs).expect("pbs.toml");
         let export_hook = o
             .export_hook

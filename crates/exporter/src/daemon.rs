@@ -337,6 +337,12 @@ fn trim_outbox(app: &App) -> Result<()> {
     Ok(())
 }
 
+/// One export now, waiting for it (after any running one): the switchover's final export.
+pub(crate) async fn export_now(app: Arc<App>) -> RunState {
+    let tx = app.new_tx();
+    export(app, tx).await
+}
+
 // ---------------------------------------------------------------- API
 
 fn start(app: &Arc<App>) -> String {

@@ -11,6 +11,9 @@
 //! - HA API as the seeds: `GET /rest/ha/status` → `MAIN` / `BACKUP`;
 //!   `POST /rest/ha/status?change=BACKUP` on a MAIN demotes and exits 0 (a role change is
 //!   a restart); `change=MAIN` is refused (409): only the coordinator grants MAIN.
+//! - Switchover: `POST /rest/ha/status?change=BACKUP&final=true` (sent by the coordinator)
+//!   runs the demote hook, one last export, waits for a PBS to commit it, answers
+//!   `{"role": "BACKUP", "tx", "generation"}`, writes role BACKUP and exits 0.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -171,6 +174,22 @@ pub async fn demote(app: &App, epoch: u64, status: NodeStatus) {
     let rf = RoleFile::load(&app.cfg.state_dir).ok().flatten();
     let needs_hook = rf.is_none_or(|r| r.role != Role::Backup);
     if needs_hook {
+        run_demote_hook(app, epoch).await;
+    }
+    let keep = rf.map_or(epoch, |r| r.epoch.max(epoch));
+    let backup = RoleFile {
+        role: Role::Backup,
+        epoch: keep,
+    };
+    if let Err(e) = backup.save(&app.cfg.state_dir) {
+        tracing::error!("cannot write the role file: {e}");
+    }
+    set(app, Role::Backup, keep, &status.to_string(), true);
+}
+
+/// The demote hook (stops the software taking writes), logged; failures are logged only.
+async fn run_demote_hook(app: &App, epoch: u64) {
+    {
         if let Some(hook) = &app.cfg.hooks.demote {
             let log = app
                 .cfg
@@ -195,15 +214,51 @@ pub async fn demote(app: &App, epoch: u64, status: NodeStatus) {
             }
         }
     }
-    let keep = rf.map_or(epoch, |r| r.epoch.max(epoch));
-    let backup = RoleFile {
+}
+
+/// A planned switchover, asked by the coordinator (`change=BACKUP&final=true`): the demote
+/// hook (no more writes), one last export committed by a PBS, then role file BACKUP and
+/// exit 0. On failure the node stays MAIN (its software was demoted: the coordinator
+/// reports the failure to the operator).
+async fn final_export(app: &Arc<App>) -> Result<serde_json::Value, ApiError> {
+    let _one = app.demote_lock.lock().await;
+    let h = *app.ha.lock().unwrap_or_else(|p| p.into_inner());
+    tracing::warn!(
+        epoch = h.epoch,
+        "switchover: demote hook, then a final export"
+    );
+    run_demote_hook(app, h.epoch).await;
+    let run = crate::daemon::export_now(app.clone()).await;
+    if run.state != "committed" {
+        return Err(ApiError::conflict(format!(
+            "the final export {} failed: {}",
+            run.tx,
+            run.error.as_deref().unwrap_or("unknown reason")
+        )));
+    }
+    let rf = RoleFile::load(&app.cfg.state_dir).ok().flatten();
+    let keep = rf.map_or(h.epoch, |r| r.epoch.max(h.epoch));
+    if let Err(e) = (RoleFile {
         role: Role::Backup,
         epoch: keep,
-    };
-    if let Err(e) = backup.save(&app.cfg.state_dir) {
+    })
+    .save(&app.cfg.state_dir)
+    {
         tracing::error!("cannot write the role file: {e}");
     }
-    set(app, Role::Backup, keep, &status.to_string(), true);
+    set(
+        app,
+        Role::Backup,
+        keep,
+        &NodeStatus::Follower.to_string(),
+        true,
+    );
+    tracing::warn!(generation = ?run.committed_as, "switchover: final export committed; stepping down");
+    Ok(serde_json::json!({
+        "role": "BACKUP",
+        "tx": run.tx,
+        "generation": run.committed_as,
+    }))
 }
 
 pub fn routes() -> Router<Arc<App>> {
@@ -221,12 +276,27 @@ async fn get_status(State(app): State<Arc<App>>) -> String {
 #[derive(Deserialize)]
 struct Change {
     change: Option<String>,
+    /// Switchover: a final export before stepping down (answers JSON).
+    #[serde(default, rename = "final")]
+    final_export: bool,
 }
 
 async fn post_status(
     State(app): State<Arc<App>>,
     Query(q): Query<Change>,
 ) -> Result<(StatusCode, String), ApiError> {
+    if q.final_export && q.change.as_deref() == Some("BACKUP") {
+        let h = *app.ha.lock().unwrap_or_else(|p| p.into_inner());
+        if h.role != Role::Main {
+            return Err(ApiError::conflict(format!(
+                "this node is not MAIN ({}): no final export",
+                h.role
+            )));
+        }
+        let v = final_export(&app).await?;
+        app.shutdown.notify_one();
+        return Ok((StatusCode::OK, v.to_string()));
+    }
     let want = q
         .change
         .as_deref()

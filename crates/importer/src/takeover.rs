@@ -25,10 +25,13 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Html;
 use axum::routing::{get, post};
-use axum::{Form, Json, Router};
+use axum::{Extension, Form, Json, Router};
 use serde::Deserialize;
-use wire::ha::{html_escape as esc, Hello, NodeView, Role, RoleFile, TakeoverRequest, Verdict};
+use wire::ha::{
+    html_escape as esc, Hello, NodeView, PromoteRequest, Role, RoleFile, TakeoverRequest, Verdict,
+};
 use wire::server::ApiError;
+use wire::Peer;
 
 use crate::server::App;
 
@@ -238,6 +241,18 @@ async fn take_over(app: &Arc<App>, force: bool) -> Result<u64, Refusal> {
         force,
         "takeover granted by the coordinator"
     );
+    promote(app, v.epoch).await
+}
+
+/// After the coordinator granted MAIN at `epoch`: the promote hook, the role file, the
+/// promoted flag, and the exit (a role change is a restart). The caller holds the apply
+/// lock. Shared by the takeover and by the coordinator's `POST /v1/ha/promote`.
+async fn promote(app: &Arc<App>, epoch: u64) -> Result<u64, Refusal> {
+    let v = Verdict {
+        role: Role::Main,
+        epoch,
+        status: wire::ha::NodeStatus::Leader,
+    };
     let mut promote_error = None;
     if let Some(hook) = &app.cfg.hooks.promote {
         let env = vec![
@@ -343,6 +358,7 @@ async fn other_nodes(app: &App) -> Result<Vec<NodeView>, String> {
 pub fn api_routes(app: &Arc<App>) -> Router {
     Router::new()
         .route("/v1/takeover", post(api_takeover))
+        .route("/v1/ha/promote", post(coordinator_promote))
         .route("/rest/ha/status", get(ha_get).post(ha_post))
         .with_state(app.clone())
 }
@@ -366,6 +382,39 @@ async fn api_takeover(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_password(&app, &b.password).await?;
     let epoch = take_over(&app, b.force).await?;
+    Ok(Json(serde_json::json!({ "role": "MAIN", "epoch": epoch })))
+}
+
+/// `POST /v1/ha/promote`: the coordinator (token peer = `[coordinator] name`) granted this
+/// clone MAIN (switchover, automatic failover). No password: the token is the coordinator's.
+/// Waits for a running import (force semantics), then promotes.
+async fn coordinator_promote(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    Json(req): Json<PromoteRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let coordinator = app.cfg.coordinator.as_ref().map(|c| c.name.as_str());
+    if coordinator != Some(peer.0.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "peer {} may not promote this clone (only its [coordinator])",
+                peer.0
+            ),
+        ));
+    }
+    app.takeover.refuse_if_promoted()?;
+    let _imports = app.apply_lock.lock().await;
+    app.takeover.refuse_if_promoted()?;
+    let known = app.status.lock().unwrap_or_else(|p| p.into_inner()).epoch;
+    if req.epoch < known {
+        return Err(ApiError::conflict(format!(
+            "epoch {} is older than this clone's {known}",
+            req.epoch
+        )));
+    }
+    tracing::warn!(epoch = req.epoch, "the coordinator promotes this clone");
+    let epoch = promote(&app, req.epoch).await?;
     Ok(Json(serde_json::json!({ "role": "MAIN", "epoch": epoch })))
 }
 

@@ -30,6 +30,46 @@ pub struct Config {
     pub importers: Vec<ImporterConfig>,
     #[serde(default)]
     pub schedule: Schedule,
+    /// Switchover, balance and the automatic failover policy.
+    #[serde(default)]
+    pub failover: Failover,
+}
+
+/// `[failover]`: planned switchover (`pbs switchover`, `pbs balance`) and the optional
+/// automatic failover policy (off by default).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Failover {
+    /// The node `pbs balance` makes the main (a `[[importer]]` name).
+    pub preferred_leader: Option<String>,
+    /// Take over automatically when the main has been silent for `after_secs`.
+    #[serde(default)]
+    pub auto: bool,
+    /// Silence (no commit from its source, no hello or notification) after which the
+    /// main counts as lost. Must exceed the exporter's export interval.
+    #[serde(default = "default_after")]
+    pub after_secs: u64,
+    /// How long a switchover waits for the final generation to be verified on the target.
+    #[serde(default = "default_switchover_timeout")]
+    pub switchover_timeout_secs: u64,
+}
+
+impl Default for Failover {
+    fn default() -> Self {
+        Failover {
+            preferred_leader: None,
+            auto: false,
+            after_secs: default_after(),
+            switchover_timeout_secs: default_switchover_timeout(),
+        }
+    }
+}
+
+fn default_after() -> u64 {
+    3 * 3600
+}
+fn default_switchover_timeout() -> u64 {
+    600
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -139,6 +179,20 @@ pub fn load(path: &Path) -> Result<Config> {
     for i in &mut c.importers {
         if let Some(ca) = &mut i.ca {
             fix(ca);
+        }
+    }
+    if c.failover.auto && c.failover.after_secs == 0 {
+        bail!(
+            "config {}: failover.after_secs must be at least 1",
+            path.display()
+        );
+    }
+    if let Some(p) = &c.failover.preferred_leader {
+        if !c.importers.iter().any(|i| &i.name == p) {
+            bail!(
+                "config {}: failover.preferred_leader = {p:?} is not an [[importer]] name",
+                path.display()
+            );
         }
     }
     let mut names: Vec<&str> = c.sources.iter().map(|s| s.name.as_str()).collect();

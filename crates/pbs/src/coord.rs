@@ -14,10 +14,17 @@
 //!   (unless forced) when another eligible clone holds a newer verified generation.
 //!   Otherwise: epoch + 1, the old main Broken, the node MAIN/Leader, saved; then the old
 //!   main is told `POST /rest/ha/status?change=BACKUP` (best effort).
-//! - notify fencing: a notification from a Broken node, from a node that is not the main,
-//!   or at an epoch below the current one is refused with 409 (the node demotes).
+//! - notify fencing: a notification from a Broken or rejoining node, from a node that is
+//!   not the main, or at an epoch below the current one is refused with 409 (the node
+//!   demotes).
+//! - switchover (`crate::failover`): the same grant as a takeover, forced once the target
+//!   verified the main's final generation, with the old main left BACKUP/Follower.
+//! - rejoin: a node with an `[[importer]]` entry (not the main) becomes Rejoining — never
+//!   MAIN, no notifications, not eligible — until it has verified the latest generation of
+//!   its source (same sequence number), then Follower. Eligibility is "is a configured
+//!   `[[importer]]`", so a former main's machine can come back as a clone under its name.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -66,6 +73,9 @@ pub struct Coordinator {
     exporters: BTreeMap<String, PeerConfig>,
     /// Node name → the token peers allowed to speak for it.
     speakers: BTreeMap<String, Vec<String>>,
+    /// The configured `[[importer]]` names: the nodes that can be clones (a node may be both
+    /// a source's exporter and a clone: the machine of a former main, rejoined).
+    clones: BTreeSet<String>,
 }
 
 fn conflict(msg: impl Into<String>) -> ApiError {
@@ -100,7 +110,9 @@ impl Coordinator {
                 ..Default::default()
             });
         }
+        let mut clones = BTreeSet::new();
         for i in &cfg.importers {
+            clones.insert(i.name.clone());
             speakers
                 .entry(i.name.clone())
                 .or_default()
@@ -109,7 +121,9 @@ impl Coordinator {
                 kind: IMPORTER.into(),
                 ..Default::default()
             });
-            if st.main.as_deref() == Some(i.name.as_str()) || n.status == NodeStatus::Broken {
+            if st.main.as_deref() == Some(i.name.as_str())
+                || matches!(n.status, NodeStatus::Broken | NodeStatus::Rejoining)
+            {
                 continue;
             }
             n.status = if i.disabled {
@@ -124,6 +138,7 @@ impl Coordinator {
             state: Mutex::new(st),
             exporters,
             speakers,
+            clones,
         })
     }
 
@@ -178,6 +193,8 @@ impl Coordinator {
             if n.status == NodeStatus::Broken || stale_main {
                 n.role = Role::Backup;
                 n.status = NodeStatus::Broken;
+            } else if n.status == NodeStatus::Rejoining {
+                n.role = Role::Backup;
             } else if is_main || (main_free && n.kind == EXPORTER) {
                 n.role = Role::Main;
                 n.status = NodeStatus::Leader;
@@ -204,42 +221,53 @@ impl Coordinator {
         req: &TakeoverRequest,
         server: &ServerStatus,
     ) -> Result<(Verdict, Option<String>), ApiError> {
-        let verified = |name: &str| {
-            server
-                .importers
-                .get(name)
-                .and_then(|s| s.last_good.as_ref())
-                .and_then(|e| e.generation.clone())
-        };
+        self.grant(req, server, NodeStatus::Broken)
+    }
+
+    /// The gates of a takeover without changing anything (a switchover checks its target
+    /// before it stops the main).
+    pub fn check_eligible(&self, node: &str) -> Result<(), ApiError> {
+        let st = self.snapshot();
+        Self::eligible(&self.clones, &st, node)
+    }
+
+    fn eligible(clones: &BTreeSet<String>, st: &CoordState, node: &str) -> Result<(), ApiError> {
+        let n = st
+            .nodes
+            .get(node)
+            .ok_or_else(|| conflict(format!("unknown node {node:?}: not a clone")))?;
+        if st.main.as_deref() == Some(node) {
+            return Err(conflict(format!(
+                "{node} is already MAIN at epoch {}",
+                st.epoch
+            )));
+        }
+        if !clones.contains(node) {
+            return Err(conflict(format!("{node} is not a clone")));
+        }
+        match n.status {
+            NodeStatus::Disabled => Err(conflict(format!(
+                "{node} is Disabled: excluded from takeover"
+            ))),
+            NodeStatus::Broken => Err(conflict(format!("{node} is Broken: rejoin it first"))),
+            NodeStatus::Rejoining => Err(conflict(format!(
+                "{node} is rejoining: not eligible until it has restored and verified the latest generation"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Grants MAIN to `req.node` through the takeover gates; the old main gets
+    /// `old_status` (Broken after a takeover, Follower after a planned switchover).
+    pub fn grant(
+        &self,
+        req: &TakeoverRequest,
+        server: &ServerStatus,
+        old_status: NodeStatus,
+    ) -> Result<(Verdict, Option<String>), ApiError> {
+        let verified = |name: &str| verified_generation(server, name);
         self.change(|st| {
-            let n = st
-                .nodes
-                .get(&req.node)
-                .ok_or_else(|| conflict(format!("unknown node {:?}: not a clone", req.node)))?;
-            if st.main.as_deref() == Some(req.node.as_str()) {
-                return Err(conflict(format!(
-                    "{} is already MAIN at epoch {}",
-                    req.node, st.epoch
-                )));
-            }
-            if n.kind != IMPORTER {
-                return Err(conflict(format!("{} is not a clone", req.node)));
-            }
-            match n.status {
-                NodeStatus::Disabled => {
-                    return Err(conflict(format!(
-                        "{} is Disabled: excluded from takeover",
-                        req.node
-                    )))
-                }
-                NodeStatus::Broken => {
-                    return Err(conflict(format!(
-                        "{} is Broken: rejoin it first",
-                        req.node
-                    )))
-                }
-                _ => {}
-            }
+            Self::eligible(&self.clones, st, &req.node)?;
             if let Some(e) = req.epoch.filter(|e| *e < st.epoch) {
                 return Err(conflict(format!(
                     "the epoch moved from {e} to {} since {} looked: another takeover happened",
@@ -251,7 +279,7 @@ impl Coordinator {
                 let mine_seq = mine.as_deref().and_then(seq_of);
                 for (other, o) in &st.nodes {
                     if other == &req.node
-                        || o.kind != IMPORTER
+                        || !self.clones.contains(other)
                         || o.status != NodeStatus::Follower
                         || st.main.as_deref() == Some(other.as_str())
                     {
@@ -272,7 +300,7 @@ impl Coordinator {
             let old = st.main.take();
             if let Some(o) = old.as_ref().and_then(|o| st.nodes.get_mut(o)) {
                 o.role = Role::Backup;
-                o.status = NodeStatus::Broken;
+                o.status = old_status;
             }
             let now = wire::cli::now_rfc3339();
             let n = st
@@ -283,7 +311,7 @@ impl Coordinator {
             n.status = NodeStatus::Leader;
             n.last_seen = Some(now);
             st.main = Some(req.node.clone());
-            tracing::warn!(node = %req.node, epoch = st.epoch, old_main = ?old, force = req.force, "takeover granted");
+            tracing::warn!(node = %req.node, epoch = st.epoch, old_main = ?old, force = req.force, old_status = %old_status, "MAIN granted");
             Ok((
                 Verdict {
                     role: Role::Main,
@@ -308,6 +336,11 @@ impl Coordinator {
                         "node {node} is Broken (fenced; epoch now {cur}): demote"
                     )));
                 }
+                if n.status == NodeStatus::Rejoining {
+                    return Err(conflict(format!(
+                        "node {node} is rejoining as a clone (epoch {cur}): demote"
+                    )));
+                }
             }
             if epoch < cur {
                 return Err(conflict(format!(
@@ -321,6 +354,111 @@ impl Coordinator {
             }
             Ok(())
         })
+    }
+
+    /// `pbs rejoin NODE`: the node comes back as a clone. Refused for the main and for a
+    /// node with no `[[importer]]` entry (the PBS could not push to it). It is Rejoining
+    /// (never MAIN, never notifies, not eligible) until [`Coordinator::finish_rejoin`].
+    pub fn rejoin(&self, node: &str) -> Result<(), ApiError> {
+        self.change(|st| {
+            if st.main.as_deref() == Some(node) {
+                return Err(conflict(format!(
+                    "{node} is the main at epoch {}: switch over to a clone first",
+                    st.epoch
+                )));
+            }
+            if !self.clones.contains(node) {
+                return Err(conflict(format!(
+                    "{node} has no [[importer]] entry in the PBS config: add one so the PBS can restore it"
+                )));
+            }
+            let n = st
+                .nodes
+                .get_mut(node)
+                .ok_or_else(|| conflict(format!("unknown node {node:?}")))?;
+            n.role = Role::Backup;
+            n.status = NodeStatus::Rejoining;
+            tracing::warn!(node, epoch = st.epoch, "rejoining as a clone");
+            Ok(())
+        })
+    }
+
+    /// A rejoining node verified `gen`: it is a Follower again when `gen` is the latest
+    /// generation `latest` of its source (same sequence number: never behind, never ahead).
+    /// Returns whether it became a Follower.
+    pub fn finish_rejoin(&self, node: &str, gen: &str, latest: &str) -> bool {
+        let r = self.change(|st| {
+            let Some(n) = st.nodes.get_mut(node) else {
+                return Ok(false);
+            };
+            if n.status != NodeStatus::Rejoining {
+                return Ok(false);
+            }
+            let (have, want) = (seq_of(gen), seq_of(latest));
+            if have.is_none()
+                || have != want
+                || gen.rsplit_once('/').map(|g| g.0) != latest.rsplit_once('/').map(|l| l.0)
+            {
+                tracing::info!(
+                    node,
+                    gen,
+                    latest,
+                    "rejoining: not the latest generation yet"
+                );
+                return Ok(false);
+            }
+            n.status = NodeStatus::Follower;
+            n.role = Role::Backup;
+            tracing::warn!(node, gen, "rejoined: Follower");
+            Ok(true)
+        });
+        r.unwrap_or(false)
+    }
+
+    /// Whether `node` is rejoining.
+    pub fn is_rejoining(&self, node: &str) -> bool {
+        self.snapshot()
+            .nodes
+            .get(node)
+            .is_some_and(|n| n.status == NodeStatus::Rejoining)
+    }
+
+    /// Whether the PBS pushes to clone `node`: not while it is the main or Broken.
+    pub fn receives_pushes(&self, node: &str) -> bool {
+        let st = self.snapshot();
+        st.main.as_deref() != Some(node)
+            && st
+                .nodes
+                .get(node)
+                .is_none_or(|n| n.status != NodeStatus::Broken)
+    }
+
+    /// The exporter peer of source node `node` (to reach the main), if it is one.
+    pub fn exporter_peer(&self, node: &str) -> Option<PeerConfig> {
+        self.exporters.get(node).cloned()
+    }
+
+    /// Automatic failover: the eligible clone with the newest verified generation whose
+    /// last push did not fail since (the verified-restore gate), if any.
+    pub fn best_clone(&self, server: &ServerStatus) -> Option<String> {
+        let st = self.snapshot();
+        st.nodes
+            .keys()
+            .filter(|n| Self::eligible(&self.clones, &st, n).is_ok())
+            .filter(|n| {
+                st.nodes
+                    .get(*n)
+                    .is_some_and(|x| x.status == NodeStatus::Follower)
+            })
+            .filter_map(|n| {
+                let s = server.importers.get(n)?;
+                let good = s.last_good.as_ref()?;
+                let failed_since = s.last_failure.as_ref().is_some_and(|f| f.at > good.at);
+                let seq = seq_of(good.generation.as_deref()?)?;
+                (!failed_since).then(|| (seq, n.clone()))
+            })
+            .max()
+            .map(|(_, n)| n)
     }
 
     /// Records `gen` as the last generation `node` published.
@@ -361,6 +499,15 @@ impl Coordinator {
     }
 }
 
+/// The generation the PBS last pushed to clone `name` and saw verified.
+fn verified_generation(server: &ServerStatus, name: &str) -> Option<String> {
+    server
+        .importers
+        .get(name)
+        .and_then(|s| s.last_good.as_ref())
+        .and_then(|e| e.generation.clone())
+}
+
 fn reqwest_post() -> axum::http::Method {
     axum::http::Method::POST
 }
@@ -370,12 +517,12 @@ pub fn views(st: &CoordState, server: &ServerStatus) -> Vec<NodeView> {
     st.nodes
         .iter()
         .map(|(name, n)| {
-            let generation = if n.kind == IMPORTER {
-                server
-                    .importers
-                    .get(name)
-                    .and_then(|s| s.last_good.as_ref())
-                    .and_then(|e| e.generation.clone())
+            // A clone's: the last generation it verified (also for a former main that
+            // rejoined as a clone, once it has one); a main's: the last it published.
+            let verified = verified_generation(server, name);
+            let is_main = st.main.as_deref() == Some(name.as_str());
+            let generation = if n.kind == IMPORTER || (!is_main && verified.is_some()) {
+                verified
             } else {
                 n.last_generation.clone()
             };
@@ -583,6 +730,72 @@ disabled = true
         assert!(again.check_notify("c1", 5).is_ok());
         // A second takeover by the same node: already MAIN.
         assert!(again.takeover(&req("c1", false, None), &st).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn switchover_keeps_the_old_main_a_follower_and_rejoin_waits_for_the_latest() {
+        let dir = std::env::temp_dir().join(format!(
+            "pullback-coord-test2-{}-{}",
+            std::process::id(),
+            archive::ingest::now_ns()
+        ));
+        std::fs::create_dir_all(&dir).expect("tmp");
+        let c = Coordinator::open(&cfg(), &dir, 0).expect("open");
+        let hello = |node: &str, role: Role, epoch: u64| {
+            c.hello(&Hello {
+                node: node.into(),
+                epoch,
+                role,
+            })
+        };
+        assert_eq!(
+            hello("main1", Role::Backup, 0).map(|v| v.role).ok(),
+            Some(Role::Main)
+        );
+        // The best clone: newest verified generation; the Disabled one does not count; a
+        // clone whose last push failed since is not verified.
+        let mut st = good(&[("c1", "db/3"), ("c2", "db/10"), ("off", "db/11")]);
+        assert_eq!(c.best_clone(&st).as_deref(), Some("c2"));
+        if let Some(i) = st.importers.get_mut("c2") {
+            i.last_failure = Some(Event {
+                at: "9999".into(),
+                generation: Some("db/11".into()),
+                detail: "failed".into(),
+            });
+        }
+        assert_eq!(c.best_clone(&st).as_deref(), Some("c1"));
+        // A planned switchover: old main BACKUP/Follower, not Broken.
+        let (v, old) = c
+            .grant(&req("c1", true, Some(0)), &st, NodeStatus::Follower)
+            .expect("granted");
+        assert_eq!((v.epoch, old.as_deref()), (1, Some("main1")));
+        let s = c.snapshot();
+        assert_eq!(s.nodes["main1"].status, NodeStatus::Follower);
+        assert_eq!(s.nodes["main1"].role, Role::Backup);
+        let v = hello("main1", Role::Backup, 0).expect("hello");
+        assert_eq!((v.role, v.status), (Role::Backup, NodeStatus::Follower));
+        // Rejoin: refused for the main and for a node that is no clone.
+        assert!(c.rejoin("c1").is_err());
+        assert!(c.rejoin("main1").is_err(), "no [[importer]] main1");
+        c.rejoin("c2").expect("rejoin");
+        assert!(c.is_rejoining("c2"));
+        assert!(c.takeover(&req("c2", true, None), &st).is_err());
+        assert!(c.check_notify("c2", 1).is_err());
+        assert_eq!(
+            hello("c2", Role::Main, 1).map(|v| (v.role, v.status)).ok(),
+            Some((Role::Backup, NodeStatus::Rejoining))
+        );
+        // Not the latest (behind, or ahead): still rejoining; the latest: Follower.
+        assert!(!c.finish_rejoin("c2", "db/9", "db/10"));
+        assert!(!c.finish_rejoin("c2", "db/11", "db/10"));
+        assert!(c.is_rejoining("c2"));
+        assert!(c.finish_rejoin("c2", "db/10", "db/10"));
+        assert_eq!(c.snapshot().nodes["c2"].status, NodeStatus::Follower);
+        // Durable across a restart.
+        c.rejoin("c2").expect("rejoin again");
+        let again = Coordinator::open(&cfg(), &dir, 0).expect("reopen");
+        assert!(again.is_rejoining("c2"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -88,8 +88,12 @@ pub use wire::cli::now_rfc3339;
 pub(crate) struct App {
     pub(crate) cfg: Config,
     pub(crate) state_dir: PathBuf,
-    archive: Arc<RwLock<Archive>>,
+    pub(crate) archive: Arc<RwLock<Archive>>,
     pub(crate) status: Mutex<ServerStatus>,
+    /// One push at a time per clone (a rejoin pushes outside the source's worker).
+    push_locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// One switchover or automatic failover at a time.
+    pub(crate) switching: tokio::sync::Mutex<()>,
     queues: HashMap<String, mpsc::UnboundedSender<Notify>>,
     metrics: Metrics,
     pub(crate) coord: Coordinator,
@@ -283,52 +287,125 @@ async fn push_all(app: &Arc<App>, gen: &GenId) {
         let app = app.clone();
         let gen = gen.clone();
         async move {
-            let imp = &imp;
-            let t = Instant::now();
-            let backoff = wire::Backoff {
-                initial: Duration::from_secs(1),
-                max: Duration::from_secs(30),
-                attempts: 3,
-            };
-            let mut last = None;
-            for attempt in 0..backoff.attempts {
-                if attempt > 0 {
-                    tokio::time::sleep(backoff.delay(attempt)).await;
-                }
-                match push(&app, imp, &gen).await {
-                    Ok(()) => {
-                        last = None;
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(importer = %imp.name, generation = %gen, "push failed: {e:#}");
-                        last = Some(e);
-                    }
-                }
-            }
-            app.metrics
-                .gauge_with("pullback_push_seconds", "Duration of the last push", &[("importer", &imp.name)])
-                .set_duration(t.elapsed());
-            let ev = |detail: String| Event {
-                at: now_rfc3339(),
-                generation: Some(gen.to_string()),
-                detail,
-            };
-            app.update(|s| {
-                let st = s.importers.entry(imp.name.clone()).or_default();
-                match &last {
-                    None => st.last_good = Some(ev("imported and verified".into())),
-                    Some(e) => st.last_failure = Some(ev(format!("{e:#}"))),
-                }
-            });
-            if last.is_some() {
-                app.metrics
-                    .counter_with("pullback_failures_total", "Failed transfers", &[("peer", &imp.name)])
-                    .inc();
+            // Not to the main (it serves) nor to a Broken node (quarantined).
+            if app.coord.receives_pushes(&imp.name) {
+                push_one(&app, &imp, &gen).await;
             }
         }
     });
     futures_join_all(jobs).await;
+}
+
+/// The newest generation of the archive (per source, the one of `source` or of any).
+pub(crate) async fn latest_generation(app: &Arc<App>, source: Option<String>) -> Option<GenId> {
+    let a = app.clone();
+    blocking(move || {
+        let ar = a.archive.read().unwrap_or_else(|p| p.into_inner());
+        let mut best: Option<GenRecord> = None;
+        for s in &a.cfg.sources {
+            if source.as_deref().is_some_and(|x| x != s.name) {
+                continue;
+            }
+            let Ok(name) = SourceName::new(&s.name) else {
+                continue;
+            };
+            if let Some(r) = ar.latest(&name)? {
+                if best.as_ref().is_none_or(|b| r.taken_at_ns > b.taken_at_ns) {
+                    best = Some(r);
+                }
+            }
+        }
+        Ok(best.map(|r| r.id()))
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Rejoin: push the latest generation to clone `node` (in the background).
+pub(crate) fn push_latest(app: &Arc<App>, node: &str) {
+    let Some(imp) = app.cfg.importers.iter().find(|i| i.name == node).cloned() else {
+        return;
+    };
+    let app = app.clone();
+    tokio::spawn(async move {
+        match latest_generation(&app, None).await {
+            Some(gen) => push_one(&app, &imp, &gen).await,
+            None => tracing::info!(node = %imp.name, "rejoin: no generation to restore yet"),
+        }
+    });
+}
+
+/// Pushes `gen` to one clone (with retries) and records the result; a rejoining clone
+/// that verified the latest generation becomes a Follower.
+async fn push_one(app: &Arc<App>, imp: &config::ImporterConfig, gen: &GenId) {
+    let lock = app.push_locks.get(&imp.name).cloned();
+    let _one = match &lock {
+        Some(l) => Some(l.lock().await),
+        None => None,
+    };
+    let t = Instant::now();
+    let backoff = wire::Backoff {
+        initial: Duration::from_secs(1),
+        max: Duration::from_secs(30),
+        attempts: 3,
+    };
+    let mut last = None;
+    for attempt in 0..backoff.attempts {
+        if attempt > 0 {
+            tokio::time::sleep(backoff.delay(attempt)).await;
+        }
+        match push(app, imp, gen).await {
+            Ok(()) => {
+                last = None;
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(importer = %imp.name, generation = %gen, "push failed: {e:#}");
+                last = Some(e);
+            }
+        }
+    }
+    app.metrics
+        .gauge_with(
+            "pullback_push_seconds",
+            "Duration of the last push",
+            &[("importer", &imp.name)],
+        )
+        .set_duration(t.elapsed());
+    let ev = |detail: String| Event {
+        at: now_rfc3339(),
+        generation: Some(gen.to_string()),
+        detail,
+    };
+    app.update(|s| {
+        let st = s.importers.entry(imp.name.clone()).or_default();
+        match &last {
+            None => st.last_good = Some(ev("imported and verified".into())),
+            Some(e) => st.last_failure = Some(ev(format!("{e:#}"))),
+        }
+    });
+    if last.is_some() {
+        app.metrics
+            .counter_with(
+                "pullback_failures_total",
+                "Failed transfers",
+                &[("peer", &imp.name)],
+            )
+            .inc();
+    } else if app.coord.is_rejoining(&imp.name) {
+        if let Some(latest) = latest_generation(app, Some(gen.source.to_string())).await {
+            if !app
+                .coord
+                .finish_rejoin(&imp.name, &gen.to_string(), &latest.to_string())
+            {
+                // A newer generation was committed meanwhile: that one, too.
+                if latest != *gen {
+                    push_latest(app, &imp.name);
+                }
+            }
+        }
+    }
 }
 
 async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
@@ -679,11 +756,18 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
         queues.insert(s.name.clone(), tx);
         rxs.push((s.name.clone(), rx));
     }
+    let push_locks = cfg
+        .importers
+        .iter()
+        .map(|i| (i.name.clone(), Arc::new(tokio::sync::Mutex::new(()))))
+        .collect();
     let app = Arc::new(App {
         cfg,
         state_dir,
         archive: Arc::new(RwLock::new(ar)),
         status: Mutex::new(st),
+        push_locks,
+        switching: tokio::sync::Mutex::new(()),
         queues,
         metrics: Metrics::new(),
         coord,
@@ -701,6 +785,9 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
         tokio::spawn(worker(app.clone(), name, rx));
     }
     let _sched = schedule(&app).await?;
+    if app.cfg.failover.auto {
+        tokio::spawn(crate::failover::auto_failover(app.clone()));
+    }
     let api = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/notify", post(notify))

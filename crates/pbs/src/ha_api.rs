@@ -7,7 +7,10 @@ use axum::extract::State;
 use axum::response::Html;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use wire::ha::{Hello, NodeView, TakeoverRequest, Verdict};
+use wire::ha::{
+    Hello, NodeStatus, NodeView, RejoinRequest, SwitchoverRequest, SwitchoverResult,
+    TakeoverRequest, Verdict,
+};
 use wire::server::ApiError;
 use wire::Peer;
 
@@ -20,6 +23,54 @@ pub(crate) fn routes() -> Router<Arc<App>> {
         .route("/v1/ha/hello", post(hello))
         .route("/v1/ha/takeover", post(takeover))
         .route("/v1/ha/nodes", get(nodes))
+        .route("/v1/ha/switchover", post(switchover))
+        .route("/v1/ha/balance", post(balance))
+        .route("/v1/ha/rejoin", post(rejoin))
+}
+
+fn admin_only(peer: &Peer, what: &str) -> Result<(), ApiError> {
+    if peer.0 == "admin" {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            format!("peer {} may not {what} (only admin)", peer.0),
+        ))
+    }
+}
+
+async fn switchover(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    Json(req): Json<SwitchoverRequest>,
+) -> Result<Json<SwitchoverResult>, ApiError> {
+    admin_only(&peer, "switch over")?;
+    Ok(Json(crate::failover::switchover(&app, &req.to).await?))
+}
+
+async fn balance(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+) -> Result<Json<SwitchoverResult>, ApiError> {
+    admin_only(&peer, "balance")?;
+    Ok(Json(crate::failover::balance(&app).await?))
+}
+
+async fn rejoin(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    Json(req): Json<RejoinRequest>,
+) -> Result<Json<NodeView>, ApiError> {
+    admin_only(&peer, "rejoin a node")?;
+    let a = app.clone();
+    let node = req.node.clone();
+    blocking(move || a.coord.rejoin(&node)).await?;
+    crate::daemon::push_latest(&app, &req.node);
+    views(&app)
+        .into_iter()
+        .find(|n| n.name == req.node)
+        .map(Json)
+        .ok_or_else(|| ApiError::internal("the node vanished"))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -37,7 +88,12 @@ async fn hello(
 ) -> Result<Json<Verdict>, ApiError> {
     app.coord.check_peer(&peer.0, &h.node)?;
     let a = app.clone();
+    let node = h.node.clone();
     let v = blocking(move || a.coord.hello(&h)).await?;
+    // A rejoining clone that (re)starts: restore the latest generation there.
+    if v.status == NodeStatus::Rejoining {
+        crate::daemon::push_latest(&app, &node);
+    }
     Ok(Json(v))
 }
 

@@ -4,6 +4,7 @@ mod archive_cmd;
 mod config;
 mod coord;
 mod daemon;
+mod failover;
 mod ha_api;
 mod status;
 
@@ -41,6 +42,61 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Planned, zero-loss switchover to clone NODE through the running server: the main
+    /// takes a final export and steps down (BACKUP), NODE verifies it and becomes MAIN.
+    Switchover {
+        /// The clone that becomes the main.
+        #[arg(long)]
+        to: String,
+    },
+    /// Switchover to `[failover] preferred_leader` (nothing to do if it already leads).
+    Balance,
+    /// Bring NODE (e.g. a Broken former main, wiped) back as a clone: it is a Follower
+    /// again once it has restored and verified the latest generation.
+    Rejoin {
+        /// The node's name.
+        node: String,
+    },
+}
+
+/// A client of the running server, as peer `admin` (its token in `[server] tokens`).
+fn local_client(cfg: &config::Config) -> anyhow::Result<wire::Client> {
+    use anyhow::Context;
+    let server = cfg
+        .server
+        .as_ref()
+        .context("the config has no [server] section: where is the PBS?")?;
+    let token = server.tokens.iter().find(|t| t.peer == "admin").context(
+        "[server] tokens has no entry for peer \"admin\" (used by switchover, balance, rejoin)",
+    )?;
+    let mut addr = server.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let scheme = if server.cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let wait = std::time::Duration::from_secs(cfg.failover.switchover_timeout_secs + 120);
+    wire::Client::new(
+        &format!("{scheme}://{addr}"),
+        Some(&token.token),
+        server.cert.as_deref(),
+        wait,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// One admin request to the running server; prints its JSON answer.
+fn ha_call(cfg: &config::Config, path: &str, body: serde_json::Value) -> anyhow::Result<ExitCode> {
+    let client = local_client(cfg)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let v: serde_json::Value = rt
+        .block_on(client.post_json(path, &body))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -78,6 +134,13 @@ fn main() -> ExitCode {
                     .clone()
                     .ok_or_else(|| anyhow::anyhow!("no state_dir in the config"))?;
                 status::print(&cfg, &sd, json)
+            }
+            Cmd::Switchover { to } => {
+                ha_call(&cfg, "/v1/ha/switchover", serde_json::json!({ "to": to }))
+            }
+            Cmd::Balance => ha_call(&cfg, "/v1/ha/balance", serde_json::json!({})),
+            Cmd::Rejoin { node } => {
+                ha_call(&cfg, "/v1/ha/rejoin", serde_json::json!({ "node": node }))
             }
         }
     })();

@@ -10,6 +10,11 @@
 //! - `POST /v1/ha/hello` [`Hello`] → [`Verdict`]
 //! - `POST /v1/ha/takeover` [`TakeoverRequest`] → [`Verdict`] (409 with the reason when refused)
 //! - `GET /v1/ha/nodes` → a list of [`NodeView`]
+//! - `POST /v1/ha/switchover` [`SwitchoverRequest`], `POST /v1/ha/balance` → [`SwitchoverResult`]
+//!   (admin only; 409 with the reason when refused)
+//! - `POST /v1/ha/rejoin` [`RejoinRequest`] → [`NodeView`] (admin only)
+//!
+//! Clone API, from the coordinator only: `POST /v1/ha/promote` [`PromoteRequest`].
 //!
 //! Node API (exporter and importer), as the seeds: `GET /rest/ha/status` answers `MAIN` or
 //! `BACKUP` (text); `POST /rest/ha/status?change=MAIN|BACKUP`.
@@ -68,6 +73,9 @@ pub enum NodeStatus {
     Disabled,
     /// A fenced former main, quarantined until an operator rejoins it.
     Broken,
+    /// Rejoined by an operator: a clone again once it has restored and verified the latest
+    /// generation; until then never MAIN, never notifies, never eligible.
+    Rejoining,
 }
 
 impl fmt::Display for NodeStatus {
@@ -77,6 +85,7 @@ impl fmt::Display for NodeStatus {
             NodeStatus::Follower => "Follower",
             NodeStatus::Disabled => "Disabled",
             NodeStatus::Broken => "Broken",
+            NodeStatus::Rejoining => "Rejoining",
         })
     }
 }
@@ -144,6 +153,45 @@ pub struct TakeoverRequest {
     /// since (another takeover won). Absent: not checked.
     #[serde(default)]
     pub epoch: Option<u64>,
+}
+
+/// `POST /v1/ha/switchover` (admin): planned, zero-loss hand-over to `to`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchoverRequest {
+    /// The clone that becomes MAIN.
+    pub to: String,
+}
+
+/// `POST /v1/ha/rejoin` (admin): bring `node` back as a clone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejoinRequest {
+    /// The node (usually a Broken former main).
+    pub node: String,
+}
+
+/// `POST /v1/ha/promote` on a clone, from its coordinator only: the coordinator already
+/// granted this clone MAIN at `epoch` (switchover, automatic failover); the clone runs its
+/// promote hook, writes its role file and exits 0, as after a takeover.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromoteRequest {
+    /// The epoch the coordinator granted.
+    pub epoch: u64,
+}
+
+/// The answer of a switchover, balance or automatic failover.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchoverResult {
+    /// The new main.
+    pub main: String,
+    /// The old main (now BACKUP), if there was one.
+    pub old_main: Option<String>,
+    /// The new epoch.
+    pub epoch: u64,
+    /// The final generation the new main verified before it was promoted.
+    pub generation: Option<String>,
+    /// Nothing to do (balance: the preferred leader already leads).
+    #[serde(default)]
+    pub noop: bool,
 }
 
 /// One node as `GET /v1/ha/nodes` lists it.

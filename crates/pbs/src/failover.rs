@@ -1,0 +1,270 @@
+//! Planned switchover (`pbs switchover --to NODE`, `pbs balance`) and the optional
+//! automatic failover policy (`[failover] auto`), on top of the takeover's gates.
+//!
+//! Switchover, zero loss: the target must be an eligible clone (the takeover's gates);
+//! the main exporter is asked `POST /rest/ha/status?change=BACKUP&final=true` (its demote
+//! hook, one last export, the PBS's commit; it then exits 0 as BACKUP); the PBS waits until
+//! the target has imported and verified that final generation (its push status), then
+//! grants the target MAIN at epoch + 1 through the takeover path (forced: the final
+//! generation is the newest one; the epoch must not have moved) with the old main kept
+//! BACKUP/Follower, not Broken; finally it tells the clone `POST /v1/ha/promote` (the
+//! takeover's promotion, authenticated by the PBS's push token, no password).
+//!
+//! Automatic failover: when the main has been silent (no hello, no notification, no
+//! commit) for `after_secs`, the PBS grants MAIN to the eligible clone with the newest
+//! verified generation, through the takeover with its gates (not forced), fences the old
+//! main (Broken) and promotes the clone through the same `POST /v1/ha/promote`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use wire::ha::{NodeStatus, PromoteRequest, SwitchoverResult, TakeoverRequest};
+use wire::server::ApiError;
+
+use crate::daemon::App;
+
+fn conflict(msg: impl Into<String>) -> ApiError {
+    ApiError::conflict(msg)
+}
+
+fn message(e: &wire::WireError) -> String {
+    match e {
+        wire::WireError::Status { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn seq_of(gen: &str) -> Option<(String, u64)> {
+    let (s, n) = gen.rsplit_once('/')?;
+    Some((s.to_string(), n.parse().ok()?))
+}
+
+/// Tells clone `node` that the coordinator granted it MAIN at `epoch`.
+pub(crate) async fn promote_clone(app: &App, node: &str, epoch: u64) -> Result<(), ApiError> {
+    let imp = app
+        .cfg
+        .importers
+        .iter()
+        .find(|i| i.name == node)
+        .ok_or_else(|| ApiError::internal(format!("no [[importer]] {node}")))?;
+    let client = imp
+        .peer()
+        .client(Duration::from_secs(
+            app.cfg.failover.switchover_timeout_secs.max(30),
+        ))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    client
+        .post_json::<_, serde_json::Value>("/v1/ha/promote", &PromoteRequest { epoch })
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "{node} was granted MAIN at epoch {epoch} but did not confirm its promotion: {}; run its promote hook and set its role file by hand",
+                    message(&e)
+                ),
+            )
+        })
+}
+
+/// `POST /v1/ha/switchover`.
+pub(crate) async fn switchover(app: &Arc<App>, to: &str) -> Result<SwitchoverResult, ApiError> {
+    let _one = app
+        .switching
+        .try_lock()
+        .map_err(|_| conflict("a switchover or failover is already running"))?;
+    app.coord.check_eligible(to)?;
+    let st = app.coord.snapshot();
+    let epoch = st.epoch;
+    let main = st
+        .main
+        .clone()
+        .ok_or_else(|| conflict("there is no main to switch over from (use a takeover)"))?;
+    let peer = app.coord.exporter_peer(&main).ok_or_else(|| {
+        conflict(format!(
+            "the main {main} is not a [[source]] exporter of this PBS: it cannot be asked for a final export"
+        ))
+    })?;
+    let wait = Duration::from_secs(app.cfg.failover.switchover_timeout_secs);
+    tracing::warn!(from = %main, to, epoch, "switchover: asking the main for a final export");
+    let client = peer
+        .client(wait)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let answer: serde_json::Value = client
+        .post_json(
+            "/rest/ha/status?change=BACKUP&final=true",
+            &serde_json::json!({}),
+        )
+        .await
+        .map_err(|e| {
+            conflict(format!(
+                "the main {main} did not take a final export: {}",
+                message(&e)
+            ))
+        })?;
+    let gen = answer["generation"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| conflict(format!("the main {main} answered no final generation")))?;
+    let (want_src, want_seq) =
+        seq_of(&gen).ok_or_else(|| conflict(format!("bad final generation {gen:?}")))?;
+    tracing::warn!(generation = %gen, to, "switchover: waiting for the target to verify the final generation");
+    let end = Instant::now() + wait;
+    loop {
+        let s = app
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .importers
+            .get(to)
+            .cloned()
+            .unwrap_or_default();
+        let good = s
+            .last_good
+            .as_ref()
+            .and_then(|e| e.generation.as_deref())
+            .and_then(seq_of);
+        if good.is_some_and(|(src, n)| src == want_src && n >= want_seq) {
+            break;
+        }
+        if let Some(f) = s
+            .last_failure
+            .as_ref()
+            .filter(|f| f.generation.as_deref() == Some(gen.as_str()))
+        {
+            return Err(conflict(format!(
+                "{to} failed to import the final generation {gen}: {}; {main} stepped down (BACKUP) but is still the main at epoch {epoch}",
+                f.detail
+            )));
+        }
+        if Instant::now() >= end {
+            return Err(conflict(format!(
+                "{to} did not verify the final generation {gen} within {} s; {main} stepped down (BACKUP) but is still the main at epoch {epoch}",
+                wait.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let req = TakeoverRequest {
+        node: to.to_string(),
+        force: true,
+        epoch: Some(epoch),
+    };
+    let a = app.clone();
+    let (v, old) = tokio::task::spawn_blocking(move || {
+        let server = a.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        a.coord.grant(&req, &server, NodeStatus::Follower)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    promote_clone(app, to, v.epoch).await?;
+    tracing::warn!(to, epoch = v.epoch, generation = %gen, "switchover done");
+    Ok(SwitchoverResult {
+        main: to.to_string(),
+        old_main: old,
+        epoch: v.epoch,
+        generation: Some(gen),
+        noop: false,
+    })
+}
+
+/// `POST /v1/ha/balance`: a switchover to `[failover] preferred_leader`, unless it leads.
+pub(crate) async fn balance(app: &Arc<App>) -> Result<SwitchoverResult, ApiError> {
+    let preferred = app.cfg.failover.preferred_leader.clone().ok_or_else(|| {
+        conflict("no [failover] preferred_leader in the PBS config: nothing to balance to")
+    })?;
+    let st = app.coord.snapshot();
+    if st.main.as_deref() == Some(preferred.as_str()) {
+        return Ok(SwitchoverResult {
+            main: preferred,
+            old_main: None,
+            epoch: st.epoch,
+            generation: None,
+            noop: true,
+        });
+    }
+    switchover(app, &preferred).await
+}
+
+fn parse_time(s: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// The automatic failover policy (`[failover] auto = true`), checked every second.
+pub(crate) async fn auto_failover(app: Arc<App>) {
+    let started = time::OffsetDateTime::now_utc();
+    let after = time::Duration::seconds(app.cfg.failover.after_secs as i64);
+    let mut last_refusal = String::new();
+    tracing::info!(
+        after_secs = app.cfg.failover.after_secs,
+        "automatic failover is on"
+    );
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let st = app.coord.snapshot();
+        let Some(main) = st.main.clone() else {
+            continue;
+        };
+        let server = app.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // Last sign of life: a hello or notification, a commit of its source, this start.
+        let mut last = started;
+        let seen = st.nodes.get(&main).and_then(|n| n.last_seen.as_deref());
+        let commits = app
+            .cfg
+            .sources
+            .iter()
+            .filter(|s| s.exporter.name == main)
+            .filter_map(|s| server.sources.get(&s.name))
+            .filter_map(|s| s.last_success.as_ref().map(|e| e.at.as_str()));
+        for t in seen.into_iter().chain(commits).filter_map(parse_time) {
+            last = last.max(t);
+        }
+        if time::OffsetDateTime::now_utc() - last < after {
+            continue;
+        }
+        let Some(best) = app.coord.best_clone(&server) else {
+            let why = format!(
+                "the main {main} is silent but no eligible clone holds a verified generation"
+            );
+            if why != last_refusal {
+                tracing::warn!("automatic failover: {why}");
+                last_refusal = why;
+            }
+            continue;
+        };
+        let Ok(_one) = app.switching.try_lock() else {
+            continue;
+        };
+        let req = TakeoverRequest {
+            node: best.clone(),
+            force: false,
+            epoch: Some(st.epoch),
+        };
+        let a = app.clone();
+        let granted = tokio::task::spawn_blocking(move || {
+            let server = a.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            a.coord.grant(&req, &server, NodeStatus::Broken)
+        })
+        .await;
+        match granted {
+            Ok(Ok((v, old))) => {
+                tracing::warn!(node = %best, epoch = v.epoch, old_main = ?old, "automatic failover: MAIN granted");
+                if let Some(old) = old {
+                    app.coord.tell_to_step_down(&old);
+                }
+                if let Err(e) = promote_clone(&app, &best, v.epoch).await {
+                    tracing::error!("automatic failover: {}", e.message);
+                }
+            }
+            Ok(Err(e)) => {
+                if e.message != last_refusal {
+                    tracing::warn!("automatic failover refused: {}", e.message);
+                    last_refusal = e.message;
+                }
+            }
+            Err(e) => tracing::error!("automatic failover: {e}"),
+        }
+    }
+}
