@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use archive::prune::Retention;
 use archive::{Archive, ChunkId, Epoch, GenId, IngestOptions, Seq, SourceName};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -325,15 +324,7 @@ async fn notify_and_wait(app: &Arc<App>, run: &mut RunState, seq: Seq, epoch: u6
 
 fn trim_outbox(app: &App) -> Result<()> {
     let mut ar = app.outbox.write().unwrap_or_else(|p| p.into_inner());
-    let plan = ar.prune_plan(&Retention {
-        keep_last: Some(app.cfg.keep),
-        ..Default::default()
-    })?;
-    if plan.removed().next().is_some() {
-        ar.apply_prune(&plan)?;
-        let gc = ar.gc_plan(true)?;
-        ar.gc(&gc, true)?;
-    }
+    ar.keep_last(app.cfg.keep, true)?;
     Ok(())
 }
 

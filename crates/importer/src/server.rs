@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use archive::prune::Retention;
 use archive::transfer::Incoming;
 use archive::{Archive, ChunkId, GenId, Seq, SourceName};
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -344,15 +343,7 @@ async fn commit(
 /// Keep the newest `keep` generations of the local store.
 fn trim_store(app: &App) -> Result<()> {
     let mut ar = app.store.write().unwrap_or_else(|p| p.into_inner());
-    let plan = ar.prune_plan(&Retention {
-        keep_last: Some(app.cfg.keep),
-        ..Default::default()
-    })?;
-    if plan.removed().next().is_some() {
-        ar.apply_prune(&plan)?;
-        let gc = ar.gc_plan(false)?;
-        ar.gc(&gc, false)?;
-    }
+    ar.keep_last(app.cfg.keep, false)?;
     Ok(())
 }
 
