@@ -422,6 +422,8 @@ pub struct Options {
     pub promote_hook: Option<PathBuf>,
     /// TOML appended to the PBS config (e.g. a `[failover]` section, more `[[importer]]`s).
     pub pbs_extra: String,
+    /// The importers configured `spare = true` at the PBS.
+    pub spares: Vec<usize>,
 }
 
 impl Default for Options {
@@ -439,6 +441,7 @@ impl Default for Options {
             demote_hook: None,
             promote_hook: None,
             pbs_extra: String::new(),
+            spares: Vec::new(),
         }
     }
 }
@@ -659,6 +662,9 @@ exporter = {{ name = "exporter", url = "http://127.0.0.1:{ep}", token = "{pull}"
                 "[[importer]]\nname = \"clone{i}\"\nurl = \"http://127.0.0.1:{}\"\ntoken = \"{}\"\n",
                 self.importer_ports[i].port, t.push[i]
             ));
+            if o.spares.contains(&i) {
+                pbs.push_str("spare = true\n");
+            }
         }
         pbs.push_str(&o.pbs_extra);
         fs::write(self.config(Who::Pbs), pbs).expect("pbs.toml");

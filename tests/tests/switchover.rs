@@ -440,6 +440,33 @@ fn automatic_failover_promotes_the_verified_clone_when_the_main_is_silent() {
         ("MAIN", "Leader", 1)
     );
     assert_eq!(node(&c, "exporter").1, "Broken");
+    // Recorded as automatic, not forced; no spare and no hook: a clone is needed (warning).
+    let (_, st) = c.pbs_status();
+    let t = &st["takeovers"][0];
+    assert_eq!(
+        (
+            t["node"].as_str(),
+            t["old_main"].as_str(),
+            t["epoch"].as_u64(),
+            t["forced"].as_bool(),
+            t["by"].as_str()
+        ),
+        (
+            Some("clone0"),
+            Some("exporter"),
+            Some(1),
+            Some(false),
+            Some("auto")
+        ),
+        "{st}"
+    );
+    assert_eq!(st["clone_needed"]["new_main"], "clone0", "{st}");
+    assert!(st["clone_needed"]["hook"].is_null(), "{st}");
+    let text = c.run(Who::Pbs, &["status"]).stdout;
+    assert!(
+        text.contains("WARNING: a new clone is needed") && text.contains("set up a clone"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -151,7 +151,7 @@ async fn check_password(app: &App, password: &str) -> Result<(), Refusal> {
 
 /// The whole takeover after the password: local gates, coordinator, promote, role file,
 /// exit. Returns the new epoch.
-async fn take_over(app: &Arc<App>, force: bool) -> Result<u64, Refusal> {
+async fn take_over(app: &Arc<App>, force: bool, by: &str) -> Result<u64, Refusal> {
     app.takeover.refuse_if_promoted()?;
     // Holding the apply lock keeps imports out until the process exits.
     let _imports = if force {
@@ -216,6 +216,7 @@ async fn take_over(app: &Arc<App>, force: bool) -> Result<u64, Refusal> {
         node: app.cfg.name.clone(),
         force,
         epoch: Some(st.epoch),
+        by: Some(by.to_string()),
     };
     let v: Verdict = client
         .post_json("/v1/ha/takeover", &req)
@@ -381,7 +382,7 @@ async fn api_takeover(
     Json(b): Json<ApiBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_password(&app, &b.password).await?;
-    let epoch = take_over(&app, b.force).await?;
+    let epoch = take_over(&app, b.force, "api").await?;
     Ok(Json(serde_json::json!({ "role": "MAIN", "epoch": epoch })))
 }
 
@@ -436,7 +437,7 @@ async fn ha_post(State(app): State<Arc<App>>, Query(q): Query<Change>) -> Result
         None => Err(ApiError::bad_request("change must be MAIN or BACKUP")),
         Some(Role::Backup) => Ok(Role::Backup.to_string()),
         Some(Role::Main) => {
-            take_over(&app, false).await?;
+            take_over(&app, false, "api").await?;
             Ok(Role::Main.to_string())
         }
     }
@@ -459,7 +460,7 @@ async fn page_post(
 ) -> (StatusCode, Html<String>) {
     let force = f.force.is_some();
     let r = match check_password(&app, &f.password).await {
-        Ok(()) => take_over(&app, force).await,
+        Ok(()) => take_over(&app, force, "page").await,
         Err(e) => Err(e),
     };
     let (code, msg) = match r {

@@ -52,6 +52,11 @@ pub struct Failover {
     /// How long a switchover waits for the final generation to be verified on the target.
     #[serde(default = "default_switchover_timeout")]
     pub switchover_timeout_secs: u64,
+    /// Run after a takeover (manual, forced or automatic) when no `spare` clone is left to
+    /// activate: `PULLBACK_EPOCH`, `PULLBACK_NEW_MAIN`, `PULLBACK_OLD_MAIN`,
+    /// `PULLBACK_GENERATION` (the newest generation of the old main's source); its output
+    /// goes to `state_dir/logs/clone-needed-<epoch>.log`.
+    pub on_clone_needed: Option<PathBuf>,
 }
 
 impl Default for Failover {
@@ -61,6 +66,7 @@ impl Default for Failover {
             auto: false,
             after_secs: default_after(),
             switchover_timeout_secs: default_switchover_timeout(),
+            on_clone_needed: None,
         }
     }
 }
@@ -127,6 +133,11 @@ pub struct ImporterConfig {
     /// Excluded from takeover (status Disabled); it still receives every generation.
     #[serde(default)]
     pub disabled: bool,
+    /// A spare (status Spare): nothing is pushed to it and it is not eligible until a
+    /// takeover activates it (the first spare, in config order): then it is a Follower and
+    /// is pushed the latest generation at once. Activation is kept in coordinator.json.
+    #[serde(default)]
+    pub spare: bool,
 }
 
 impl ImporterConfig {
@@ -187,6 +198,9 @@ pub fn load(path: &Path) -> Result<Config> {
             path.display()
         );
     }
+    if let Some(h) = &mut c.failover.on_clone_needed {
+        fix(h);
+    }
     if let Some(p) = &c.failover.preferred_leader {
         if !c.importers.iter().any(|i| &i.name == p) {
             bail!(
@@ -245,6 +259,8 @@ mod tests {
         assert!(c.importers[0].disabled);
         assert_eq!(c.importers[0].peer().url, "http://127.0.0.1:2");
         assert!(!imp("").unwrap().importers[0].disabled);
+        assert!(imp("spare = true\n").unwrap().importers[0].spare);
+        assert!(!imp("").unwrap().importers[0].spare);
         let e = imp("disable = true\n").unwrap_err();
         assert!(e.to_string().contains("disable"), "{e}");
     }

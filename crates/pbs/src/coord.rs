@@ -23,6 +23,13 @@
 //!   MAIN, no notifications, not eligible — until it has verified the latest generation of
 //!   its source (same sequence number), then Follower. Eligibility is "is a configured
 //!   `[[importer]]`", so a former main's machine can come back as a clone under its name.
+//! - spares and the takeover history: an `[[importer]]` with `spare = true` is Spare (no
+//!   pushes, not eligible) until a takeover (not a switchover) activates it, in the same
+//!   saved change as the grant: the first Spare in config order becomes a Follower (kept in
+//!   `activated_spares`) and the caller pushes it the latest generation. With no spare left,
+//!   `clone_needed` is recorded (the caller runs `[failover] on_clone_needed`, if set, and
+//!   records its outcome). Every takeover is appended to `takeovers` (the last
+//!   [`KEEP_TAKEOVERS`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -32,7 +39,9 @@ use std::time::Duration;
 use anyhow::Result;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use wire::ha::{Hello, NodeStatus, NodeView, Role, TakeoverRequest, Verdict};
+use wire::ha::{
+    CloneNeeded, Hello, NodeStatus, NodeView, Role, TakeoverRecord, TakeoverRequest, Verdict,
+};
 use wire::server::ApiError;
 use wire::PeerConfig;
 
@@ -56,6 +65,39 @@ pub struct CoordState {
     pub epoch: u64,
     pub main: Option<String>,
     pub nodes: BTreeMap<String, NodeState>,
+    /// The `spare` clones a takeover activated (Followers from then on).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub activated_spares: BTreeSet<String>,
+    /// The last [`KEEP_TAKEOVERS`] takeovers, oldest first.
+    #[serde(default)]
+    pub takeovers: Vec<TakeoverRecord>,
+    /// Set by a takeover that found no spare to activate; cleared when a spare is
+    /// activated, a node finishes rejoining, or a new `[[importer]]` is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone_needed: Option<CloneNeeded>,
+}
+
+/// How many takeovers `coordinator.json` keeps.
+pub const KEEP_TAKEOVERS: usize = 20;
+
+/// What a grant did about the clone the new main no longer is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NewClone {
+    /// A planned switchover: the old main is the new clone.
+    Nothing,
+    /// This spare was activated: push it the latest generation.
+    Spare(String),
+    /// No spare: run the `on_clone_needed` hook, if any.
+    Needed(CloneNeeded),
+}
+
+/// A granted MAIN.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    pub verdict: Verdict,
+    /// The old main (to be told to step down).
+    pub old: Option<String>,
+    pub new_clone: NewClone,
 }
 
 pub fn state_path(state_dir: &Path) -> PathBuf {
@@ -76,6 +118,12 @@ pub struct Coordinator {
     /// The configured `[[importer]]` names: the nodes that can be clones (a node may be both
     /// a source's exporter and a clone: the machine of a former main, rejoined).
     clones: BTreeSet<String>,
+    /// The `spare = true` importers, in config order.
+    spares: Vec<String>,
+    /// The `disabled = true` importers (an activated disabled spare is Disabled).
+    disabled: BTreeSet<String>,
+    /// `[failover] on_clone_needed`.
+    clone_hook: Option<PathBuf>,
 }
 
 fn conflict(msg: impl Into<String>) -> ApiError {
@@ -111,12 +159,23 @@ impl Coordinator {
             });
         }
         let mut clones = BTreeSet::new();
+        let mut spares = Vec::new();
+        let mut disabled = BTreeSet::new();
         for i in &cfg.importers {
             clones.insert(i.name.clone());
+            if i.spare {
+                spares.push(i.name.clone());
+            }
+            if i.disabled {
+                disabled.insert(i.name.clone());
+            }
             speakers
                 .entry(i.name.clone())
                 .or_default()
                 .push(i.name.clone());
+            if !st.nodes.contains_key(&i.name) && st.clone_needed.take().is_some() {
+                tracing::info!(node = %i.name, "a new clone is configured: no clone needed any more");
+            }
             let n = st.nodes.entry(i.name.clone()).or_insert_with(|| NodeState {
                 kind: IMPORTER.into(),
                 ..Default::default()
@@ -126,7 +185,9 @@ impl Coordinator {
             {
                 continue;
             }
-            n.status = if i.disabled {
+            n.status = if i.spare && !st.activated_spares.contains(&i.name) {
+                NodeStatus::Spare
+            } else if i.disabled {
                 NodeStatus::Disabled
             } else {
                 NodeStatus::Follower
@@ -139,6 +200,9 @@ impl Coordinator {
             exporters,
             speakers,
             clones,
+            spares,
+            disabled,
+            clone_hook: cfg.failover.on_clone_needed.clone(),
         })
     }
 
@@ -220,7 +284,7 @@ impl Coordinator {
         &self,
         req: &TakeoverRequest,
         server: &ServerStatus,
-    ) -> Result<(Verdict, Option<String>), ApiError> {
+    ) -> Result<Grant, ApiError> {
         self.grant(req, server, NodeStatus::Broken)
     }
 
@@ -253,18 +317,23 @@ impl Coordinator {
             NodeStatus::Rejoining => Err(conflict(format!(
                 "{node} is rejoining: not eligible until it has restored and verified the latest generation"
             ))),
+            NodeStatus::Spare => Err(conflict(format!(
+                "{node} is a Spare: not eligible until a takeover activates it"
+            ))),
             _ => Ok(()),
         }
     }
 
     /// Grants MAIN to `req.node` through the takeover gates; the old main gets
     /// `old_status` (Broken after a takeover, Follower after a planned switchover).
+    /// A takeover (old main Broken) is recorded in the history and activates the first
+    /// spare, or records that a clone is needed.
     pub fn grant(
         &self,
         req: &TakeoverRequest,
         server: &ServerStatus,
         old_status: NodeStatus,
-    ) -> Result<(Verdict, Option<String>), ApiError> {
+    ) -> Result<Grant, ApiError> {
         let verified = |name: &str| verified_generation(server, name);
         self.change(|st| {
             Self::eligible(&self.clones, st, &req.node)?;
@@ -309,18 +378,109 @@ impl Coordinator {
                 .ok_or_else(|| ApiError::internal("node vanished"))?;
             n.role = Role::Main;
             n.status = NodeStatus::Leader;
-            n.last_seen = Some(now);
+            n.last_seen = Some(now.clone());
             st.main = Some(req.node.clone());
             tracing::warn!(node = %req.node, epoch = st.epoch, old_main = ?old, force = req.force, old_status = %old_status, "MAIN granted");
-            Ok((
-                Verdict {
+            let new_clone = if old_status == NodeStatus::Broken {
+                self.after_takeover(st, req, old.clone(), now)
+            } else {
+                NewClone::Nothing
+            };
+            Ok(Grant {
+                verdict: Verdict {
                     role: Role::Main,
                     epoch: st.epoch,
                     status: NodeStatus::Leader,
                 },
                 old,
-            ))
+                new_clone,
+            })
         })
+    }
+
+    /// Part of a takeover's saved change: the history, then the first Spare activated or
+    /// a clone recorded as needed.
+    fn after_takeover(
+        &self,
+        st: &mut CoordState,
+        req: &TakeoverRequest,
+        old: Option<String>,
+        at: String,
+    ) -> NewClone {
+        let spare = self.spares.iter().find(|s| {
+            st.main.as_deref() != Some(s.as_str())
+                && st
+                    .nodes
+                    .get(*s)
+                    .is_some_and(|n| n.status == NodeStatus::Spare)
+        });
+        let (new_clone, what) = match spare.cloned() {
+            Some(s) => {
+                if let Some(n) = st.nodes.get_mut(&s) {
+                    n.status = if self.disabled.contains(&s) {
+                        NodeStatus::Disabled
+                    } else {
+                        NodeStatus::Follower
+                    };
+                    n.role = Role::Backup;
+                }
+                st.activated_spares.insert(s.clone());
+                st.clone_needed = None;
+                tracing::warn!(node = %s, epoch = st.epoch, "spare activated: a clone now");
+                let what = format!("spare {s} activated");
+                (NewClone::Spare(s), what)
+            }
+            None => {
+                let needed = CloneNeeded {
+                    at: at.clone(),
+                    epoch: st.epoch,
+                    new_main: req.node.clone(),
+                    old_main: old.clone(),
+                    hook: self.clone_hook.as_ref().map(|h| h.display().to_string()),
+                    outcome: None,
+                    ok: None,
+                };
+                st.clone_needed = Some(needed.clone());
+                let what = if self.clone_hook.is_some() {
+                    "on_clone_needed hook".to_string()
+                } else {
+                    tracing::warn!(epoch = st.epoch, "no spare clone: a new clone is needed");
+                    "clone needed".to_string()
+                };
+                (NewClone::Needed(needed), what)
+            }
+        };
+        let by = req
+            .by
+            .as_deref()
+            .filter(|b| matches!(*b, "page" | "auto"))
+            .unwrap_or("api");
+        st.takeovers.push(TakeoverRecord {
+            at,
+            node: req.node.clone(),
+            old_main: old,
+            epoch: st.epoch,
+            forced: req.force,
+            by: by.to_string(),
+            new_clone: what,
+        });
+        let extra = st.takeovers.len().saturating_sub(KEEP_TAKEOVERS);
+        st.takeovers.drain(..extra);
+        new_clone
+    }
+
+    /// Records how the `on_clone_needed` hook of the takeover at `epoch` ended.
+    pub fn set_clone_outcome(&self, epoch: u64, outcome: String, ok: bool) {
+        let r = self.change(|st| {
+            if let Some(c) = st.clone_needed.as_mut().filter(|c| c.epoch == epoch) {
+                c.outcome = Some(outcome);
+                c.ok = Some(ok);
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            tracing::error!("{}", e.message);
+        }
     }
 
     /// Fencing of `/v1/notify`: refuses a Broken node, a node that is not the main, and
@@ -409,6 +569,11 @@ impl Coordinator {
             }
             n.status = NodeStatus::Follower;
             n.role = Role::Backup;
+            st.clone_needed = None;
+            if self.spares.iter().any(|s| s == node) {
+                // A rejoined spare is a clone now, also after a restart.
+                st.activated_spares.insert(node.to_string());
+            }
             tracing::warn!(node, gen, "rejoined: Follower");
             Ok(true)
         });
@@ -423,14 +588,14 @@ impl Coordinator {
             .is_some_and(|n| n.status == NodeStatus::Rejoining)
     }
 
-    /// Whether the PBS pushes to clone `node`: not while it is the main or Broken.
+    /// Whether the PBS pushes to clone `node`: not while it is the main, Broken or Spare.
     pub fn receives_pushes(&self, node: &str) -> bool {
         let st = self.snapshot();
         st.main.as_deref() != Some(node)
             && st
                 .nodes
                 .get(node)
-                .is_none_or(|n| n.status != NodeStatus::Broken)
+                .is_none_or(|n| !matches!(n.status, NodeStatus::Broken | NodeStatus::Spare))
     }
 
     /// The exporter peer of source node `node` (to reach the main), if it is one.
@@ -578,8 +743,51 @@ pub fn dashboard(st: &CoordState, nodes: &[NodeView], report: &serde_json::Value
             e(s["last_failure"]["detail"].as_str().unwrap_or("-")),
         ));
     }
+    h.push_str("</table>");
+    if let Some(c) = &st.clone_needed {
+        h.push_str(&format!(
+            "<p class=\"Broken\"><b>A new clone is needed</b> since the takeover at epoch {} ({}): {}</p>",
+            c.epoch,
+            e(&c.at),
+            e(&clone_needed_text(c)),
+        ));
+    }
+    h.push_str("<h2>Takeovers</h2><table><tr><th>at</th><th>node</th><th>old main</th><th>epoch</th><th>forced</th><th>by</th><th>new clone</th></tr>");
+    for t in st.takeovers.iter().rev().take(SHOW_TAKEOVERS) {
+        h.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            e(&t.at),
+            e(&t.node),
+            e(t.old_main.as_deref().unwrap_or("-")),
+            t.epoch,
+            if t.forced { "<b>forced</b>" } else { "no" },
+            e(&t.by),
+            e(&t.new_clone),
+        ));
+    }
     h.push_str("</table></body></html>\n");
     h
+}
+
+/// How many takeovers `pbs status` and the dashboard show (newest first).
+pub const SHOW_TAKEOVERS: usize = 5;
+
+/// One line about a needed clone (the hook's state, or what to do).
+pub fn clone_needed_text(c: &CloneNeeded) -> String {
+    match (&c.hook, &c.outcome) {
+        (None, _) => {
+            "no spare clone and no [failover] on_clone_needed hook: set up a clone".to_string()
+        }
+        (Some(h), None) => format!("on_clone_needed hook {h} is running (or was cut short)"),
+        (Some(h), Some(o)) => format!(
+            "on_clone_needed hook {h} {}: {o}",
+            if c.ok == Some(true) {
+                "succeeded"
+            } else {
+                "FAILED"
+            }
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -634,6 +842,7 @@ disabled = true
             node: node.into(),
             force,
             epoch,
+            by: None,
         }
     }
 
@@ -701,7 +910,12 @@ disabled = true
         );
         assert_eq!(c.snapshot().epoch, 4, "refusals change nothing");
 
-        let (v, old) = c.takeover(&req("c1", true, Some(4)), &st).expect("forced");
+        let g = c.takeover(&req("c1", true, Some(4)), &st).expect("forced");
+        let (v, old) = (g.verdict, g.old);
+        // No spare configured: a clone is needed; the takeover is in the history.
+        assert!(
+            matches!(g.new_clone, NewClone::Needed(ref n) if n.new_main == "c1" && n.epoch == 5)
+        );
         assert_eq!(
             (v.role, v.epoch, old.as_deref()),
             (Role::Main, 5, Some("main1"))
@@ -766,9 +980,13 @@ disabled = true
         }
         assert_eq!(c.best_clone(&st).as_deref(), Some("c1"));
         // A planned switchover: old main BACKUP/Follower, not Broken.
-        let (v, old) = c
+        let g = c
             .grant(&req("c1", true, Some(0)), &st, NodeStatus::Follower)
             .expect("granted");
+        let (v, old) = (g.verdict, g.old);
+        // A switchover is no takeover: nothing recorded, no clone asked for.
+        assert_eq!(g.new_clone, NewClone::Nothing);
+        assert!(c.snapshot().takeovers.is_empty());
         assert_eq!((v.epoch, old.as_deref()), (1, Some("main1")));
         let s = c.snapshot();
         assert_eq!(s.nodes["main1"].status, NodeStatus::Follower);
@@ -796,6 +1014,122 @@ disabled = true
         c.rejoin("c2").expect("rejoin again");
         let again = Coordinator::open(&cfg(), &dir, 0).expect("reopen");
         assert!(again.is_rejoining("c2"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_takeover_activates_the_first_spare_durably_then_asks_for_a_clone() {
+        let dir = std::env::temp_dir().join(format!(
+            "pullback-coord-test3-{}-{}",
+            std::process::id(),
+            archive::ingest::now_ns()
+        ));
+        std::fs::create_dir_all(&dir).expect("tmp");
+        let mut conf = cfg();
+        conf.importers[1].spare = true; // c2
+        conf.importers[2].spare = true; // off (also disabled)
+        let c = Coordinator::open(&conf, &dir, 0).expect("open");
+        let s = c.snapshot();
+        assert_eq!(s.nodes["c2"].status, NodeStatus::Spare);
+        assert_eq!(s.nodes["off"].status, NodeStatus::Spare);
+        assert!(!c.receives_pushes("c2"));
+        assert!(c.receives_pushes("c1"));
+        let st = good(&[("c1", "db/3"), ("c2", "db/10")]);
+        // A spare is not eligible, and its (stale) verified generation does not gate c1.
+        let e = c
+            .takeover(&req("c2", true, None), &st)
+            .err()
+            .map(|e| e.message);
+        assert!(e.as_deref().is_some_and(|m| m.contains("Spare")), "{e:?}");
+        assert_eq!(c.best_clone(&st).as_deref(), Some("c1"));
+        c.hello(&Hello {
+            node: "main1".into(),
+            epoch: 0,
+            role: Role::Backup,
+        })
+        .expect("hello");
+        let mut r = req("c1", false, Some(0));
+        r.by = Some("page".into());
+        let g = c.takeover(&r, &st).expect("takeover");
+        assert_eq!(g.new_clone, NewClone::Spare("c2".into()));
+        let s = c.snapshot();
+        assert_eq!(s.nodes["c2"].status, NodeStatus::Follower);
+        assert_eq!(s.nodes["off"].status, NodeStatus::Spare, "only the first");
+        assert!(c.receives_pushes("c2"));
+        assert_eq!(s.takeovers.len(), 1);
+        let t = &s.takeovers[0];
+        assert_eq!(
+            (
+                t.node.as_str(),
+                t.old_main.as_deref(),
+                t.epoch,
+                t.forced,
+                t.by.as_str()
+            ),
+            ("c1", Some("main1"), 1, false, "page")
+        );
+        assert_eq!(t.new_clone, "spare c2 activated");
+        // Durable: a restart keeps c2 activated (not Spare again).
+        let c = Coordinator::open(&conf, &dir, 0).expect("reopen");
+        assert_eq!(c.snapshot().nodes["c2"].status, NodeStatus::Follower);
+        // Next takeover (forced, by c2): the next spare, the Disabled one.
+        let g = c.takeover(&req("c2", true, None), &st).expect("takeover 2");
+        assert_eq!(g.new_clone, NewClone::Spare("off".into()));
+        assert_eq!(c.snapshot().nodes["off"].status, NodeStatus::Disabled);
+        let again = Coordinator::open(&conf, &dir, 0).expect("reopen");
+        assert_eq!(again.snapshot().nodes["off"].status, NodeStatus::Disabled);
+        // No spare left: a clone is needed (no hook configured), recorded.
+        again.rejoin("c1").expect("rejoin");
+        again.finish_rejoin("c1", "db/3", "db/3");
+        let g = again
+            .takeover(&req("c1", true, None), &st)
+            .expect("takeover 3");
+        assert!(matches!(g.new_clone, NewClone::Needed(_)));
+        let s = again.snapshot();
+        let n = s.clone_needed.as_ref().expect("clone needed");
+        assert_eq!(
+            (
+                n.epoch,
+                n.new_main.as_str(),
+                n.old_main.as_deref(),
+                n.hook.as_deref()
+            ),
+            (3, "c1", Some("c2"), None)
+        );
+        assert!(clone_needed_text(n).contains("set up a clone"));
+        let hist: Vec<(u64, bool, &str)> = s
+            .takeovers
+            .iter()
+            .map(|t| (t.epoch, t.forced, t.by.as_str()))
+            .collect();
+        assert_eq!(
+            hist,
+            [(1, false, "page"), (2, true, "api"), (3, true, "api")]
+        );
+        // A rejoin that finishes gives a new clone.
+        again.rejoin("c2").expect("rejoin c2");
+        again.finish_rejoin("c2", "db/3", "db/3");
+        assert!(again.snapshot().clone_needed.is_none());
+        // The history is bounded.
+        for _ in 0..KEEP_TAKEOVERS {
+            for (to, from) in [("c2", "c1"), ("c1", "c2")] {
+                again.takeover(&req(to, true, None), &st).expect("takeover");
+                again.rejoin(from).expect("rejoin");
+                again.finish_rejoin(from, "db/3", "db/3");
+            }
+        }
+        assert_eq!(again.snapshot().takeovers.len(), KEEP_TAKEOVERS);
+        let _ = std::fs::remove_dir_all(&dir);
+
+        // A spare rejoined by an operator stays a clone after a restart.
+        let dir = dir.with_extension("rejoin");
+        std::fs::create_dir_all(&dir).expect("tmp");
+        let c = Coordinator::open(&conf, &dir, 0).expect("open");
+        assert_eq!(c.snapshot().nodes["c2"].status, NodeStatus::Spare);
+        c.rejoin("c2").expect("rejoin the spare");
+        assert!(c.finish_rejoin("c2", "db/3", "db/3"));
+        let again = Coordinator::open(&conf, &dir, 0).expect("reopen");
+        assert_eq!(again.snapshot().nodes["c2"].status, NodeStatus::Follower);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

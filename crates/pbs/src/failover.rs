@@ -14,9 +14,16 @@
 //! commit) for `after_secs`, the PBS grants MAIN to the eligible clone with the newest
 //! verified generation, through the takeover with its gates (not forced), fences the old
 //! main (Broken) and promotes the clone through the same `POST /v1/ha/promote`.
+//!
+//! After a takeover (manual, forced or automatic; not a switchover) the PBS asks for a new
+//! clone ([`new_clone`]): the spare the grant activated is pushed the latest generation at
+//! once (the rejoin push path), or the `[failover] on_clone_needed` hook runs and its
+//! outcome is recorded in `coordinator.json`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::coord::NewClone;
 
 use axum::http::StatusCode;
 use wire::ha::{NodeStatus, PromoteRequest, SwitchoverResult, TakeoverRequest};
@@ -151,14 +158,16 @@ pub(crate) async fn switchover(app: &Arc<App>, to: &str) -> Result<SwitchoverRes
         node: to.to_string(),
         force: true,
         epoch: Some(epoch),
+        by: None,
     };
     let a = app.clone();
-    let (v, old) = tokio::task::spawn_blocking(move || {
+    let g = tokio::task::spawn_blocking(move || {
         let server = a.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
         a.coord.grant(&req, &server, NodeStatus::Follower)
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
+    let (v, old) = (g.verdict, g.old);
     promote_clone(app, to, v.epoch).await?;
     tracing::warn!(to, epoch = v.epoch, generation = %gen, "switchover done");
     Ok(SwitchoverResult {
@@ -241,6 +250,7 @@ pub(crate) async fn auto_failover(app: Arc<App>) {
             node: best.clone(),
             force: false,
             epoch: Some(st.epoch),
+            by: Some("auto".into()),
         };
         let a = app.clone();
         let granted = tokio::task::spawn_blocking(move || {
@@ -249,11 +259,13 @@ pub(crate) async fn auto_failover(app: Arc<App>) {
         })
         .await;
         match granted {
-            Ok(Ok((v, old))) => {
+            Ok(Ok(g)) => {
+                let (v, old) = (g.verdict, g.old);
                 tracing::warn!(node = %best, epoch = v.epoch, old_main = ?old, "automatic failover: MAIN granted");
                 if let Some(old) = old {
                     app.coord.tell_to_step_down(&old);
                 }
+                new_clone(&app, g.new_clone);
                 if let Err(e) = promote_clone(&app, &best, v.epoch).await {
                     tracing::error!("automatic failover: {}", e.message);
                 }
@@ -267,4 +279,68 @@ pub(crate) async fn auto_failover(app: Arc<App>) {
             Err(e) => tracing::error!("automatic failover: {e}"),
         }
     }
+}
+
+/// How long the `on_clone_needed` hook may run.
+const CLONE_HOOK_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// After a takeover: push the latest generation to the spare the grant activated, or run
+/// the `on_clone_needed` hook (in the background) and record its outcome.
+pub(crate) fn new_clone(app: &Arc<App>, what: NewClone) {
+    let needed = match what {
+        NewClone::Nothing => return,
+        NewClone::Spare(node) => {
+            crate::daemon::push_latest(app, &node);
+            return;
+        }
+        NewClone::Needed(n) => n,
+    };
+    let Some(hook) = app.cfg.failover.on_clone_needed.clone() else {
+        return;
+    };
+    let app = app.clone();
+    tokio::spawn(async move {
+        let old = needed.old_main.clone().unwrap_or_default();
+        let source = app
+            .cfg
+            .sources
+            .iter()
+            .find(|s| s.exporter.name == old)
+            .map(|s| s.name.clone());
+        let generation = crate::daemon::latest_generation(&app, source)
+            .await
+            .map(|g| g.to_string())
+            .unwrap_or_default();
+        let env = vec![
+            ("PULLBACK_EPOCH".to_string(), needed.epoch.to_string()),
+            ("PULLBACK_NEW_MAIN".to_string(), needed.new_main.clone()),
+            ("PULLBACK_OLD_MAIN".to_string(), old),
+            ("PULLBACK_GENERATION".to_string(), generation),
+        ];
+        let log = app
+            .state_dir
+            .join("logs")
+            .join(format!("clone-needed-{}.log", needed.epoch));
+        let (outcome, ok) = match wire::run_hook(&hook, &[], &env, &log, CLONE_HOOK_TIMEOUT).await {
+            Ok(o) => (
+                format!(
+                    "{} after {:.1} s (log {})",
+                    o.status,
+                    o.duration.as_secs_f64(),
+                    log.display()
+                ),
+                o.success(),
+            ),
+            Err(e) => (e.to_string(), false),
+        };
+        if ok {
+            tracing::warn!(epoch = needed.epoch, "on_clone_needed hook: {outcome}");
+        } else {
+            tracing::error!(epoch = needed.epoch, "on_clone_needed hook: {outcome}");
+        }
+        let a = app.clone();
+        let epoch = needed.epoch;
+        let _ = tokio::task::spawn_blocking(move || a.coord.set_clone_outcome(epoch, outcome, ok))
+            .await;
+    });
 }

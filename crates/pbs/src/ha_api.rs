@@ -109,16 +109,22 @@ async fn takeover(
             e
         }
     })?;
+    // Only the automatic failover is recorded as `auto`.
+    let mut req = req;
+    if req.by.as_deref() != Some("page") {
+        req.by = Some("api".into());
+    }
     let a = app.clone();
-    let (v, old) = blocking(move || {
+    let g = blocking(move || {
         let server = a.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
         a.coord.takeover(&req, &server)
     })
     .await?;
-    if let Some(old) = old {
+    if let Some(old) = g.old {
         app.coord.tell_to_step_down(&old);
     }
-    Ok(Json(v))
+    crate::failover::new_clone(&app, g.new_clone);
+    Ok(Json(g.verdict))
 }
 
 fn views(app: &App) -> Vec<NodeView> {

@@ -92,6 +92,17 @@ pub fn report(cfg: &Config, state_dir: &Path) -> Result<Report> {
         "importers": importers,
         "main": coord.as_ref().and_then(|c| c.main.clone()),
         "nodes": nodes,
+        // The last few takeovers, newest first; the full bounded history is in
+        // coordinator.json.
+        "takeovers": coord
+            .as_ref()
+            .map(|c| c.takeovers.iter().rev().take(coord::SHOW_TAKEOVERS).cloned().collect::<Vec<_>>())
+            .unwrap_or_default(),
+        "clone_needed": coord.as_ref().and_then(|c| c.clone_needed.as_ref()).map(|c| {
+            let mut v = json!(c);
+            v["warning"] = json!(coord::clone_needed_text(c));
+            v
+        }),
         "last_prune": st.last_prune,
         "last_verify": st.last_verify,
         "transactions": st.transactions.iter().rev().take(20).collect::<Vec<_>>(),
@@ -159,6 +170,31 @@ pub fn print(cfg: &Config, state_dir: &Path, json_out: bool) -> Result<std::proc
                 n["epoch"],
                 n["generation"].as_str().unwrap_or("none"),
                 n["last_seen"].as_str().unwrap_or("never"),
+            );
+        }
+        for t in r.json["takeovers"].as_array().into_iter().flatten() {
+            println!(
+                "takeover {}: {} MAIN at epoch {} (old main {}){}, by {}; {}",
+                t["at"].as_str().unwrap_or(""),
+                t["node"].as_str().unwrap_or(""),
+                t["epoch"],
+                t["old_main"].as_str().unwrap_or("none"),
+                if t["forced"].as_bool() == Some(true) {
+                    ", FORCED"
+                } else {
+                    ""
+                },
+                t["by"].as_str().unwrap_or(""),
+                t["new_clone"].as_str().unwrap_or(""),
+            );
+        }
+        let c = &r.json["clone_needed"];
+        if !c.is_null() {
+            println!(
+                "WARNING: a new clone is needed since the takeover at epoch {} ({}): {}",
+                c["epoch"],
+                c["at"].as_str().unwrap_or(""),
+                c["warning"].as_str().unwrap_or(""),
             );
         }
     }

@@ -76,6 +76,10 @@ pub enum NodeStatus {
     /// Rejoined by an operator: a clone again once it has restored and verified the latest
     /// generation; until then never MAIN, never notifies, never eligible.
     Rejoining,
+    /// A configured spare clone (`spare = true`): nothing is pushed to it and it is not
+    /// eligible, until a takeover activates it (then a Follower, pushed the latest
+    /// generation at once).
+    Spare,
 }
 
 impl fmt::Display for NodeStatus {
@@ -86,6 +90,7 @@ impl fmt::Display for NodeStatus {
             NodeStatus::Disabled => "Disabled",
             NodeStatus::Broken => "Broken",
             NodeStatus::Rejoining => "Rejoining",
+            NodeStatus::Spare => "Spare",
         })
     }
 }
@@ -153,6 +158,53 @@ pub struct TakeoverRequest {
     /// since (another takeover won). Absent: not checked.
     #[serde(default)]
     pub epoch: Option<u64>,
+    /// How it was asked for: `page` (the clone's takeover page) or `api` (its
+    /// `POST /v1/takeover`, the seeds' `change=MAIN`, or a direct call); recorded in the
+    /// coordinator's takeover history. Absent: `api`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+/// One takeover in the coordinator's history (`coordinator.json`, shown by `pbs status`
+/// and the dashboard).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TakeoverRecord {
+    /// When MAIN was granted (RFC 3339).
+    pub at: String,
+    /// The new main.
+    pub node: String,
+    /// The main it replaced, if any.
+    pub old_main: Option<String>,
+    /// The epoch granted.
+    pub epoch: u64,
+    /// Whether the gates were skipped (`force`).
+    pub forced: bool,
+    /// `page`, `api` or `auto` (automatic failover).
+    pub by: String,
+    /// What was done about the lost clone: `spare NAME activated`, `on_clone_needed hook`,
+    /// or `clone needed`.
+    #[serde(default)]
+    pub new_clone: String,
+}
+
+/// After a takeover with no spare to activate: a new clone is needed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloneNeeded {
+    /// When it was recorded (RFC 3339).
+    pub at: String,
+    /// The epoch of the takeover.
+    pub epoch: u64,
+    /// The new main.
+    pub new_main: String,
+    /// The main it replaced, if any.
+    pub old_main: Option<String>,
+    /// The `[failover] on_clone_needed` hook, if configured.
+    pub hook: Option<String>,
+    /// How the hook ended (`exit code 0 after 0.1 s`, or why it could not run); `None`
+    /// while it runs or when there is no hook.
+    pub outcome: Option<String>,
+    /// Whether the hook succeeded.
+    pub ok: Option<bool>,
 }
 
 /// `POST /v1/ha/switchover` (admin): planned, zero-loss hand-over to `to`.
