@@ -299,6 +299,42 @@ token = "{coord}"
         ),
     )
     .expect("importer.toml");
+    // Leftovers of an earlier life on that node, and the old main's role file:
+    // `importer rejoin` wipes them (and refuses without --yes).
+    for d in ["store/x", "restore/y", "restore.staging/z", "state/logs"] {
+        fs::create_dir_all(node_dir.join(d)).expect("leftover");
+    }
+    assert!(
+        c.role_file(Who::Exporter).is_some(),
+        "the old main has a role file"
+    );
+    let wipe = |yes: bool| {
+        let mut cmd = Command::new(bin("importer"));
+        cmd.arg("--config")
+            .arg(&cfg)
+            .arg("rejoin")
+            .arg("--exporter-state")
+            .arg(c.path().join("exporter"));
+        if yes {
+            cmd.arg("--yes");
+        }
+        cmd.output().expect("importer rejoin")
+    };
+    let r = wipe(false);
+    assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains("--yes"));
+    assert!(
+        node_dir.join("store/x").exists(),
+        "nothing deleted without --yes"
+    );
+    let r = wipe(true);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    for d in ["store", "restore", "restore.staging", "state"] {
+        assert!(!node_dir.join(d).exists(), "{d} left after the wipe");
+    }
+    assert!(
+        c.role_file(Who::Exporter).is_none(),
+        "the old main's role file is gone"
+    );
     fs::write(&block, b"").expect("block");
     port.release();
     let log = fs::File::create(node_dir.join("importer.log")).expect("log");

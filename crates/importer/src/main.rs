@@ -40,6 +40,18 @@ enum Cmd {
     /// Read a takeover password from stdin, print its argon2id hash (PHC string) for
     /// `[takeover] password_hash`.
     HashPassword,
+    /// Wipe this node's pullback state so that it can come back as a clone (`pbs rejoin
+    /// NAME` next): the local store, the restore folder and its staging copy, the state
+    /// folder, and with --exporter-state the exporter's role file. The node must be stopped.
+    Rejoin {
+        /// The exporter's state_dir on this node (its role.json is removed so that the
+        /// launcher starts the importer).
+        #[arg(long)]
+        exporter_state: Option<PathBuf>,
+        /// Required: this deletes data.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -180,6 +192,50 @@ pub fn load_config(path: &Path) -> Result<Config> {
     Ok(c)
 }
 
+/// `importer rejoin`: clear what this node held, so that the next generation the PBS
+/// pushes is restored from scratch (the import hook then replaces the software's data).
+fn wipe_for_rejoin(cfg: &Config, exporter_state: Option<&Path>, yes: bool) -> Result<ExitCode> {
+    if !yes {
+        anyhow::bail!("rejoin deletes this node's store, restore folder and state: add --yes");
+    }
+    let mut addr = cfg.server.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    if std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(500)).is_ok() {
+        anyhow::bail!("something listens on {addr}: stop the importer on this node first");
+    }
+    let mut staging = cfg.restore_dir.as_os_str().to_owned();
+    staging.push(".staging");
+    let mut gone = Vec::new();
+    for dir in [
+        cfg.store.clone(),
+        cfg.restore_dir.clone(),
+        PathBuf::from(staging),
+        cfg.state_dir.clone(),
+    ] {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+            gone.push(dir.display().to_string());
+        }
+    }
+    if let Some(ex) = exporter_state {
+        let role = wire::ha::RoleFile::path(ex);
+        if role.exists() {
+            std::fs::remove_file(&role).with_context(|| format!("removing {}", role.display()))?;
+            gone.push(role.display().to_string());
+        }
+    }
+    for g in &gone {
+        println!("removed {g}");
+    }
+    println!(
+        "node {} is ready to rejoin: start it (importer serve), then on the PBS run `pbs rejoin {}`",
+        cfg.name, cfg.name
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     archive::tune_allocator();
     let cli = Cli::parse();
@@ -206,6 +262,10 @@ fn main() -> ExitCode {
             }
             Cmd::Status { json } => server::print_status(&cfg, json),
             Cmd::HashPassword => takeover::hash_password_cli(),
+            Cmd::Rejoin {
+                exporter_state,
+                yes,
+            } => wipe_for_rejoin(&cfg, exporter_state.as_deref(), yes),
         }
     })();
     wire::cli::exit("importer", r)
