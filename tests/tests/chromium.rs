@@ -18,12 +18,11 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pullback_tests::bin;
 use pullback_tests::cluster::{Cluster, Options, PortHold, Who};
 use pullback_tests::write;
 use serde_json::{json, Value};
 
-const PASSWORD: &str = "correct horse battery staple";
+use pullback_tests::ha::{node_row, password_hash as hash, PASSWORD};
 
 /// W3C WebDriver's key for an element reference.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -41,25 +40,6 @@ fn tool(env: &str, default: &str) -> PathBuf {
         p.display()
     );
     p
-}
-
-/// `importer hash-password` of `pw`.
-fn hash(pw: &str) -> String {
-    let mut child = Command::new(bin("importer"))
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("importer hash-password");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{pw}\n").as_bytes())
-        .expect("write the password");
-    let out = child.wait_with_output().expect("hash-password output");
-    assert!(out.status.success(), "hash-password failed");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 // ---------------------------------------------------------------- WebDriver
@@ -411,21 +391,8 @@ fn base64_decode(s: &str) -> Vec<u8> {
 
 /// The PBS's view of one node: (role, status, epoch).
 fn node(c: &Cluster, name: &str) -> (String, String, u64) {
-    let r = c.admin(Who::Pbs, "GET", "/v1/ha/nodes");
-    assert_eq!(r.status, 200, "{}", r.text());
-    let v = r.json();
-    let n = v
-        .as_array()
-        .expect("a list")
-        .iter()
-        .find(|n| n["name"] == name)
-        .unwrap_or_else(|| panic!("no node {name} at the PBS: {v}"))
-        .clone();
-    (
-        n["role"].as_str().unwrap_or("").to_string(),
-        n["status"].as_str().unwrap_or("").to_string(),
-        n["epoch"].as_u64().unwrap_or(u64::MAX),
-    )
+    let n = node_row(c, name);
+    (n.role, n.status, n.epoch)
 }
 
 #[test]

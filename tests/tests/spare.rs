@@ -4,57 +4,22 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use pullback_tests::cluster::{http, wait_for, write_script, Cluster, HttpResponse, Options, Who};
-use pullback_tests::{bin, write};
+use pullback_tests::write;
 use serde_json::Value;
 
-const PASSWORD: &str = "correct horse battery staple";
-
-/// `importer hash-password` of `pw`.
-fn hash(pw: &str) -> String {
-    let mut child = Command::new(bin("importer"))
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("importer hash-password");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{pw}\n").as_bytes())
-        .expect("write the password");
-    let out = child.wait_with_output().expect("hash-password output");
-    assert!(out.status.success(), "hash-password failed");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+use pullback_tests::ha::{node_row, password_hash as hash, PASSWORD};
 
 fn request(port: u16, method: &str, path: &str, token: &str) -> HttpResponse {
-    let auth = format!("token {token}");
-    http(port, method, path, &[("Authorization", &auth)], b"")
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    pullback_tests::ha::request(port, method, path, Some(token), b"")
 }
 
 /// The PBS's node `name`: (role, status).
 fn node(c: &Cluster, name: &str) -> (String, String) {
-    let r = c.admin(Who::Pbs, "GET", "/v1/ha/nodes");
-    assert_eq!(r.status, 200, "{}", r.text());
-    let v = r.json();
-    let n = v
-        .as_array()
-        .expect("a list")
-        .iter()
-        .find(|n| n["name"] == name)
-        .unwrap_or_else(|| panic!("no node {name}: {v}"))
-        .clone();
-    (
-        n["role"].as_str().unwrap_or("").to_string(),
-        n["status"].as_str().unwrap_or("").to_string(),
-    )
+    let n = node_row(c, name);
+    (n.role, n.status)
 }
 
 /// `exporter run`, then wait until importer `i` verified the new generation; returns it.

@@ -7,38 +7,16 @@ use std::thread;
 use std::time::Duration;
 
 use pullback_tests::cluster::{
-    files_hook, http, wait_for, write_script, Cluster, Daemon, HttpResponse, Options, PortHold, Who,
+    files_hook, http, wait_for, write_script, Cluster, Daemon, Options, PortHold, Who,
 };
+use pullback_tests::ha::{node_row, request};
 use pullback_tests::{bin, write};
 use serde_json::{json, Value};
 
-fn request(port: u16, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> HttpResponse {
-    let auth = token.map(|t| format!("token {t}"));
-    let mut h = vec![("Content-Type", "application/json")];
-    if let Some(a) = &auth {
-        h.push(("Authorization", a.as_str()));
-    }
-    http(port, method, path, &h, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-}
-
 /// The PBS's node `name`: (role, status, epoch, generation).
 fn node(c: &Cluster, name: &str) -> (String, String, u64, Option<String>) {
-    let r = c.admin(Who::Pbs, "GET", "/v1/ha/nodes");
-    assert_eq!(r.status, 200, "{}", r.text());
-    let v = r.json();
-    let n = v
-        .as_array()
-        .expect("a list")
-        .iter()
-        .find(|n| n["name"] == name)
-        .unwrap_or_else(|| panic!("no node {name}: {v}"))
-        .clone();
-    (
-        n["role"].as_str().unwrap_or("").to_string(),
-        n["status"].as_str().unwrap_or("").to_string(),
-        n["epoch"].as_u64().unwrap_or(u64::MAX),
-        n["generation"].as_str().map(str::to_string),
-    )
+    let n = node_row(c, name);
+    (n.role, n.status, n.epoch, n.generation)
 }
 
 fn seq(gen: &str) -> u64 {

@@ -4,48 +4,16 @@
 //! the takeover.
 
 use std::fs;
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::thread;
 
 use pullback_tests::cluster::{
     files_hook, http, wait_for, write_script, Cluster, HttpResponse, Options, Who,
 };
-use pullback_tests::{bin, write};
+use pullback_tests::write;
 use serde_json::json;
 
-const PASSWORD: &str = "correct horse battery staple";
-
-/// `importer hash-password` of `pw`.
-fn hash(pw: &str) -> String {
-    let mut child = Command::new(bin("importer"))
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("importer hash-password");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{pw}\n").as_bytes())
-        .expect("write the password");
-    let out = child.wait_with_output().expect("hash-password output");
-    assert!(out.status.success(), "hash-password failed");
-    let h = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(h.starts_with("$argon2id$"), "{h}");
-    h
-}
-
-fn request(port: u16, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> HttpResponse {
-    let auth = token.map(|t| format!("token {t}"));
-    let mut h = vec![("Content-Type", "application/json")];
-    if let Some(a) = &auth {
-        h.push(("Authorization", a.as_str()));
-    }
-    http(port, method, path, &h, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-}
+use pullback_tests::ha::{node_row, password_hash as hash, request, PASSWORD};
 
 fn takeover_api(c: &Cluster, i: usize, password: &str, force: bool) -> HttpResponse {
     let body = json!({ "password": password, "force": force }).to_string();
@@ -92,11 +60,8 @@ fn nodes(c: &Cluster) -> Vec<(String, String, String, u64)> {
 }
 
 fn node(c: &Cluster, name: &str) -> (String, String, u64) {
-    nodes(c)
-        .into_iter()
-        .find(|n| n.0 == name)
-        .map(|n| (n.1, n.2, n.3))
-        .unwrap_or_else(|| panic!("no node {name} at the PBS"))
+    let n = node_row(c, name);
+    (n.role, n.status, n.epoch)
 }
 
 fn notify(c: &Cluster, epoch: u64, tx: &str) -> HttpResponse {
