@@ -389,6 +389,26 @@ async fn status(State(app): State<Arc<App>>) -> Json<Status> {
     Json(app.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
 }
 
+/// Read-only work on the outbox off the async threads; what it returns is
+/// counted as sent to the backup servers.
+async fn serve_outbox(
+    app: &Arc<App>,
+    f: impl FnOnce(&Archive) -> Result<Vec<u8>, ApiError> + Send + 'static,
+) -> Result<Bytes, ApiError> {
+    let a = app.clone();
+    let b =
+        tokio::task::spawn_blocking(move || f(&a.outbox.read().unwrap_or_else(|p| p.into_inner())))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))??;
+    app.metrics
+        .counter(
+            "pullback_bytes_sent_total",
+            "Bytes served to backup servers",
+        )
+        .add(b.len() as u64);
+    Ok(Bytes::from(b))
+}
+
 async fn generation(
     State(app): State<Arc<App>>,
     Path((source, seq)): Path<(String, u64)>,
@@ -397,21 +417,11 @@ async fn generation(
         source: SourceName::new(&source).map_err(ApiError::bad_request)?,
         seq: Seq(seq),
     };
-    let a = app.clone();
-    let b = tokio::task::spawn_blocking(move || {
-        let ar = a.outbox.read().unwrap_or_else(|p| p.into_inner());
+    serve_outbox(&app, move |ar| {
         ar.record_bytes(&gen)
             .map_err(|e| ApiError::not_found(e.to_string()))
     })
     .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
-    app.metrics
-        .counter(
-            "pullback_bytes_sent_total",
-            "Bytes served to backup servers",
-        )
-        .add(b.len() as u64);
-    Ok(Bytes::from(b))
 }
 
 async fn blobs(State(app): State<Arc<App>>, body: Bytes) -> Result<Bytes, ApiError> {
@@ -422,21 +432,11 @@ async fn blobs(State(app): State<Arc<App>>, body: Bytes) -> Result<Bytes, ApiErr
         .chunks_exact(32)
         .map(|c| ChunkId(c.try_into().unwrap_or([0; 32])))
         .collect();
-    let a = app.clone();
-    let pack = tokio::task::spawn_blocking(move || {
-        let ar = a.outbox.read().unwrap_or_else(|p| p.into_inner());
+    serve_outbox(&app, move |ar| {
         ar.export_blobs(&ids)
             .map_err(|e| ApiError::bad_request(e.to_string()))
     })
     .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
-    app.metrics
-        .counter(
-            "pullback_bytes_sent_total",
-            "Bytes served to backup servers",
-        )
-        .add(pack.len() as u64);
-    Ok(Bytes::from(pack))
 }
 
 fn router(app: &Arc<App>) -> Result<Router> {
