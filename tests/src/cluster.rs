@@ -464,6 +464,38 @@ pub fn write_script(path: &Path, body: &str) {
     fs::rename(&tmp, path).expect("put the script in place");
 }
 
+/// An import hook that, while the file `block` exists, touches `started` and
+/// holds until `release` appears (at most 2 minutes), then runs the files
+/// import hook: an import that is "running" for as long as a test needs.
+pub struct HeldImport {
+    pub hook: PathBuf,
+    pub block: PathBuf,
+    pub started: PathBuf,
+    pub release: PathBuf,
+}
+
+impl HeldImport {
+    pub fn new(dir: &Path, name: &str) -> HeldImport {
+        let h = HeldImport {
+            hook: dir.join(name),
+            block: dir.join("block"),
+            started: dir.join("started"),
+            release: dir.join("release"),
+        };
+        write_script(
+            &h.hook,
+            &format!(
+                "if [ -e {b} ]; then touch {s}; n=0; while [ ! -e {r} ] && [ $n -lt 2400 ]; do sleep 0.05; n=$((n+1)); done; fi\nexec {i}",
+                b = h.block.display(),
+                s = h.started.display(),
+                r = h.release.display(),
+                i = files_hook("import").display()
+            ),
+        );
+        h
+    }
+}
+
 fn unique_token(what: &str) -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();

@@ -7,7 +7,7 @@ use std::thread;
 use std::time::Duration;
 
 use pullback_tests::cluster::{
-    files_hook, http, wait_for, write_script, Cluster, Daemon, Options, PortHold, Who,
+    files_hook, http, wait_for, write_script, Cluster, Daemon, HeldImport, Options, PortHold, Who,
 };
 use pullback_tests::ha::{node_row, request};
 use pullback_tests::{bin, write};
@@ -191,21 +191,12 @@ fn a_switchover_is_refused_when_the_target_cannot_verify_the_final_generation() 
 #[test]
 fn a_broken_former_main_rejoins_as_a_clone_once_it_verified_the_latest_generation() {
     let dir = tempfile::tempdir().expect("tmp");
-    let (block, started, release) = (
-        dir.path().join("block"),
-        dir.path().join("started"),
-        dir.path().join("release"),
-    );
-    let import = dir.path().join("import-rejoin");
-    write_script(
-        &import,
-        &format!(
-            "if [ -e {b} ]; then touch {s}; n=0; while [ ! -e {r} ] && [ $n -lt 2400 ]; do sleep 0.05; n=$((n+1)); done; fi\nexec {h}",
-            b = block.display(),
-            s = started.display(),
-            r = release.display(),
-            h = files_hook("import").display()
-        ),
+    let held = HeldImport::new(dir.path(), "import-rejoin");
+    let (block, started, release, import) = (
+        held.block.clone(),
+        held.started.clone(),
+        held.release.clone(),
+        held.hook.clone(),
     );
     // The former main's machine as a clone: an [[importer]] of the same node name.
     let mut port = PortHold::new();

@@ -8,7 +8,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 
 use pullback_tests::cluster::{
-    files_hook, http, wait_for, write_script, Cluster, HttpResponse, Options, Who,
+    files_hook, http, wait_for, write_script, Cluster, HeldImport, HttpResponse, Options, Who,
 };
 use pullback_tests::write;
 use serde_json::json;
@@ -526,21 +526,12 @@ fn two_clones_race_for_the_takeover_exactly_one_wins() {
 #[test]
 fn takeover_is_refused_while_an_import_runs() {
     let dir = tempfile::tempdir().expect("tmp");
-    let (block, started, release) = (
-        dir.path().join("block"),
-        dir.path().join("started"),
-        dir.path().join("release"),
-    );
-    let import = dir.path().join("import");
-    write_script(
-        &import,
-        &format!(
-            "if [ -e {b} ]; then touch {s}; n=0; while [ ! -e {r} ] && [ $n -lt 2400 ]; do sleep 0.05; n=$((n+1)); done; fi\nexec {h}",
-            b = block.display(),
-            s = started.display(),
-            r = release.display(),
-            h = files_hook("import").display()
-        ),
+    let held = HeldImport::new(dir.path(), "import");
+    let (block, started, release, import) = (
+        held.block.clone(),
+        held.started.clone(),
+        held.release.clone(),
+        held.hook.clone(),
     );
     let mut c = Cluster::new(Options {
         import_hooks: vec![Some(import)],
