@@ -20,6 +20,9 @@
 #   PULLBACK_MARIADB_CLONE_DATABASE  the schema the clone restores into and verifies
 #                                    (default: PULLBACK_MARIADB_DATABASE)
 
+# Shared pieces of the reference hooks (deploy/hooks/lib).
+PULLBACK_HOOKS_LIB=$(dirname "$(dirname "$(readlink -f "$0")")")/lib
+
 set -euo pipefail
 
 mdb_die() {
@@ -136,23 +139,8 @@ mdb_checksums() {
 mdb_compare() {
   local expected=$1 db=$2 actual
   actual=$(mdb_checksums "$db") || mdb_die "cannot compute the checksums of schema $db"
-  printf '%s\n' "$actual" | awk -F '\t' -v db="$db" '
-    FILENAME == ARGV[1] { if ($0 != "") { want[$1] = $2 "\t" $3; order[++n] = $1 } next }
-    $0 != "" { got[$1] = $2 "\t" $3; if (!($1 in want)) order[++n] = $1 }
-    END {
-      bad = 0; rows = 0
-      for (i = 1; i <= n; i++) {
-        t = order[i]
-        if (!(t in got)) { printf "  %s: missing from %s\n", t, db; bad++; continue }
-        if (!(t in want)) { split(got[t], g, "\t"); printf "  %s: in %s (%s rows) but not in the backup\n", t, db, g[1]; bad++; continue }
-        split(want[t], w, "\t"); split(got[t], g, "\t")
-        if (w[1] != g[1]) { printf "  %s: %s rows in the backup, %s in %s\n", t, w[1], g[1], db; bad++ }
-        else if (w[2] != g[2]) { printf "  %s: same row count (%s) but different content (checksum %s in the backup, %s in %s)\n", t, w[1], w[2], g[2], db; bad++ }
-        rows += g[1]
-      }
-      if (bad) { printf "%d table(s) differ\n", bad; exit 1 }
-      printf "%d tables, %.0f rows, every count and checksum equal\n", n, rows
-    }' "$expected" -
+  printf '%s\n' "$actual" |
+    awk -F '\t' -v db="$db" -f "$PULLBACK_HOOKS_LIB/compare-checksums.awk" "$expected" -
 }
 
 # mdb_compare_objects EXPECTED_FILE SCHEMA: same views, triggers and routines.
