@@ -599,10 +599,13 @@ pub(crate) async fn status(
     State(app): State<Arc<App>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let a = app.clone();
-    let v = tokio::task::spawn_blocking(move || crate::status::report(&a.cfg, &a.state_dir))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    let v = tokio::task::spawn_blocking(move || {
+        let ar = a.archive.read().unwrap_or_else(|p| p.into_inner());
+        crate::status::report_with(&a.cfg, &a.state_dir, Some(&ar))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::internal(format!("{e:#}")))?;
     Ok(Json(v.json))
 }
 

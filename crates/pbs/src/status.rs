@@ -20,12 +20,18 @@ pub struct Report {
     pub stale: Vec<String>,
 }
 
+/// The status from the files alone: opens the archive (the server passes its
+/// own, already open, to [`report_with`]).
 pub fn report(cfg: &Config, state_dir: &Path) -> Result<Report> {
-    let st: ServerStatus = wire::read_json(&status_path(state_dir))?.unwrap_or_default();
     let ar = match &cfg.archive.path {
         Some(p) if p.join("config").exists() => Some(Archive::open(p)?),
         _ => None,
     };
+    report_with(cfg, state_dir, ar.as_ref())
+}
+
+pub fn report_with(cfg: &Config, state_dir: &Path, ar: Option<&Archive>) -> Result<Report> {
+    let st: ServerStatus = wire::read_json(&status_path(state_dir))?.unwrap_or_default();
     let now = archive::ingest::now_ns();
     let mut stale = Vec::new();
     let mut sources = Vec::new();
