@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod db;
+pub mod evil;
 pub mod ha;
 
 use std::collections::BTreeMap;

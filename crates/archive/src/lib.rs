@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod backend;
+pub mod beneath;
 pub mod chunker;
 pub mod codec;
 pub mod error;

@@ -74,6 +74,19 @@ impl Node {
         {
             return Err(format!("unsafe path {:?}", self.path_lossy()));
         }
+        if self.mode & !0o7777 != 0 {
+            return Err(format!(
+                "{}: mode {:o} has bits beyond the permission bits",
+                self.path_lossy(),
+                self.mode
+            ));
+        }
+        if self.kind == NodeKind::Symlink && (self.target.is_empty() || self.target.contains(&0)) {
+            return Err(format!(
+                "symlink {} has an unusable target",
+                self.path_lossy()
+            ));
+        }
         if self.kind == NodeKind::File {
             if self.digest.is_none() {
                 return Err(format!("file {} has no digest", self.path_lossy()));
@@ -89,6 +102,47 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// Check a whole file list, before anything acts on it: every entry is
+/// [`Node::validate`], no path is listed twice, and every entry's parent is a
+/// folder listed before it. A parent that is a symlink (`a -> /etc`, then
+/// `a/passwd`) or a file is refused: a restore must never write outside its
+/// folder, whatever the list says.
+pub fn validate_list(nodes: &[Node]) -> std::result::Result<(), String> {
+    let mut kinds: std::collections::HashMap<&[u8], NodeKind> =
+        std::collections::HashMap::with_capacity(nodes.len());
+    for n in nodes {
+        n.validate()?;
+        if let Some(cut) = n.path.iter().rposition(|&b| b == b'/') {
+            let parent = &n.path[..cut];
+            match kinds.get(parent) {
+                Some(NodeKind::Dir) => {}
+                Some(other) => {
+                    return Err(format!(
+                        "{}: its parent {} is a {}, not a folder",
+                        n.path_lossy(),
+                        String::from_utf8_lossy(parent),
+                        match other {
+                            NodeKind::Symlink => "symlink",
+                            _ => "file",
+                        }
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "{}: its parent folder {} is not listed before it",
+                        n.path_lossy(),
+                        String::from_utf8_lossy(parent)
+                    ))
+                }
+            }
+        }
+        if kinds.insert(&n.path, n.kind).is_some() {
+            return Err(format!("{} is listed twice", n.path_lossy()));
+        }
+    }
+    Ok(())
 }
 
 /// Counters kept with a generation.
@@ -186,9 +240,7 @@ pub fn decode_manifest(b: &[u8], what: &str) -> Result<Vec<Node>> {
     }
     let nodes: Vec<Node> =
         ciborium::from_reader(&b[8..]).map_err(|e| corrupt(what, e.to_string()))?;
-    for n in &nodes {
-        n.validate().map_err(|why| corrupt(what, why))?;
-    }
+    validate_list(&nodes).map_err(|why| corrupt(what, why))?;
     Ok(nodes)
 }
 
@@ -234,7 +286,10 @@ mod tests {
 
     #[test]
     fn manifest_rejects_unsafe_paths() {
-        let good = vec![file("a/b", b"xyz")];
+        let mut a = file("a", b"");
+        a.kind = NodeKind::Dir;
+        a.digest = None;
+        let good = vec![a, file("a/b", b"xyz")];
         assert_eq!(
             decode_manifest(&encode_manifest(&good).unwrap(), "m").unwrap(),
             good
@@ -243,6 +298,27 @@ mod tests {
             let m = encode_manifest(&[file(bad, b"x")]).unwrap();
             assert!(decode_manifest(&m, "m").is_err(), "{bad:?} accepted");
         }
+        let mut link = file("a", b"");
+        link.kind = NodeKind::Symlink;
+        link.digest = None;
+        link.target = b"/etc".to_vec();
+        let mut dir = file("d", b"");
+        dir.kind = NodeKind::Dir;
+        dir.digest = None;
+        let mut setuid_beyond = file("b", b"x");
+        setuid_beyond.mode = 0o10644;
+        for (bad, why) in [
+            (vec![link.clone(), file("a/passwd", b"x")], "is a symlink"),
+            (vec![file("f", b"x"), file("f/x", b"x")], "is a file"),
+            (vec![file("d/x", b"x"), dir.clone()], "not listed before"),
+            (vec![file("x", b"x"), file("x", b"y")], "listed twice"),
+            (vec![setuid_beyond], "beyond the permission bits"),
+        ] {
+            let err = decode_manifest(&encode_manifest(&bad).unwrap(), "m").unwrap_err();
+            assert!(err.to_string().contains(why), "{err}");
+        }
+        let ok = vec![dir, file("d/x", b"x"), link];
+        assert!(decode_manifest(&encode_manifest(&ok).unwrap(), "m").is_ok());
         let mut wrong_size = file("a", b"xyz");
         wrong_size.chunks = vec![ChunkRef(ChunkId::of(b"xyz"), 3)];
         wrong_size.size = 5;

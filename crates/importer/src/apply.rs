@@ -67,8 +67,12 @@ fn fsync_dir(p: &Path) -> Result<()> {
         .with_context(|| format!("fsync {}", p.display()))
 }
 
-fn sha256_file(p: &Path) -> Result<[u8; 32]> {
-    let mut f = fs::File::open(p).with_context(|| format!("reading {}", p.display()))?;
+/// SHA-256 of the file `rel` under `root`, opened without following a symlink.
+fn sha256_file(root: &archive::beneath::Beneath, rel: &[u8]) -> Result<[u8; 32]> {
+    let p = root.display(rel);
+    let mut f = root
+        .open_file(rel)
+        .with_context(|| format!("reading {}", p.display()))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -114,10 +118,11 @@ impl Applier {
         archive::restore::prepare_target(&staging)?;
         ar.restore_nodes(&nodes, &staging)
             .with_context(|| format!("rebuilding {gen} in {}", staging.display()))?;
+        let root = archive::beneath::Beneath::open(&staging)
+            .with_context(|| format!("opening {}", staging.display()))?;
         let mut checked = 0;
         for n in nodes.iter().filter(|n| n.kind == NodeKind::File) {
-            let p = staging.join(std::ffi::OsStr::from_bytes(&n.path));
-            let got = sha256_file(&p)?;
+            let got = sha256_file(&root, &n.path)?;
             if Some(got) != n.digest.map(|d| d.0) {
                 bail!(
                     "{}: content does not match the backup signature (SHA-256) of {gen}",

@@ -1,0 +1,222 @@
+//! Hostile peers for the end-to-end tests: generations whose file list no
+//! real ingest could produce (a symlink followed by paths under it, ...),
+//! and a fake exporter that serves them the way a real exporter serves its
+//! outbox, so that the real PBS pulls them.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use archive::manifest::{encode_manifest, ChunkRef, GenRecord, GenStats, Node, NodeKind};
+use archive::{Archive, ChunkId, Epoch, FileDigest, IngestOptions, Seq, SourceName};
+
+/// One entry of a crafted file list. File contents stay under 64 KiB, so
+/// each is one chunk whose id is its SHA-256.
+pub enum Craft<'a> {
+    Dir(&'a str),
+    File(&'a str, &'a [u8]),
+    Symlink(&'a str, &'a [u8]),
+}
+
+/// A crafted generation: its record, and an archive holding its blobs.
+pub struct Crafted {
+    archive: Archive,
+    record: GenRecord,
+    _dir: tempfile::TempDir,
+}
+
+fn node(path: &str, kind: NodeKind) -> Node {
+    Node {
+        path: path.as_bytes().to_vec(),
+        kind,
+        mode: if kind == NodeKind::File { 0o644 } else { 0o755 },
+        mtime_ns: 1_700_000_000_000_000_000,
+        size: 0,
+        digest: None,
+        chunks: Vec::new(),
+        target: Vec::new(),
+        ino: 0,
+        ctime_ns: 0,
+    }
+}
+
+impl Crafted {
+    pub fn new(source: &str, epoch: u64, entries: &[Craft<'_>]) -> Crafted {
+        let dir = tempfile::tempdir().expect("temp folder");
+        let raw = dir.path().join("raw");
+        std::fs::create_dir(&raw).expect("raw folder");
+        let mut nodes = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            nodes.push(match e {
+                Craft::Dir(p) => node(p, NodeKind::Dir),
+                Craft::Symlink(p, to) => Node {
+                    target: to.to_vec(),
+                    ..node(p, NodeKind::Symlink)
+                },
+                Craft::File(p, data) => {
+                    assert!(data.len() < 64 << 10, "crafted files stay one chunk");
+                    std::fs::write(raw.join(format!("c{i}")), data).expect("content");
+                    Node {
+                        size: data.len() as u64,
+                        digest: Some(FileDigest::of(data)),
+                        ..node(p, NodeKind::File)
+                    }
+                }
+            });
+        }
+        let list = encode_manifest(&nodes).expect("encode the list");
+        assert!(list.len() < 64 << 10);
+        std::fs::write(raw.join("list"), &list).expect("list");
+        let mut ar = Archive::init(&dir.path().join("archive")).expect("archive");
+        ar.ingest(
+            &SourceName::new("craft").expect("name"),
+            &raw,
+            &IngestOptions::default(),
+        )
+        .expect("ingest the raw pieces");
+        let record = GenRecord {
+            source: SourceName::new(source).expect("source name"),
+            seq: Seq(1),
+            epoch: Epoch(epoch),
+            taken_at_ns: 1_700_000_000_000_000_000,
+            committed_at_ns: 1_700_000_000_000_000_000,
+            label: None,
+            stats: GenStats::default(),
+            manifest_len: list.len() as u64,
+            manifest_digest: FileDigest::of(&list),
+            manifest_chunks: vec![ChunkRef(ChunkId::of(&list), list.len() as u32)],
+        };
+        Crafted {
+            archive: ar,
+            record,
+            _dir: dir,
+        }
+    }
+
+    /// Commit the crafted generation as `source/seq` of its own archive, by
+    /// writing its record file as the archive's format says (what an archive
+    /// written before a check existed could hold), and return that archive's folder.
+    pub fn commit_in_place(&self, seq: u64) -> std::path::PathBuf {
+        let at = self._dir.path().join("archive");
+        let key = archive::manifest::gen_key(&self.record.source, Seq(seq));
+        let p = at.join(key);
+        std::fs::create_dir_all(p.parent().expect("gens folder")).expect("gens folder");
+        std::fs::write(&p, self.record_bytes(seq)).expect("record file");
+        at
+    }
+
+    /// The record bytes, as generation `seq` (a real exporter's outbox number).
+    pub fn record_bytes(&self, seq: u64) -> Vec<u8> {
+        let mut r = self.record.clone();
+        r.seq = Seq(seq);
+        r.encode().expect("encode the record")
+    }
+
+    /// A pack of the blobs asked for (`N × 32` raw ids), as an exporter answers.
+    pub fn blobs(&self, body: &[u8]) -> Option<Vec<u8>> {
+        let ids: Vec<ChunkId> = body
+            .chunks(32)
+            .map(|c| c.try_into().ok().map(ChunkId))
+            .collect::<Option<_>>()?;
+        self.archive.export_blobs(&ids).ok()
+    }
+}
+
+/// A fake exporter on loopback: answers the PBS's pull with a crafted
+/// generation (`GET /v1/generations/S/N`, `POST /v1/blobs`), 404 otherwise.
+pub struct Impostor {
+    pub port: u16,
+    /// Requests answered with crafted data.
+    pub served: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+fn read_request(s: &mut BufReader<TcpStream>) -> Option<(String, String, Vec<u8>)> {
+    let mut line = String::new();
+    s.read_line(&mut line).ok()?;
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next()?.to_string(), parts.next()?.to_string());
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        if s.read_line(&mut h).ok()? == 0 {
+            return None;
+        }
+        if h == "\r\n" || h == "\n" {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().ok()?;
+        }
+    }
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).ok()?;
+    Some((method, path, body))
+}
+
+fn answer(mut s: &TcpStream, status: &str, body: &[u8]) {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = s.write_all(head.as_bytes());
+    let _ = s.write_all(body);
+}
+
+impl Impostor {
+    pub fn start(crafted: Arc<Mutex<Crafted>>) -> Impostor {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind the impostor");
+        let port = l.local_addr().expect("impostor address").port();
+        let served = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (served2, stop2) = (served.clone(), stop.clone());
+        thread::spawn(move || {
+            for c in l.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(c) = c else { continue };
+                let mut r = BufReader::new(c.try_clone().expect("clone the socket"));
+                let Some((method, path, body)) = read_request(&mut r) else {
+                    continue;
+                };
+                let cr = crafted.lock().expect("crafted");
+                let seq = path
+                    .strip_prefix("/v1/generations/")
+                    .and_then(|rest| rest.rsplit('/').next())
+                    .and_then(|n| n.parse::<u64>().ok());
+                match (method.as_str(), seq, path.as_str()) {
+                    ("GET", Some(n), _) => {
+                        served2.fetch_add(1, Ordering::SeqCst);
+                        answer(&c, "200 OK", &cr.record_bytes(n));
+                    }
+                    ("POST", _, "/v1/blobs") => match cr.blobs(&body) {
+                        Some(pack) => {
+                            served2.fetch_add(1, Ordering::SeqCst);
+                            answer(&c, "200 OK", &pack);
+                        }
+                        None => answer(&c, "400 Bad Request", b"{\"error\":\"unknown blob\"}"),
+                    },
+                    _ => answer(&c, "404 Not Found", b"{\"error\":\"not here\"}"),
+                }
+            }
+        });
+        Impostor { port, served, stop }
+    }
+}
+
+impl Drop for Impostor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// A path's bytes without its leading `/` (to put it under a `r -> /` link).
+pub fn below_root(p: &Path) -> Vec<u8> {
+    p.as_os_str().as_bytes()[1..].to_vec()
+}

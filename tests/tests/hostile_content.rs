@@ -1,0 +1,187 @@
+//! A compromised main serves generations whose file list would lead a
+//! restore outside its folder (a symlink, then paths under it): the PBS
+//! refuses them at the pull, a clone refuses them at the push, `pbs archive
+//! verify` flags one already stored and `pbs archive restore` writes nothing
+//! outside its target. Nothing outside is ever written, nothing stored is lost.
+
+use std::fs;
+use std::sync::{Arc, Mutex};
+
+use pullback_tests::cluster::{http, Cluster, Options, Who};
+use pullback_tests::evil::{below_root, Craft, Crafted, Impostor};
+use pullback_tests::{snapshot, Pbs};
+
+fn entries_in(dir: &std::path::Path) -> usize {
+    fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+fn hex_ids(v: &serde_json::Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    for id in v.as_array().expect("need is a list") {
+        let h = id.as_str().expect("hex id").as_bytes();
+        for pair in h.chunks(2) {
+            let s = std::str::from_utf8(pair).expect("ascii");
+            out.push(u8::from_str_radix(s, 16).expect("hex"));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_file_list_through_a_symlink_is_refused_everywhere() {
+    let mut c = Cluster::new(Options {
+        proxy: true,
+        pull_attempts: 1,
+        ..Options::default()
+    });
+    fs::write(c.src().join("keep.txt"), "generation one\n").unwrap();
+    c.start_all();
+    c.cycle(1);
+    let clone_before = snapshot(&c.restore_dir(0));
+
+    let outside = c.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    let clone_state = c.path().join("clone0");
+    let role_before = fs::read(clone_state.join("role.json")).ok();
+    let deep = format!("r/{}/y", String::from_utf8(below_root(&outside)).unwrap());
+    let deep_dirs: Vec<String> = deep
+        .match_indices('/')
+        .skip(1)
+        .map(|(i, _)| deep[..i].to_string())
+        .collect();
+    let out_b = outside.as_os_str().as_encoded_bytes().to_vec();
+    let state_b = clone_state.as_os_str().as_encoded_bytes().to_vec();
+    let role = br#"{"role":"MAIN","epoch":99}"#;
+    let tricks: Vec<(&str, Vec<Craft>)> = vec![
+        (
+            "symlink to a folder outside",
+            vec![Craft::Symlink("a", &out_b), Craft::File("a/x", b"owned")],
+        ),
+        ("symlink to /", {
+            // Every folder on the way is listed, as a real list would.
+            let mut v = vec![Craft::Symlink("r", b"/")];
+            v.extend(deep_dirs.iter().map(|d| Craft::Dir(d)));
+            v.push(Craft::File(&deep, b"owned"));
+            v
+        }),
+        (
+            "symlink to the clone's state folder",
+            vec![
+                Craft::Symlink("s", &state_b),
+                Craft::File("s/role.json", role),
+            ],
+        ),
+        (
+            "file used as a folder",
+            vec![Craft::File("f", b"x"), Craft::File("f/y", b"owned")],
+        ),
+    ];
+
+    // Leg 1: the PBS pulls from a main that serves the crafted list.
+    for (what, entries) in &tricks {
+        let crafted = Arc::new(Mutex::new(Crafted::new("files", 0, entries)));
+        let impostor = Impostor::start(crafted.clone());
+        c.proxy
+            .as_ref()
+            .unwrap()
+            .target
+            .store(impostor.port, std::sync::atomic::Ordering::SeqCst);
+        let r = c.exporter_run();
+        assert!(
+            !r.status.success(),
+            "{what}: the PBS committed it: {}",
+            r.stdout
+        );
+        let said = format!("{}{}", r.stdout, r.stderr);
+        assert!(said.contains("not a folder"), "{what}: {said}");
+        assert!(
+            impostor.served.load(std::sync::atomic::Ordering::SeqCst) > 0,
+            "{what}: never pulled"
+        );
+        assert_eq!(entries_in(&outside), 0, "{what}: wrote outside");
+        let list = c.archive().json(&["list"]);
+        let gens: Vec<_> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["generation"].clone())
+            .collect();
+        assert_eq!(gens, vec![serde_json::json!("files/1")], "{what}: {list}");
+    }
+
+    // Leg 2: a fake PBS (with the PBS's push token) offers the same lists
+    // straight to the clone.
+    let auth = format!("token {}", c.tokens.push[0]);
+    let hdr = [("Authorization", auth.as_str())];
+    for (i, (what, entries)) in tricks.iter().enumerate() {
+        let crafted = Crafted::new("files", 0, entries);
+        let seq = 10 + i as u64;
+        let base = format!("/v1/receive/files/{seq}");
+        let port = c.port(Who::Importer(0));
+        let offer = http(
+            port,
+            "POST",
+            &format!("{base}/offer"),
+            &hdr,
+            &crafted.record_bytes(seq),
+        )
+        .unwrap();
+        let mut refused = offer.status == 400;
+        let mut need = if refused {
+            serde_json::json!([])
+        } else {
+            offer.json()["need"].clone()
+        };
+        let mut said = offer.text();
+        for _ in 0..8 {
+            if refused || need.as_array().is_none_or(|a| a.is_empty()) {
+                break;
+            }
+            let pack = crafted.blobs(&hex_ids(&need)).expect("crafted blobs");
+            let r = http(port, "POST", &format!("{base}/blobs"), &hdr, &pack).unwrap();
+            said = r.text();
+            if r.status == 400 {
+                refused = true;
+                break;
+            }
+            need = r.json()["need"].clone();
+        }
+        if !refused {
+            let r = http(port, "POST", &format!("{base}/commit"), &hdr, b"").unwrap();
+            said = r.text();
+            refused = r.status >= 400 || r.json()["ok"] != true;
+        }
+        assert!(refused, "{what}: the clone accepted it: {said}");
+        assert!(said.contains("not a folder"), "{what}: {said}");
+        assert_eq!(entries_in(&outside), 0, "{what}: the clone wrote outside");
+        assert_eq!(
+            fs::read(clone_state.join("role.json")).ok(),
+            role_before,
+            "{what}"
+        );
+        assert_eq!(
+            snapshot(&c.restore_dir(0)),
+            clone_before,
+            "{what}: the clone's copy changed"
+        );
+    }
+    let st = c.importer_status(0);
+    assert_eq!(st["last_valid"]["generation"], "files/1", "{st}");
+
+    // Leg 3: an archive that already holds such a generation (written as
+    // the format allows, before this check existed): verify flags it,
+    // restore refuses it and writes nothing, outside or in the target.
+    for (what, entries) in &tricks {
+        let crafted = Crafted::new("files", 0, entries);
+        let pbs = Pbs::new(crafted.commit_in_place(1));
+        let v = pbs.run(&["verify", "--full"]);
+        assert_ne!(v.code(), Some(0), "{what}: verify passed: {}", v.stdout);
+        assert!(v.stdout.contains("not a folder"), "{what}: {}", v.stdout);
+        let to = c.path().join("restored");
+        let r = pbs.run(&["restore", "files/1", "--to", to.to_str().unwrap()]);
+        assert_eq!(r.code(), Some(1), "{what}: {r:?}");
+        assert!(r.stderr.contains("not a folder"), "{what}: {}", r.stderr);
+        assert!(!to.exists(), "{what}: a target was left");
+        assert_eq!(entries_in(&outside), 0, "{what}: restore wrote outside");
+    }
+}
