@@ -166,12 +166,15 @@ async fn export_steps(app: &Arc<App>, run: &mut RunState) -> Result<()> {
             tokio::time::sleep(Duration::from_secs(attempt as u64 - 1)).await;
         }
         let taken_at = archive::ingest::now_ns();
-        let out = wire::run_hook(
+        let out = wire::run_hook_with(
             &cfg.hooks.export,
             &[],
             &env,
             &log,
             Duration::from_secs(cfg.hooks.timeout_secs),
+            &wire::HookOptions {
+                pid_file: Some(cfg.state_dir.join("hooks").join("export.pid")),
+            },
         )
         .await?;
         run.log_tail = out.log_tail.clone();
@@ -186,6 +189,7 @@ async fn export_steps(app: &Arc<App>, run: &mut RunState) -> Result<()> {
         let a = app.clone();
         let tx = run.tx.clone();
         let snap = blocking(move || {
+            refuse_empty(&a.cfg)?;
             let mut ar = a.outbox.write().unwrap_or_else(|p| p.into_inner());
             let opts = IngestOptions {
                 epoch: Epoch(epoch),
@@ -224,6 +228,26 @@ async fn export_steps(app: &Arc<App>, run: &mut RunState) -> Result<()> {
     let a = app.clone();
     if let Err(e) = blocking(move || trim_outbox(&a)).await {
         tracing::warn!("outbox retention: {e:#}");
+    }
+    Ok(())
+}
+
+/// An export hook that wrote nothing, emptied the backup folder or removed it
+/// has failed, whatever its exit code (unless `allow_empty`).
+fn refuse_empty(cfg: &Config) -> Result<()> {
+    let dir = &cfg.backup_dir;
+    let mut rd = std::fs::read_dir(dir).with_context(|| {
+        format!(
+            "the backup folder {} is gone after the export hook",
+            dir.display()
+        )
+    })?;
+    if !cfg.allow_empty && rd.next().is_none() {
+        bail!(
+            "the export hook left the backup folder {} empty: nothing published \
+             (set allow_empty = true to publish an empty backup)",
+            dir.display()
+        );
     }
     Ok(())
 }
@@ -520,6 +544,11 @@ async fn schedule(app: &Arc<App>) -> Result<Option<tokio_cron_scheduler::JobSche
 pub async fn serve(cfg: Config) -> Result<()> {
     let tls = cfg.server.tls_files()?;
     let listen = cfg.server.listen;
+    // An export hook that outlived a killed exporter would write into the
+    // backup folder while the next export reads it.
+    for line in wire::hook::kill_leftovers(&cfg.state_dir.join("hooks")) {
+        tracing::warn!("{line}");
+    }
     let app = new_app(cfg)?;
     {
         let s = app.status.lock().unwrap_or_else(|p| p.into_inner()).clone();

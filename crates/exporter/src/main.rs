@@ -80,6 +80,11 @@ pub struct Config {
     /// Glob patterns (relative to backup_dir) left out of the snapshot.
     #[serde(default)]
     pub excludes: Vec<String>,
+    /// Publish a backup folder that is empty. Off by default: an export hook
+    /// that wrote nothing or emptied the backup folder is a failed export, not a
+    /// generation that every clone would restore (and verify) as empty.
+    #[serde(default)]
+    pub allow_empty: bool,
     pub hooks: Hooks,
     pub server: wire::ListenConfig,
     /// The backup servers to notify.

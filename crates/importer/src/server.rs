@@ -387,7 +387,10 @@ async fn apply(
         ("verify", &app.cfg.hooks.verify),
     ] {
         let Some(hook) = hook else { continue };
-        let r = wire::run_hook(hook, &[], &env, &log_path, timeout).await;
+        let opts = wire::HookOptions {
+            pid_file: Some(app.cfg.state_dir.join("hooks").join(format!("{what}.pid"))),
+        };
+        let r = wire::run_hook_with(hook, &[], &env, &log_path, timeout, &opts).await;
         let failed = match r {
             Ok(out) => {
                 log = out.log_tail.clone();
@@ -418,6 +421,11 @@ pub async fn serve(cfg: Config) -> Result<()> {
         restore_dir: cfg.restore_dir.clone(),
         state_dir: cfg.state_dir.clone(),
     };
+    // An import or verify hook that outlived a killed importer must not go on
+    // working on a copy that is about to be rolled back.
+    for line in wire::hook::kill_leftovers(&cfg.state_dir.join("hooks")) {
+        tracing::warn!("{line}");
+    }
     let mut st: Status = wire::read_json(&status_path(&cfg))?.unwrap_or_default();
     if applier.roll_back()? {
         tracing::warn!("an import was interrupted by a crash; the previous copy is back in place");

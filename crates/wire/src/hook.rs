@@ -8,6 +8,12 @@
 //! further: anything it left running in the background keeps running.
 //!
 //! A missing or non-executable hook is an error naming the path, never a panic.
+//!
+//! The log of one run keeps at most [`LOG_HEAD_BYTES`] from the start of the hook's output
+//! and its last [`LOG_KEEP_TAIL_BYTES`], with a line saying how much was left out between:
+//! a hook that prints 50 MB cannot fill the disk or the status. With [`HookOptions::pid_file`]
+//! the hook's process group is recorded while it runs, so that a daemon killed meanwhile
+//! kills what its hook left running when it starts again ([`kill_leftovers`]).
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -20,6 +26,20 @@ use std::time::{Duration, Instant};
 
 /// How much of the end of a run's log [`HookOutcome::log_tail`] keeps.
 pub const LOG_TAIL_BYTES: u64 = 4096;
+
+/// How much of the start of one run's output its log keeps.
+pub const LOG_HEAD_BYTES: usize = 1 << 20;
+/// How much of the end of one run's output its log keeps (after [`LOG_HEAD_BYTES`]).
+pub const LOG_KEEP_TAIL_BYTES: usize = 64 << 10;
+
+/// Options of one hook run.
+#[derive(Debug, Clone, Default)]
+pub struct HookOptions {
+    /// Where to record the hook's process group while it runs (`PID START_TIME`); removed
+    /// when the run ends. [`kill_leftovers`] on the file's folder kills a group whose
+    /// daemon died before that.
+    pub pid_file: Option<PathBuf>,
+}
 
 /// How a hook run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,6 +211,102 @@ fn read_tail(log_path: &Path, start: u64) -> io::Result<String> {
     Ok(String::from_utf8_lossy(buf.get(skip..).unwrap_or_default()).into_owned())
 }
 
+/// Copy the hook's output into its log, keeping the first [`LOG_HEAD_BYTES`] and the last
+/// [`LOG_KEEP_TAIL_BYTES`] and saying how much was left out between.
+fn copy_capped(mut from: impl Read, mut log: File) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut head_left = LOG_HEAD_BYTES;
+    let mut tail: std::collections::VecDeque<u8> = std::collections::VecDeque::new();
+    let mut dropped: u64 = 0;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let mut data = &buf[..n];
+        if head_left > 0 {
+            let k = head_left.min(data.len());
+            log.write_all(&data[..k])?;
+            head_left -= k;
+            data = &data[k..];
+        }
+        tail.extend(data);
+        if tail.len() > LOG_KEEP_TAIL_BYTES {
+            let extra = tail.len() - LOG_KEEP_TAIL_BYTES;
+            tail.drain(..extra);
+            dropped += extra as u64;
+        }
+    }
+    if dropped > 0 {
+        writeln!(
+            log,
+            "\n==== [{dropped} bytes of output left out: the log keeps the first {LOG_HEAD_BYTES} and the last {LOG_KEEP_TAIL_BYTES} bytes of a run] ===="
+        )?;
+    }
+    let (a, b) = tail.as_slices();
+    log.write_all(a)?;
+    log.write_all(b)
+}
+
+/// The start time of process `pid` (field 22 of `/proc/PID/stat`), if it runs.
+fn start_time(pid: libc::pid_t) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Kill the process groups of hooks recorded in `dir/*.pid` whose daemon died while they
+/// ran (call it when a daemon starts). A recorded group is killed only while it is
+/// certainly the hook's: its leader runs with the recorded start time, or the leader is
+/// gone but the group still has members (a group id is never reused while it has
+/// members). Returns one line per group killed.
+pub fn kill_leftovers(dir: &Path) -> Vec<String> {
+    let mut killed = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return killed;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.extension().and_then(|x| x.to_str()) != Some("pid") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        let mut it = text.split_whitespace();
+        let pid: Option<libc::pid_t> = it.next().and_then(|v| v.parse().ok());
+        let started: Option<u64> = it.next().and_then(|v| v.parse().ok());
+        if let Some(pid) = pid.filter(|&p| p > 1) {
+            let ours = match start_time(pid) {
+                Some(t) => Some(t) == started,
+                // SAFETY: killpg with signal 0 only checks that the group exists.
+                None => (unsafe { libc::killpg(pid, 0) }) == 0,
+            };
+            // SAFETY: as above; SIGKILL to a group that is the hook's.
+            if ours && unsafe { libc::killpg(pid, libc::SIGKILL) } == 0 {
+                killed.push(format!(
+                    "killed the process group {pid} of a hook left running by a previous run ({})",
+                    p.display()
+                ));
+            }
+        }
+        let _ = std::fs::remove_file(&p);
+    }
+    killed
+}
+
+/// [`run_hook_with`] with the default options.
+pub async fn run_hook(
+    path: &Path,
+    args: &[&str],
+    env: &[(String, String)],
+    log_path: &Path,
+    timeout: Duration,
+) -> Result<HookOutcome, HookError> {
+    run_hook_with(path, args, env, log_path, timeout, &HookOptions::default()).await
+}
+
 /// Runs the hook at `path` with `args`, the current environment plus `env`, stdin from
 /// `/dev/null`, and stdout+stderr appended to `log_path` (created with its folder if
 /// needed) between a header line (time, hook name, arguments) and a footer line (status,
@@ -198,12 +314,13 @@ fn read_tail(log_path: &Path, start: u64) -> io::Result<String> {
 ///
 /// Returns an error (naming the path) only when the hook cannot be started or the log
 /// cannot be written; a hook that fails, is killed or times out is an `Ok` outcome.
-pub async fn run_hook(
+pub async fn run_hook_with(
     path: &Path,
     args: &[&str],
     env: &[(String, String)],
     log_path: &Path,
     timeout: Duration,
+    opts: &HookOptions,
 ) -> Result<HookOutcome, HookError> {
     check_executable(path)?;
     let name = path
@@ -235,10 +352,12 @@ pub async fn run_hook(
 
     let started = Instant::now();
     let mut attempts = 0;
+    // The hook writes into a pipe; a thread copies it into the log, capped.
+    let (reader, writer) = io::pipe().map_err(log_err)?;
     let mut child = loop {
         command
-            .stdout(log.try_clone().map_err(log_err)?)
-            .stderr(log.try_clone().map_err(log_err)?);
+            .stdout(writer.try_clone().map_err(log_err)?)
+            .stderr(writer.try_clone().map_err(log_err)?);
         match command.spawn() {
             Ok(child) => break child,
             // "Text file busy": the hook was just written and another thread's fork still
@@ -256,7 +375,25 @@ pub async fn run_hook(
             }
         }
     };
-    let mut guard = KillGroupOnDrop(child.id().and_then(|pid| libc::pid_t::try_from(pid).ok()));
+    drop(writer);
+    // Dropping `command` closes the parent's copies of the pipe's write end.
+    drop(command);
+    let copier = {
+        let log = log.try_clone().map_err(log_err)?;
+        tokio::task::spawn_blocking(move || copy_capped(reader, log))
+    };
+    let pgid = child.id().and_then(|pid| libc::pid_t::try_from(pid).ok());
+    let mut guard = KillGroupOnDrop(pgid);
+    if let (Some(pf), Some(pid)) = (&opts.pid_file, pgid) {
+        let record = format!("{pid} {}\n", start_time(pid).unwrap_or(0));
+        if let Some(d) = pf.parent() {
+            let _ = std::fs::create_dir_all(d);
+        }
+        std::fs::write(pf, record).map_err(|source| HookError::Log {
+            path: pf.clone(),
+            source,
+        })?;
+    }
     tracing::info!(hook = %name, "running hook {}", path.display());
 
     let status = match tokio::time::timeout(timeout, child.wait()).await {
@@ -283,6 +420,18 @@ pub async fn run_hook(
     };
     guard.0 = None;
     let duration = started.elapsed();
+    if let Some(pf) = &opts.pid_file {
+        let _ = std::fs::remove_file(pf);
+    }
+    // The output up to the hook's end. Something the hook left running in the background
+    // may hold the pipe open: wait for it only briefly (the copy goes on meanwhile).
+    match tokio::time::timeout(Duration::from_secs(2), copier).await {
+        Ok(Ok(r)) => r.map_err(log_err)?,
+        Ok(Err(e)) => return Err(log_err(io::Error::other(e.to_string()))),
+        Err(_) => {
+            tracing::warn!(hook = %name, "the hook's background processes still hold its output open")
+        }
+    }
 
     let footer = format!(
         "==== {} hook {name} {status} after {:.3}s ====\n",

@@ -37,7 +37,7 @@ pub mod state;
 pub use auth::{require_token, Peer, TokenSet};
 pub use client::{retry, Backoff, Client, WireError};
 pub use config::{load_toml, ListenConfig, PeerConfig, TokenEntry};
-pub use hook::{run_hook, HookOutcome, HookStatus};
+pub use hook::{run_hook, run_hook_with, HookOptions, HookOutcome, HookStatus};
 pub use metrics::Metrics;
 pub use server::{serve, ApiError, Server, TlsFiles};
 pub use state::{read_json, write_json_atomic};

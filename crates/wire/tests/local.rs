@@ -289,3 +289,62 @@ async fn missing_or_bad_hooks_are_errors_naming_the_path() -> TestResult {
         .contains("bad-interpreter"));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_hook_that_prints_50_mb_keeps_a_capped_log() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let hook = script(
+        dir.path(),
+        "chatty",
+        "echo first-line\nhead -c 50000000 /dev/zero | tr '\\0' x\necho\necho last-line >&2",
+    )?;
+    let log = dir.path().join("chatty.log");
+    let out = run_hook(&hook, &[], &[], &log, HOOK_TIMEOUT).await?;
+    assert!(out.success(), "{:?}", out.status);
+    let kept = std::fs::read(&log)?;
+    let cap = wire::hook::LOG_HEAD_BYTES + wire::hook::LOG_KEEP_TAIL_BYTES + 4096;
+    assert!(kept.len() <= cap, "{} bytes kept", kept.len());
+    let text = String::from_utf8_lossy(&kept);
+    assert!(text.contains("first-line"), "the start is kept");
+    assert!(text.contains("last-line"), "the end is kept");
+    assert!(text.contains("bytes of output left out"), "the cut is said");
+    assert!(out.log_tail.contains("last-line"), "{}", out.log_tail);
+    Ok(())
+}
+
+#[test]
+fn leftover_hook_groups_are_killed_and_strangers_are_not() -> TestResult {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir()?;
+    // A hook whose daemon died: its group (a shell and its child) still runs.
+    let mut orphan = std::process::Command::new("sh")
+        .args(["-c", "sleep 60 & wait"])
+        .process_group(0)
+        .spawn()?;
+    let pid = orphan.id() as i32;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let started = stat
+        .rsplit_once(')')
+        .and_then(|(_, r)| r.split_whitespace().nth(19))
+        .unwrap_or("0")
+        .to_string();
+    std::fs::write(dir.path().join("import.pid"), format!("{pid} {started}\n"))?;
+    // A record whose start time does not match: a reused pid, not ours.
+    let mut stranger = std::process::Command::new("sleep")
+        .arg("60")
+        .process_group(0)
+        .spawn()?;
+    let spid = stranger.id() as i32;
+    std::fs::write(dir.path().join("verify.pid"), format!("{spid} 1\n"))?;
+
+    let killed = wire::hook::kill_leftovers(dir.path());
+    assert_eq!(killed.len(), 1, "{killed:?}");
+    assert!(killed[0].contains(&pid.to_string()), "{killed:?}");
+    let st = orphan.wait()?;
+    assert!(st.code().is_none(), "the orphan was killed: {st:?}");
+    assert!(!dead(spid), "a process that is not the hook's was killed");
+    assert_eq!(std::fs::read_dir(dir.path())?.count(), 0, "records removed");
+    stranger.kill()?;
+    stranger.wait()?;
+    Ok(())
+}
