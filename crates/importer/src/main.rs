@@ -227,12 +227,12 @@ fn wipe_for_rejoin(cfg: &Config, exporter_state: Option<&Path>, yes: bool) -> Re
         }
     }
     for g in &gone {
-        println!("removed {g}");
+        wire::outln!("removed {g}")?;
     }
-    println!(
+    wire::outln!(
         "node {} is ready to rejoin: start it (importer serve), then on the PBS run `pbs rejoin {}`",
         cfg.name, cfg.name
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

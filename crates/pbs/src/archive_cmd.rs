@@ -115,8 +115,9 @@ fn mb(b: u64) -> String {
     format!("{:.2} MB", b as f64 / 1e6)
 }
 
-fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+fn print_json(v: &serde_json::Value) -> Result<()> {
+    wire::outln!("{}", serde_json::to_string_pretty(v)?)?;
+    Ok(())
 }
 
 fn record_json(r: &archive::GenRecord) -> serde_json::Value {
@@ -148,7 +149,7 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
     match a.cmd {
         ArchiveCmd::Init => {
             Archive::init(&path)?;
-            println!("initialised archive {}", path.display());
+            wire::outln!("initialised archive {}", path.display())?;
         }
         ArchiveCmd::Ingest {
             source,
@@ -181,9 +182,9 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
                 let mut v = record_json(r);
                 v["seconds"] = json!(t.elapsed().as_secs_f64());
                 v["warnings"] = json!(rep.warnings);
-                print_json(&v);
+                print_json(&v)?;
             } else {
-                println!(
+                wire::outln!(
                     "committed {} in {:.2} s: {} files, {}; read {} files ({}); added {} ({} new chunks, {} deltas)",
                     r.id(),
                     t.elapsed().as_secs_f64(),
@@ -194,7 +195,7 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
                     mb(r.stats.added_bytes),
                     r.stats.new_chunks,
                     r.stats.new_deltas
-                );
+                )?;
             }
         }
         ArchiveCmd::List { json } => {
@@ -207,16 +208,21 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
                 );
             }
             if json {
-                print_json(&json!(rows.iter().map(record_json).collect::<Vec<_>>()));
+                print_json(&json!(rows.iter().map(record_json).collect::<Vec<_>>()))?;
             } else if rows.is_empty() {
-                println!("no generations");
+                wire::outln!("no generations")?;
             } else {
-                println!(
+                wire::outln!(
                     "{:<24} {:>6} {:<20} {:>8} {:>12} {:>12}",
-                    "GENERATION", "EPOCH", "TAKEN AT", "FILES", "SIZE", "ADDED"
-                );
+                    "GENERATION",
+                    "EPOCH",
+                    "TAKEN AT",
+                    "FILES",
+                    "SIZE",
+                    "ADDED"
+                )?;
                 for r in &rows {
-                    println!(
+                    wire::outln!(
                         "{:<24} {:>6} {:<20} {:>8} {:>12} {:>12}",
                         r.id().to_string(),
                         r.epoch.0,
@@ -224,7 +230,7 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
                         r.stats.files,
                         mb(r.stats.bytes),
                         mb(r.stats.added_bytes)
-                    );
+                    )?;
                 }
             }
         }
@@ -246,17 +252,17 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
                         "target": (!n.target.is_empty()).then(|| String::from_utf8_lossy(&n.target).into_owned()),
                     }))
                     .collect::<Vec<_>>());
-                print_json(&v);
+                print_json(&v)?;
             } else {
-                println!(
+                wire::outln!(
                     "generation {}  epoch {}  taken {}  committed {}",
                     r.id(),
                     r.epoch,
                     fmt_time(r.taken_at_ns),
                     fmt_time(r.committed_at_ns)
-                );
+                )?;
                 if let Some(l) = &r.label {
-                    println!("label {l}");
+                    wire::outln!("label {l}")?;
                 }
                 for n in &nodes {
                     let sig = n
@@ -268,13 +274,13 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
                     } else {
                         format!(" -> {}", String::from_utf8_lossy(&n.target))
                     };
-                    println!(
+                    wire::outln!(
                         "{:<7} {:>5o} {:>12} {sig} {}{extra}",
                         format!("{:?}", n.kind).to_lowercase(),
                         n.mode,
                         n.size,
                         n.path_lossy()
-                    );
+                    )?;
                 }
             }
         }
@@ -283,9 +289,9 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
             let t = Instant::now();
             let rep = ar.verify(full)?;
             if json {
-                print_json(&serde_json::to_value(&rep)?);
+                print_json(&serde_json::to_value(&rep)?)?;
             } else {
-                println!(
+                wire::outln!(
                     "{} verify of {}: {} generations, {} packs, {} chunks checked in {:.2} s",
                     if full { "full" } else { "quick" },
                     path.display(),
@@ -293,15 +299,15 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
                     rep.packs,
                     rep.blobs_checked,
                     t.elapsed().as_secs_f64()
-                );
+                )?;
                 for p in &rep.problems {
-                    println!("DAMAGED {}: {}", p.object, p.what);
+                    wire::outln!("DAMAGED {}: {}", p.object, p.what)?;
                     for u in &p.used_by {
-                        println!("    used by {u}");
+                        wire::outln!("    used by {u}")?;
                     }
                 }
                 if rep.problems.is_empty() {
-                    println!("no problems found");
+                    wire::outln!("no problems found")?;
                 }
             }
             if !rep.problems.is_empty() {
@@ -331,17 +337,19 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
             let ar = open(&path)?;
             let plan = ar.prune_plan(&pol)?;
             if json {
-                print_json(&serde_json::to_value(&plan)?);
+                print_json(&serde_json::to_value(&plan)?)?;
             } else {
-                print!("{plan}");
+                wire::out!("{plan}")?;
             }
             if !dry_run {
                 let n = ar.apply_prune(&plan)?;
                 if !json {
-                    println!("removed {n} generations (run `pbs archive gc` to free their data)");
+                    wire::outln!(
+                        "removed {n} generations (run `pbs archive gc` to free their data)"
+                    )?;
                 }
             } else if !json {
-                println!("dry run: nothing removed");
+                wire::outln!("dry run: nothing removed")?;
             }
         }
         ArchiveCmd::Gc {
@@ -352,17 +360,17 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
             let mut ar = open(&path)?;
             let plan = ar.gc_plan(!no_wait)?;
             if json {
-                print_json(&serde_json::to_value(&plan)?);
+                print_json(&serde_json::to_value(&plan)?)?;
             } else {
-                print!("{plan}");
+                wire::out!("{plan}")?;
             }
             if !dry_run {
                 let freed = ar.gc(&plan, !no_wait)?;
                 if !json {
-                    println!("gc done: freed {}", mb(freed));
+                    wire::outln!("gc done: freed {}", mb(freed))?;
                 }
             } else if !json {
-                println!("dry run: nothing removed");
+                wire::outln!("dry run: nothing removed")?;
             }
         }
         ArchiveCmd::Restore { gen, to, json } => {
@@ -375,9 +383,9 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
             if json {
                 print_json(
                     &json!({"generation": g.to_string(), "files": rep.files, "dirs": rep.dirs, "symlinks": rep.symlinks, "bytes": rep.bytes, "seconds": t.elapsed().as_secs_f64()}),
-                );
+                )?;
             } else {
-                println!(
+                wire::outln!(
                     "restored {g} to {} in {:.2} s: {} files, {} dirs, {} symlinks, {}",
                     to.display(),
                     t.elapsed().as_secs_f64(),
@@ -385,7 +393,7 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
                     rep.dirs,
                     rep.symlinks,
                     mb(rep.bytes)
-                );
+                )?;
             }
         }
     }

@@ -95,7 +95,7 @@ fn ha_call(cfg: &config::Config, path: &str, body: serde_json::Value) -> anyhow:
     let v: serde_json::Value = rt
         .block_on(client.post_json(path, &body))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!("{}", serde_json::to_string_pretty(&v)?);
+    wire::outln!("{}", serde_json::to_string_pretty(&v)?)?;
     Ok(ExitCode::SUCCESS)
 }
 
