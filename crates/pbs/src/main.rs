@@ -109,9 +109,12 @@ fn main() -> ExitCode {
         "warn"
     });
     let r = (|| -> anyhow::Result<ExitCode> {
+        // Only the archive commands work without a config (given --archive DIR).
+        let config_file = cli.config.clone().unwrap_or_default();
         let cfg = match &cli.config {
             Some(p) => config::load(p)?,
-            None => config::Config::default(),
+            None if matches!(cli.cmd, Cmd::Archive(_)) => config::Config::default(),
+            None => anyhow::bail!("no configuration: pass --config FILE"),
         };
         match cli.cmd {
             Cmd::Archive(a) => archive_cmd::run(a, cli.archive.or(cfg.archive.path.clone()), &cfg),
@@ -129,10 +132,12 @@ fn main() -> ExitCode {
                 if let Some(a) = cli.archive {
                     cfg.archive.path = Some(a);
                 }
-                let sd = cfg
-                    .state_dir
-                    .clone()
-                    .ok_or_else(|| anyhow::anyhow!("no state_dir in the config"))?;
+                let sd = cfg.state_dir.clone().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "config {}: no state_dir (pbs status reads the server's status there)",
+                        config_file.display()
+                    )
+                })?;
                 status::print(&cfg, &sd, json)
             }
             Cmd::Switchover { to } => {
