@@ -42,60 +42,79 @@ enum ArchiveCmd {
         /// Leave out paths matching this glob (relative to DIR; repeatable).
         #[arg(long = "exclude")]
         excludes: Vec<String>,
+        /// Print the committed generation as JSON.
         #[arg(long)]
         json: bool,
+        /// The directory to commit.
         dir: PathBuf,
     },
     /// List generations.
     List {
+        /// Print the generations as JSON (an array).
         #[arg(long)]
         json: bool,
     },
     /// Show one generation (SOURCE/SEQ, SOURCE/latest or SOURCE) and its files.
     Show {
+        /// The generation: SOURCE/SEQ, SOURCE/latest or SOURCE (its newest).
         gen: String,
+        /// Print the generation and its entries as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Check the archive: structure (quick) or every byte (--full).
     Verify {
+        /// Also decode every chunk and check its SHA-256 and every pack's (reads everything).
         #[arg(long)]
         full: bool,
+        /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Remove generations that the retention policy does not keep.
     Prune {
+        /// Print the plan, remove nothing.
         #[arg(long)]
         dry_run: bool,
-        #[arg(long)]
+        /// Keep the newest N generations of each source (else [retention] keep_last).
+        #[arg(long, value_name = "N")]
         keep_last: Option<u32>,
-        #[arg(long)]
+        /// Keep the newest of each of the last N hours (else [retention] keep_hourly).
+        #[arg(long, value_name = "N")]
         keep_hourly: Option<u32>,
-        #[arg(long)]
+        /// Keep the newest of each of the last N days (else [retention] keep_daily).
+        #[arg(long, value_name = "N")]
         keep_daily: Option<u32>,
-        #[arg(long)]
+        /// Keep the newest of each of the last N ISO weeks (else [retention] keep_weekly).
+        #[arg(long, value_name = "N")]
         keep_weekly: Option<u32>,
-        #[arg(long)]
+        /// Keep the newest of each of the last N months (else [retention] keep_monthly).
+        #[arg(long, value_name = "N")]
         keep_monthly: Option<u32>,
+        /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Remove data no generation uses.
     Gc {
+        /// Print what would be freed, remove nothing.
         #[arg(long)]
         dry_run: bool,
         /// Fail at once instead of waiting while an ingest or restore runs.
         #[arg(long)]
         no_wait: bool,
+        /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Restore a generation into an empty or missing directory.
     Restore {
+        /// The generation: SOURCE/SEQ, SOURCE/latest or SOURCE (its newest).
         gen: String,
-        #[arg(long)]
+        /// The target directory: missing or empty.
+        #[arg(long, value_name = "DIR")]
         to: PathBuf,
+        /// Print what was restored as JSON.
         #[arg(long)]
         json: bool,
     },

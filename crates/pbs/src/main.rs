@@ -39,6 +39,7 @@ enum Cmd {
     /// Sources, importers and their last results; exits 1 when a source's
     /// newest generation is older than its max_age.
     Status {
+        /// Print the status as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -150,4 +151,18 @@ fn main() -> ExitCode {
         }
     })();
     wire::cli::exit("pbs", r)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every flag, positional and subcommand has a help text (a doc comment).
+    #[test]
+    fn every_argument_has_help() {
+        let cmd = super::Cli::command();
+        cmd.clone().debug_assert();
+        let missing = wire::cli::missing_help(&cmd);
+        assert!(missing.is_empty(), "no help text:\n{}", missing.join("\n"));
+    }
 }

@@ -122,6 +122,37 @@ fn stdout_closed(e: &anyhow::Error) -> bool {
     })
 }
 
+/// Every argument (flag or positional) and subcommand of `cmd`, its subcommands
+/// included, that has no help text, as `COMMAND PATH: --flag` lines. A binary's unit
+/// test asserts that this is empty, so a new flag without a doc comment fails it.
+pub fn missing_help(cmd: &clap::Command) -> Vec<String> {
+    fn walk(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for a in cmd.get_arguments() {
+            if a.get_help().is_none() && a.get_long_help().is_none() {
+                let name = match (a.get_long(), a.get_value_names()) {
+                    (Some(l), _) => format!("--{l}"),
+                    (None, Some(v)) if !v.is_empty() => v[0].to_string(),
+                    _ => a.get_id().to_string(),
+                };
+                out.push(format!("{path}: {name}"));
+            }
+        }
+        // clap's own `help` subcommand mirrors the real ones: skip it.
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            let p = format!("{path} {}", sub.get_name());
+            if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                out.push(format!("{p}: no about text"));
+            }
+            walk(sub, &p, out);
+        }
+    }
+    let mut cmd = cmd.clone();
+    cmd.build();
+    let mut out = Vec::new();
+    walk(&cmd, cmd.get_name(), &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +178,24 @@ mod tests {
         assert!(!stdout_closed(&other));
         let full = StdoutError(std::io::Error::from(std::io::ErrorKind::StorageFull));
         assert!(!stdout_closed(&anyhow::Error::new(full)));
+    }
+
+    #[test]
+    fn missing_help_names_every_bare_argument_and_subcommand() {
+        use clap::{Arg, ArgAction, Command};
+        let cmd = Command::new("x")
+            .arg(Arg::new("config").long("config").help("The config."))
+            .subcommand(
+                Command::new("sub")
+                    .about("Has about.")
+                    .arg(Arg::new("json").long("json").action(ArgAction::SetTrue))
+                    .arg(Arg::new("dir").value_name("DIR"))
+                    .arg(Arg::new("gen").help("Documented.")),
+            )
+            .subcommand(Command::new("bare"));
+        assert_eq!(
+            missing_help(&cmd),
+            ["x sub: --json", "x sub: DIR", "x bare: no about text"]
+        );
     }
 }
