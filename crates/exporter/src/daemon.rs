@@ -599,16 +599,16 @@ fn local_client(cfg: &Config) -> Result<wire::Client> {
     .map_err(|e| anyhow!("{e}"))
 }
 
-fn report(r: &RunState, json: bool) -> ExitCode {
+fn report(r: &RunState, json: bool) -> Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+        wire::outln!("{}", serde_json::to_string_pretty(r)?)?;
     } else if r.state == "committed" {
-        println!(
+        wire::outln!(
             "export {} committed as {} by {}",
             r.tx,
             r.committed_as.as_deref().unwrap_or("?"),
             r.committed_by.as_deref().unwrap_or("?")
-        );
+        )?;
     } else {
         eprintln!(
             "export {} failed: {}",
@@ -619,11 +619,11 @@ fn report(r: &RunState, json: bool) -> ExitCode {
             eprintln!("--- hook log (end) ---\n{}", r.log_tail.trim_end());
         }
     }
-    if r.state == "committed" {
+    Ok(if r.state == "committed" {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    }
+    })
 }
 
 /// `exporter run`: through the daemon when one answers; otherwise serve the
@@ -682,7 +682,7 @@ pub async fn run_cli(cfg: Config, json: bool) -> Result<ExitCode> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    Ok(report(&run, json))
+    report(&run, json)
 }
 
 pub async fn status_cli(cfg: Config, json: bool) -> Result<ExitCode> {
@@ -697,18 +697,18 @@ pub async fn status_cli(cfg: Config, json: bool) -> Result<ExitCode> {
     if json {
         let mut v = serde_json::to_value(&st)?;
         v["daemon_running"] = serde_json::json!(live);
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        wire::outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else {
-        println!(
+        wire::outln!(
             "exporter {}: role {} status {} epoch {}{}",
             cfg.source,
             st.role,
             st.status,
             st.epoch,
             if live { "" } else { "  (daemon not running)" }
-        );
+        )?;
         let line = |what: &str, r: &Option<RunState>| match r {
-            Some(r) => println!(
+            Some(r) => wire::outln!(
                 "{what}: {} {} {}{}",
                 r.tx,
                 r.state,
@@ -718,11 +718,11 @@ pub async fn status_cli(cfg: Config, json: bool) -> Result<ExitCode> {
                     .map(|e| format!(" ({e})"))
                     .unwrap_or_default()
             ),
-            None => println!("{what}: none"),
+            None => wire::outln!("{what}: none"),
         };
-        line("last run", &st.last_run);
-        line("last success", &st.last_success);
-        line("last failure", &st.last_failure);
+        line("last run", &st.last_run)?;
+        line("last success", &st.last_success)?;
+        line("last failure", &st.last_failure)?;
     }
     Ok(
         if st.last_failure.is_some()

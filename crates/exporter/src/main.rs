@@ -34,11 +34,13 @@ enum Cmd {
     /// One export now (through the running daemon if there is one); exits 0
     /// only once a PBS has committed it.
     Run {
+        /// Print the run's result as JSON (no spinner).
         #[arg(long)]
         json: bool,
     },
     /// The last export, the last success and the last failure.
     Status {
+        /// Print the status as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -179,4 +181,18 @@ fn main() -> ExitCode {
         }
     })();
     wire::cli::exit("exporter", r)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every flag, positional and subcommand has a help text (a doc comment).
+    #[test]
+    fn every_argument_has_help() {
+        let cmd = super::Cli::command();
+        cmd.clone().debug_assert();
+        let missing = wire::cli::missing_help(&cmd);
+        assert!(missing.is_empty(), "no help text:\n{}", missing.join("\n"));
+    }
 }

@@ -34,6 +34,7 @@ enum Cmd {
     Serve,
     /// Show the last valid restore, the import in progress and the last failure.
     Status {
+        /// Print the status as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -227,12 +228,12 @@ fn wipe_for_rejoin(cfg: &Config, exporter_state: Option<&Path>, yes: bool) -> Re
         }
     }
     for g in &gone {
-        println!("removed {g}");
+        wire::outln!("removed {g}")?;
     }
-    println!(
+    wire::outln!(
         "node {} is ready to rejoin: start it (importer serve), then on the PBS run `pbs rejoin {}`",
         cfg.name, cfg.name
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -269,4 +270,18 @@ fn main() -> ExitCode {
         }
     })();
     wire::cli::exit("importer", r)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every flag, positional and subcommand has a help text (a doc comment).
+    #[test]
+    fn every_argument_has_help() {
+        let cmd = super::Cli::command();
+        cmd.clone().debug_assert();
+        let missing = wire::cli::missing_help(&cmd);
+        assert!(missing.is_empty(), "no help text:\n{}", missing.join("\n"));
+    }
 }

@@ -494,34 +494,40 @@ pub async fn serve(cfg: Config) -> Result<()> {
 pub fn print_status(cfg: &Config, json: bool) -> Result<ExitCode> {
     let st: Option<Status> = wire::read_json(&status_path(cfg))?;
     let Some(st) = st else {
-        println!(
+        wire::outln!(
             "importer {}: never started (no {})",
             cfg.name,
             status_path(cfg).display()
-        );
+        )?;
         return Ok(ExitCode::from(1));
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
+        wire::outln!("{}", serde_json::to_string_pretty(&st)?)?;
     } else {
-        println!(
+        wire::outln!(
             "importer {}  role {}  status {}  epoch {}",
-            st.name, st.role, st.status, st.epoch
-        );
+            st.name,
+            st.role,
+            st.status,
+            st.epoch
+        )?;
         match &st.last_valid {
-            Some(v) => println!(
+            Some(v) => wire::outln!(
                 "last valid: {} taken {} restored {} verified {}",
-                v.generation, v.taken_at, v.restored_at, v.verified
-            ),
-            None => println!("last valid: none yet"),
+                v.generation,
+                v.taken_at,
+                v.restored_at,
+                v.verified
+            )?,
+            None => wire::outln!("last valid: none yet")?,
         }
         if let Some(i) = &st.importing {
-            println!("importing: {i}");
+            wire::outln!("importing: {i}")?;
         }
         if let Some(f) = &st.last_failure {
-            println!("last failure: {} at {}: {}", f.generation, f.at, f.reason);
+            wire::outln!("last failure: {} at {}: {}", f.generation, f.at, f.reason)?;
             if !st.last_log.trim().is_empty() {
-                println!("--- last hook log (end) ---\n{}", st.last_log.trim_end());
+                wire::outln!("--- last hook log (end) ---\n{}", st.last_log.trim_end())?;
             }
         }
     }

@@ -78,7 +78,7 @@ pub fn hash_password_cli() -> Result<ExitCode> {
     let hash = Argon2::default()
         .hash_password(pw.as_bytes(), &salt)
         .map_err(|e| anyhow::anyhow!("hashing: {e}"))?;
-    println!("{hash}");
+    wire::outln!("{hash}")?;
     Ok(ExitCode::SUCCESS)
 }
 

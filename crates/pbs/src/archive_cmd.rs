@@ -42,60 +42,79 @@ enum ArchiveCmd {
         /// Leave out paths matching this glob (relative to DIR; repeatable).
         #[arg(long = "exclude")]
         excludes: Vec<String>,
+        /// Print the committed generation as JSON.
         #[arg(long)]
         json: bool,
+        /// The directory to commit.
         dir: PathBuf,
     },
     /// List generations.
     List {
+        /// Print the generations as JSON (an array).
         #[arg(long)]
         json: bool,
     },
     /// Show one generation (SOURCE/SEQ, SOURCE/latest or SOURCE) and its files.
     Show {
+        /// The generation: SOURCE/SEQ, SOURCE/latest or SOURCE (its newest).
         gen: String,
+        /// Print the generation and its entries as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Check the archive: structure (quick) or every byte (--full).
     Verify {
+        /// Also decode every chunk and check its SHA-256 and every pack's (reads everything).
         #[arg(long)]
         full: bool,
+        /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Remove generations that the retention policy does not keep.
     Prune {
+        /// Print the plan, remove nothing.
         #[arg(long)]
         dry_run: bool,
-        #[arg(long)]
+        /// Keep the newest N generations of each source (else [retention] keep_last).
+        #[arg(long, value_name = "N")]
         keep_last: Option<u32>,
-        #[arg(long)]
+        /// Keep the newest of each of the last N hours (else [retention] keep_hourly).
+        #[arg(long, value_name = "N")]
         keep_hourly: Option<u32>,
-        #[arg(long)]
+        /// Keep the newest of each of the last N days (else [retention] keep_daily).
+        #[arg(long, value_name = "N")]
         keep_daily: Option<u32>,
-        #[arg(long)]
+        /// Keep the newest of each of the last N ISO weeks (else [retention] keep_weekly).
+        #[arg(long, value_name = "N")]
         keep_weekly: Option<u32>,
-        #[arg(long)]
+        /// Keep the newest of each of the last N months (else [retention] keep_monthly).
+        #[arg(long, value_name = "N")]
         keep_monthly: Option<u32>,
+        /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Remove data no generation uses.
     Gc {
+        /// Print what would be freed, remove nothing.
         #[arg(long)]
         dry_run: bool,
         /// Fail at once instead of waiting while an ingest or restore runs.
         #[arg(long)]
         no_wait: bool,
+        /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Restore a generation into an empty or missing directory.
     Restore {
+        /// The generation: SOURCE/SEQ, SOURCE/latest or SOURCE (its newest).
         gen: String,
-        #[arg(long)]
+        /// The target directory: missing or empty.
+        #[arg(long, value_name = "DIR")]
         to: PathBuf,
+        /// Print what was restored as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -115,8 +134,9 @@ fn mb(b: u64) -> String {
     format!("{:.2} MB", b as f64 / 1e6)
 }
 
-fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+fn print_json(v: &serde_json::Value) -> Result<()> {
+    wire::outln!("{}", serde_json::to_string_pretty(v)?)?;
+    Ok(())
 }
 
 fn record_json(r: &archive::GenRecord) -> serde_json::Value {
@@ -148,7 +168,7 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
     match a.cmd {
         ArchiveCmd::Init => {
             Archive::init(&path)?;
-            println!("initialised archive {}", path.display());
+            wire::outln!("initialised archive {}", path.display())?;
         }
         ArchiveCmd::Ingest {
             source,
@@ -181,9 +201,9 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
                 let mut v = record_json(r);
                 v["seconds"] = json!(t.elapsed().as_secs_f64());
                 v["warnings"] = json!(rep.warnings);
-                print_json(&v);
+                print_json(&v)?;
             } else {
-                println!(
+                wire::outln!(
                     "committed {} in {:.2} s: {} files, {}; read {} files ({}); added {} ({} new chunks, {} deltas)",
                     r.id(),
                     t.elapsed().as_secs_f64(),
@@ -194,7 +214,7 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
                     mb(r.stats.added_bytes),
                     r.stats.new_chunks,
                     r.stats.new_deltas
-                );
+                )?;
             }
         }
         ArchiveCmd::List { json } => {
@@ -207,16 +227,21 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
                 );
             }
             if json {
-                print_json(&json!(rows.iter().map(record_json).collect::<Vec<_>>()));
+                print_json(&json!(rows.iter().map(record_json).collect::<Vec<_>>()))?;
             } else if rows.is_empty() {
-                println!("no generations");
+                wire::outln!("no generations")?;
             } else {
-                println!(
+                wire::outln!(
                     "{:<24} {:>6} {:<20} {:>8} {:>12} {:>12}",
-                    "GENERATION", "EPOCH", "TAKEN AT", "FILES", "SIZE", "ADDED"
-                );
+                    "GENERATION",
+                    "EPOCH",
+                    "TAKEN AT",
+                    "FILES",
+                    "SIZE",
+                    "ADDED"
+                )?;
                 for r in &rows {
-                    println!(
+                    wire::outln!(
                         "{:<24} {:>6} {:<20} {:>8} {:>12} {:>12}",
                         r.id().to_string(),
                         r.epoch.0,
@@ -224,7 +249,7 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
                         r.stats.files,
                         mb(r.stats.bytes),
                         mb(r.stats.added_bytes)
-                    );
+                    )?;
                 }
             }
         }
@@ -246,17 +271,17 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
                         "target": (!n.target.is_empty()).then(|| String::from_utf8_lossy(&n.target).into_owned()),
                     }))
                     .collect::<Vec<_>>());
-                print_json(&v);
+                print_json(&v)?;
             } else {
-                println!(
+                wire::outln!(
                     "generation {}  epoch {}  taken {}  committed {}",
                     r.id(),
                     r.epoch,
                     fmt_time(r.taken_at_ns),
                     fmt_time(r.committed_at_ns)
-                );
+                )?;
                 if let Some(l) = &r.label {
-                    println!("label {l}");
+                    wire::outln!("label {l}")?;
                 }
                 for n in &nodes {
                     let sig = n
@@ -268,13 +293,13 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
                     } else {
                         format!(" -> {}", String::from_utf8_lossy(&n.target))
                     };
-                    println!(
+                    wire::outln!(
                         "{:<7} {:>5o} {:>12} {sig} {}{extra}",
                         format!("{:?}", n.kind).to_lowercase(),
                         n.mode,
                         n.size,
                         n.path_lossy()
-                    );
+                    )?;
                 }
             }
         }
@@ -283,9 +308,9 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
             let t = Instant::now();
             let rep = ar.verify(full)?;
             if json {
-                print_json(&serde_json::to_value(&rep)?);
+                print_json(&serde_json::to_value(&rep)?)?;
             } else {
-                println!(
+                wire::outln!(
                     "{} verify of {}: {} generations, {} packs, {} chunks checked in {:.2} s",
                     if full { "full" } else { "quick" },
                     path.display(),
@@ -293,15 +318,15 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
                     rep.packs,
                     rep.blobs_checked,
                     t.elapsed().as_secs_f64()
-                );
+                )?;
                 for p in &rep.problems {
-                    println!("DAMAGED {}: {}", p.object, p.what);
+                    wire::outln!("DAMAGED {}: {}", p.object, p.what)?;
                     for u in &p.used_by {
-                        println!("    used by {u}");
+                        wire::outln!("    used by {u}")?;
                     }
                 }
                 if rep.problems.is_empty() {
-                    println!("no problems found");
+                    wire::outln!("no problems found")?;
                 }
             }
             if !rep.problems.is_empty() {
@@ -331,17 +356,19 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
             let ar = open(&path)?;
             let plan = ar.prune_plan(&pol)?;
             if json {
-                print_json(&serde_json::to_value(&plan)?);
+                print_json(&serde_json::to_value(&plan)?)?;
             } else {
-                print!("{plan}");
+                wire::out!("{plan}")?;
             }
             if !dry_run {
                 let n = ar.apply_prune(&plan)?;
                 if !json {
-                    println!("removed {n} generations (run `pbs archive gc` to free their data)");
+                    wire::outln!(
+                        "removed {n} generations (run `pbs archive gc` to free their data)"
+                    )?;
                 }
             } else if !json {
-                println!("dry run: nothing removed");
+                wire::outln!("dry run: nothing removed")?;
             }
         }
         ArchiveCmd::Gc {
@@ -352,17 +379,17 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
             let mut ar = open(&path)?;
             let plan = ar.gc_plan(!no_wait)?;
             if json {
-                print_json(&serde_json::to_value(&plan)?);
+                print_json(&serde_json::to_value(&plan)?)?;
             } else {
-                print!("{plan}");
+                wire::out!("{plan}")?;
             }
             if !dry_run {
                 let freed = ar.gc(&plan, !no_wait)?;
                 if !json {
-                    println!("gc done: freed {}", mb(freed));
+                    wire::outln!("gc done: freed {}", mb(freed))?;
                 }
             } else if !json {
-                println!("dry run: nothing removed");
+                wire::outln!("dry run: nothing removed")?;
             }
         }
         ArchiveCmd::Restore { gen, to, json } => {
@@ -375,9 +402,9 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
             if json {
                 print_json(
                     &json!({"generation": g.to_string(), "files": rep.files, "dirs": rep.dirs, "symlinks": rep.symlinks, "bytes": rep.bytes, "seconds": t.elapsed().as_secs_f64()}),
-                );
+                )?;
             } else {
-                println!(
+                wire::outln!(
                     "restored {g} to {} in {:.2} s: {} files, {} dirs, {} symlinks, {}",
                     to.display(),
                     t.elapsed().as_secs_f64(),
@@ -385,7 +412,7 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
                     rep.dirs,
                     rep.symlinks,
                     mb(rep.bytes)
-                );
+                )?;
             }
         }
     }

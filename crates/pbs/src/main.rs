@@ -39,6 +39,7 @@ enum Cmd {
     /// Sources, importers and their last results; exits 1 when a source's
     /// newest generation is older than its max_age.
     Status {
+        /// Print the status as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -95,7 +96,7 @@ fn ha_call(cfg: &config::Config, path: &str, body: serde_json::Value) -> anyhow:
     let v: serde_json::Value = rt
         .block_on(client.post_json(path, &body))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!("{}", serde_json::to_string_pretty(&v)?);
+    wire::outln!("{}", serde_json::to_string_pretty(&v)?)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -109,9 +110,12 @@ fn main() -> ExitCode {
         "warn"
     });
     let r = (|| -> anyhow::Result<ExitCode> {
+        // Only the archive commands work without a config (given --archive DIR).
+        let config_file = cli.config.clone().unwrap_or_default();
         let cfg = match &cli.config {
             Some(p) => config::load(p)?,
-            None => config::Config::default(),
+            None if matches!(cli.cmd, Cmd::Archive(_)) => config::Config::default(),
+            None => anyhow::bail!("no configuration: pass --config FILE"),
         };
         match cli.cmd {
             Cmd::Archive(a) => archive_cmd::run(a, cli.archive.or(cfg.archive.path.clone()), &cfg),
@@ -129,10 +133,12 @@ fn main() -> ExitCode {
                 if let Some(a) = cli.archive {
                     cfg.archive.path = Some(a);
                 }
-                let sd = cfg
-                    .state_dir
-                    .clone()
-                    .ok_or_else(|| anyhow::anyhow!("no state_dir in the config"))?;
+                let sd = cfg.state_dir.clone().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "config {}: no state_dir (pbs status reads the server's status there)",
+                        config_file.display()
+                    )
+                })?;
                 status::print(&cfg, &sd, json)
             }
             Cmd::Switchover { to } => {
@@ -145,4 +151,18 @@ fn main() -> ExitCode {
         }
     })();
     wire::cli::exit("pbs", r)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every flag, positional and subcommand has a help text (a doc comment).
+    #[test]
+    fn every_argument_has_help() {
+        let cmd = super::Cli::command();
+        cmd.clone().debug_assert();
+        let missing = wire::cli::missing_help(&cmd);
+        assert!(missing.is_empty(), "no help text:\n{}", missing.join("\n"));
+    }
 }

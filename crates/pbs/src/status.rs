@@ -132,16 +132,16 @@ fn event(v: &Value) -> String {
 pub fn print(cfg: &Config, state_dir: &Path, json_out: bool) -> Result<std::process::ExitCode> {
     let r = report(cfg, state_dir)?;
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&r.json)?);
+        wire::outln!("{}", serde_json::to_string_pretty(&r.json)?)?;
     } else {
-        println!(
+        wire::outln!(
             "pbs status: {}  epoch {}",
             r.json["status"].as_str().unwrap_or(""),
             r.json["epoch"]
-        );
+        )?;
         for s in r.json["sources"].as_array().into_iter().flatten() {
             let newest = &s["newest"];
-            println!(
+            wire::outln!(
                 "source {}: newest {} taken {} (age {} s, max {} s){}",
                 s["name"].as_str().unwrap_or(""),
                 newest["generation"].as_str().unwrap_or("none"),
@@ -153,21 +153,21 @@ pub fn print(cfg: &Config, state_dir: &Path, json_out: bool) -> Result<std::proc
                 } else {
                     ""
                 }
-            );
-            println!("    last success: {}", event(&s["last_success"]));
-            println!("    last failure: {}", event(&s["last_failure"]));
+            )?;
+            wire::outln!("    last success: {}", event(&s["last_success"]))?;
+            wire::outln!("    last failure: {}", event(&s["last_failure"]))?;
         }
         for i in r.json["importers"].as_array().into_iter().flatten() {
-            println!(
+            wire::outln!(
                 "importer {} ({}):",
                 i["name"].as_str().unwrap_or(""),
                 i["url"].as_str().unwrap_or("")
-            );
-            println!("    last good:    {}", event(&i["last_good"]));
-            println!("    last failure: {}", event(&i["last_failure"]));
+            )?;
+            wire::outln!("    last good:    {}", event(&i["last_good"]))?;
+            wire::outln!("    last failure: {}", event(&i["last_failure"]))?;
         }
         for n in r.json["nodes"].as_array().into_iter().flatten() {
-            println!(
+            wire::outln!(
                 "node {} ({}): {} {}  epoch {}  generation {}  last seen {}",
                 n["name"].as_str().unwrap_or(""),
                 n["kind"].as_str().unwrap_or(""),
@@ -176,10 +176,10 @@ pub fn print(cfg: &Config, state_dir: &Path, json_out: bool) -> Result<std::proc
                 n["epoch"],
                 n["generation"].as_str().unwrap_or("none"),
                 n["last_seen"].as_str().unwrap_or("never"),
-            );
+            )?;
         }
         for t in r.json["takeovers"].as_array().into_iter().flatten() {
-            println!(
+            wire::outln!(
                 "takeover {}: {} MAIN at epoch {} (old main {}){}, by {}; {}",
                 t["at"].as_str().unwrap_or(""),
                 t["node"].as_str().unwrap_or(""),
@@ -192,16 +192,16 @@ pub fn print(cfg: &Config, state_dir: &Path, json_out: bool) -> Result<std::proc
                 },
                 t["by"].as_str().unwrap_or(""),
                 t["new_clone"].as_str().unwrap_or(""),
-            );
+            )?;
         }
         let c = &r.json["clone_needed"];
         if !c.is_null() {
-            println!(
+            wire::outln!(
                 "WARNING: a new clone is needed since the takeover at epoch {} ({}): {}",
                 c["epoch"],
                 c["at"].as_str().unwrap_or(""),
                 c["warning"].as_str().unwrap_or(""),
-            );
+            )?;
         }
     }
     if !r.stale.is_empty() {

@@ -38,13 +38,20 @@ use crate::server::TlsFiles;
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("config file {}: {source}", path.display())]
+    /// The file could not be read. The OS error is part of the message and not an
+    /// error source, so that an error chain (`{:#}`) prints it once.
+    #[error("config file {}: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// The OS error.
-        source: io::Error,
+        error: io::Error,
+    },
+    /// The file holds nothing but white space (a config must set something).
+    #[error("config file {}: the file is empty", path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
     },
     /// The file is not valid TOML or does not match the expected shape.
     #[error("config file {}{}: {message}", path.display(), Location(*line, *column, key.as_deref()))]
@@ -110,17 +117,31 @@ pub fn parse_toml<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T, Con
             line,
             column,
             key,
-            message: inner.message().trim().to_owned(),
+            // toml's messages may span lines ("invalid array\nexpected `]`"): one line.
+            message: inner
+                .message()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(": "),
         }
     })
 }
 
 /// Reads the TOML file `path` into `T`; errors name the file, the line and the key.
+/// A file that cannot be read (missing, a directory, not UTF-8) or is empty is an error
+/// naming the file and the problem.
 pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_owned(),
-        source,
+        error,
     })?;
+    if text.trim().is_empty() {
+        return Err(ConfigError::Empty {
+            path: path.to_owned(),
+        });
+    }
     parse_toml(&text, path)
 }
 

@@ -115,12 +115,21 @@ token = "0123456789abcdef"
         "{msg}"
     );
 
-    // Missing file.
+    // Missing file: the OS error once, also in an error chain (`{:#}`, as the binaries print).
     let msg = load_toml::<ExporterConfig>(&dir.path().join("nope.toml"))
+        .err()
+        .map(|e| format!("{:#}", anyhow::Error::from(e)))
+        .unwrap_or_default();
+    assert!(msg.contains("nope.toml"), "{msg}");
+    assert_eq!(msg.matches("No such file or directory").count(), 1, "{msg}");
+
+    // Empty file.
+    std::fs::write(&path, " \n")?;
+    let msg = load_toml::<ExporterConfig>(&path)
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
-    assert!(msg.contains("nope.toml"), "{msg}");
+    assert!(msg.ends_with("exporter.toml: the file is empty"), "{msg}");
     Ok(())
 }
 
