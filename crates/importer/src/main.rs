@@ -4,6 +4,7 @@
 //! verify hooks, and reports.
 
 mod apply;
+mod coordinator;
 mod server;
 mod takeover;
 

@@ -28,7 +28,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Form, Json, Router};
 use serde::Deserialize;
 use wire::ha::{
-    html_escape as esc, Hello, NodeView, PromoteRequest, Role, RoleFile, TakeoverRequest, Verdict,
+    html_escape as esc, NodeView, PromoteRequest, Role, RoleFile, TakeoverRequest, Verdict,
 };
 use wire::server::ApiError;
 use wire::Peer;
@@ -293,6 +293,7 @@ async fn promote(app: &Arc<App>, epoch: u64) -> Result<u64, Refusal> {
         s.status = "Leader".into();
         s.epoch = v.epoch;
     });
+    crate::coordinator::confirm_promotion(app, v.epoch).await;
     // A role change is a restart: exit 0 once the answer is sent.
     app.takeover.shutdown.notify_one();
     if let Some(e) = promote_error {
@@ -309,36 +310,6 @@ fn server_message(e: &wire::WireError) -> String {
     match e {
         wire::WireError::Status { message, .. } => message.clone(),
         other => other.to_string(),
-    }
-}
-
-/// At start: tell the coordinator we are here and learn the epoch and our status
-/// (best effort: an unreachable coordinator leaves the status as it was).
-pub async fn startup_hello(app: &Arc<App>) {
-    let Some(coord) = &app.cfg.coordinator else {
-        return;
-    };
-    let epoch = app.status.lock().unwrap_or_else(|p| p.into_inner()).epoch;
-    let hello = Hello {
-        node: app.cfg.name.clone(),
-        epoch,
-        role: Role::Backup,
-    };
-    let r = async {
-        let c = coord
-            .client(Duration::from_secs(10))
-            .map_err(|e| e.to_string())?;
-        c.post_json::<_, Verdict>("/v1/ha/hello", &hello)
-            .await
-            .map_err(|e| e.to_string())
-    }
-    .await;
-    match r {
-        Ok(v) => app.set_status(|s| {
-            s.epoch = s.epoch.max(v.epoch);
-            s.status = v.status.to_string();
-        }),
-        Err(e) => tracing::warn!("coordinator hello: {e}"),
     }
 }
 
@@ -404,19 +375,19 @@ async fn coordinator_promote(
             ),
         ));
     }
+    let epoch = promote_granted(&app, req.epoch).await?;
+    Ok(Json(serde_json::json!({ "role": "MAIN", "epoch": epoch })))
+}
+
+/// A promotion the coordinator granted at `epoch` (its `POST /v1/ha/promote`, or found at
+/// start): waits for a running import, checks the grant with the coordinator, promotes.
+pub(crate) async fn promote_granted(app: &Arc<App>, epoch: u64) -> Result<u64, Refusal> {
     app.takeover.refuse_if_promoted()?;
     let _imports = app.apply_lock.lock().await;
     app.takeover.refuse_if_promoted()?;
-    let known = app.status.lock().unwrap_or_else(|p| p.into_inner()).epoch;
-    if req.epoch < known {
-        return Err(ApiError::conflict(format!(
-            "epoch {} is older than this clone's {known}",
-            req.epoch
-        )));
-    }
-    tracing::warn!(epoch = req.epoch, "the coordinator promotes this clone");
-    let epoch = promote(&app, req.epoch).await?;
-    Ok(Json(serde_json::json!({ "role": "MAIN", "epoch": epoch })))
+    crate::coordinator::check_promote(app, epoch).await?;
+    tracing::warn!(epoch, "the coordinator promotes this clone");
+    promote(app, epoch).await
 }
 
 async fn ha_get(State(app): State<Arc<App>>) -> String {

@@ -37,6 +37,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Result;
+use archive::{Epoch, EpochError};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use wire::ha::{
@@ -337,10 +338,10 @@ impl Coordinator {
         let verified = |name: &str| verified_generation(server, name);
         self.change(|st| {
             Self::eligible(&self.clones, st, &req.node)?;
-            if let Some(e) = req.epoch.filter(|e| *e < st.epoch) {
+            if let Some(e) = req.epoch.filter(|e| Epoch::check(*e, st.epoch).is_err()) {
                 return Err(conflict(format!(
-                    "the epoch moved from {e} to {} since {} looked: another takeover happened",
-                    st.epoch, req.node
+                    "{} asked at epoch {e} but the epoch is {}: another takeover happened, or the epoch is not one the coordinator granted",
+                    req.node, st.epoch
                 )));
             }
             if !req.force {
@@ -365,7 +366,7 @@ impl Coordinator {
                     }
                 }
             }
-            st.epoch += 1;
+            st.epoch = Epoch(st.epoch).next().map_err(|e| conflict(e.to_string()))?.0;
             let old = st.main.take();
             if let Some(o) = old.as_ref().and_then(|o| st.nodes.get_mut(o)) {
                 o.role = Role::Backup;
@@ -484,7 +485,7 @@ impl Coordinator {
     }
 
     /// Fencing of `/v1/notify`: refuses a Broken node, a node that is not the main, and
-    /// an epoch below the current one.
+    /// an epoch other than the current one ([`Epoch::check`]).
     pub fn check_notify(&self, node: &str, epoch: u64) -> Result<(), ApiError> {
         self.change(|st| {
             let cur = st.epoch;
@@ -502,10 +503,12 @@ impl Coordinator {
                     )));
                 }
             }
-            if epoch < cur {
-                return Err(conflict(format!(
-                    "stale epoch {epoch} from {node} (current {cur}): demote"
-                )));
+            match Epoch::check(epoch, cur) {
+                Err(e @ EpochError::Stale { .. }) => {
+                    return Err(conflict(format!("{e} from {node}: demote")))
+                }
+                Err(e) => return Err(conflict(format!("{e} (from {node}): refused"))),
+                Ok(()) => {}
             }
             if let Some(m) = main.filter(|m| m != node) {
                 return Err(conflict(format!(
