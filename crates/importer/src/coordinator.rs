@@ -108,7 +108,10 @@ pub(crate) async fn check_promote(app: &App, epoch: u64) -> Result<(), ApiError>
 pub(crate) async fn confirm_promotion(app: &App, epoch: u64) {
     match hello(app, Role::Main, epoch).await {
         Ok(_) => tracing::info!(epoch, "promotion confirmed to the coordinator"),
-        Err(e) => tracing::warn!(epoch, "could not confirm the promotion to the coordinator: {e}"),
+        Err(e) => tracing::warn!(
+            epoch,
+            "could not confirm the promotion to the coordinator: {e}"
+        ),
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod apply;
 mod coordinator;
+mod guard;
 mod server;
 mod takeover;
 

@@ -41,13 +41,16 @@ use archive::{Epoch, EpochError};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use wire::ha::{
-    CloneNeeded, Hello, NodeStatus, NodeView, Role, TakeoverRecord, TakeoverRequest, Verdict,
+    CloneNeeded, Hello, NodeStatus, NodeView, PendingPromotion, Role, TakeoverRecord,
+    TakeoverRequest, Verdict,
 };
 use wire::server::ApiError;
 use wire::PeerConfig;
 
 use crate::config::Config;
 use crate::daemon::ServerStatus;
+
+mod pending;
 
 /// One node as the coordinator keeps it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -76,6 +79,9 @@ pub struct CoordState {
     /// activated, a node finishes rejoining, or a new `[[importer]]` is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clone_needed: Option<CloneNeeded>,
+    /// The last grant, until the new main confirms its promotion ([`pending`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_promotion: Option<PendingPromotion>,
 }
 
 /// How many takeovers `coordinator.json` keeps.
@@ -261,6 +267,7 @@ impl Coordinator {
             } else if n.status == NodeStatus::Rejoining {
                 n.role = Role::Backup;
             } else if is_main || (main_free && n.kind == EXPORTER) {
+                pending::confirm(&mut st.pending_promotion, h);
                 n.role = Role::Main;
                 n.status = NodeStatus::Leader;
                 if main_free {
@@ -338,11 +345,14 @@ impl Coordinator {
         let verified = |name: &str| verified_generation(server, name);
         self.change(|st| {
             Self::eligible(&self.clones, st, &req.node)?;
-            if let Some(e) = req.epoch.filter(|e| Epoch::check(*e, st.epoch).is_err()) {
-                return Err(conflict(format!(
-                    "{} asked at epoch {e} but the epoch is {}: another takeover happened, or the epoch is not one the coordinator granted",
-                    req.node, st.epoch
-                )));
+            if let Some(Err(e)) = req.epoch.map(|e| Epoch::check(e, st.epoch)) {
+                return Err(conflict(match e {
+                    EpochError::Stale { got, .. } => format!(
+                        "the epoch moved from {got} to {} since {} looked: another takeover happened",
+                        st.epoch, req.node
+                    ),
+                    e => format!("{} asked at an epoch it was never granted: {e}", req.node),
+                }));
             }
             if !req.force {
                 let mine = verified(&req.node);
@@ -381,6 +391,7 @@ impl Coordinator {
             n.status = NodeStatus::Leader;
             n.last_seen = Some(now.clone());
             st.main = Some(req.node.clone());
+            st.pending_promotion = Some(pending::granted(&req.node, st.epoch, &now));
             tracing::warn!(node = %req.node, epoch = st.epoch, old_main = ?old, force = req.force, old_status = %old_status, "MAIN granted");
             let new_clone = if old_status == NodeStatus::Broken {
                 self.after_takeover(st, req, old.clone(), now)
@@ -846,6 +857,7 @@ disabled = true
             force,
             epoch,
             by: None,
+            password: None,
         }
     }
 

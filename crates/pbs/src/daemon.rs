@@ -791,6 +791,7 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
         tokio::spawn(worker(app.clone(), name, rx));
     }
     let _sched = schedule(&app).await?;
+    tokio::spawn(crate::grant::retry_promotions(app.clone()));
     if app.cfg.failover.auto {
         tokio::spawn(crate::failover::auto_failover(app.clone()));
     }
