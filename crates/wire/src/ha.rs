@@ -260,8 +260,10 @@ pub struct RejoinRequest {
 }
 
 /// `POST /v1/ha/promote` on a clone, from its coordinator only: the coordinator already
-/// granted this clone MAIN at `epoch` (switchover, automatic failover); the clone runs its
-/// promote hook, writes its role file and exits 0, as after a takeover.
+/// granted this clone MAIN at `epoch` (switchover, automatic failover, a retried grant); the
+/// clone first asks the coordinator itself (a hello) and promotes only if it is MAIN at
+/// exactly `epoch`; then it runs its promote hook, writes its role file and exits 0, as
+/// after a takeover.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PromoteRequest {
     /// The epoch the coordinator granted.
