@@ -332,6 +332,34 @@ fn a_grant_whose_promotion_did_not_happen_stays_pending_and_the_clone_promotes_o
     assert!(st["pending_promotion"].is_null(), "{st}");
 }
 
+#[test]
+fn a_takeover_granted_with_the_pbs_admin_token_is_promoted_by_the_pbs() {
+    let mut c = Cluster::new(Options::default());
+    write(&c.src().join("data.txt"), b"row 1\n");
+    c.start_all();
+    c.cycle(1);
+    // The PBS operator's token needs no password; the clone did not ask, so the PBS
+    // promotes it (the clone checks that promote with the coordinator and accepts it).
+    let r = request(
+        c.port(Who::Pbs),
+        "POST",
+        "/v1/ha/takeover",
+        Some(&c.tokens.admin),
+        json!({"node": "clone0", "force": true})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(c.wait_exit(Who::Importer(0)).code(), Some(0));
+    let rf = c.role_file(Who::Importer(0)).expect("role file");
+    assert_eq!(
+        (rf["role"].as_str(), rf["epoch"].as_u64()),
+        (Some("MAIN"), Some(1))
+    );
+    let (_, st) = c.pbs_status();
+    assert!(st["pending_promotion"].is_null(), "{st}");
+}
+
 // ---------------------------------------------------------------- password guessing (issue 12 item 6)
 
 fn vm_hwm_kb(pid: u32) -> u64 {
