@@ -697,6 +697,10 @@ exporter = {{ name = "exporter", url = "http://127.0.0.1:{ep}", token = "{pull}"
             if o.spares.contains(&i) {
                 pbs.push_str("spare = true\n");
             }
+            // The PBS checks a clone's takeover password too (the token is not enough).
+            if let Some(h) = &o.takeover_hash {
+                pbs.push_str(&format!("takeover_password_hash = \"{h}\"\n"));
+            }
         }
         pbs.push_str(&o.pbs_extra);
         fs::write(self.config(Who::Pbs), pbs).expect("pbs.toml");
@@ -942,6 +946,11 @@ tokens = [{{ peer = "pbs", token = "{push}" }}, {{ peer = "admin", token = "{adm
         });
         *self.slot(who) = None;
         st
+    }
+
+    /// The process id of a running daemon.
+    pub fn pid(&mut self, who: Who) -> Option<u32> {
+        self.slot(who).as_ref().map(|d| d.child.id())
     }
 
     /// SIGKILL one daemon and reap it (no-op if it is not running).

@@ -75,3 +75,29 @@ pub fn node_row(c: &Cluster, name: &str) -> NodeRow {
         generation: n["generation"].as_str().map(str::to_string),
     }
 }
+
+/// A fresh form token from the takeover page of the importer at `port` (its hidden
+/// `form_token` field).
+pub fn form_token(port: u16) -> String {
+    let html = http(port, "GET", "/takeover", &[], b"")
+        .expect("GET /takeover")
+        .text();
+    let at = html
+        .find("name=\"form_token\" value=\"")
+        .unwrap_or_else(|| panic!("no form token on the page: {html}"));
+    let rest = &html[at + "name=\"form_token\" value=\"".len()..];
+    rest[..rest.find('"').expect("end of the form token")].to_string()
+}
+
+/// `POST /takeover` with `form` (urlencoded) as the page sends it: with a fresh form token.
+pub fn page_post(port: u16, form: &str) -> HttpResponse {
+    let body = format!("{form}&form_token={}", form_token(port));
+    http(
+        port,
+        "POST",
+        "/takeover",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        body.as_bytes(),
+    )
+    .expect("POST /takeover")
+}

@@ -6,15 +6,11 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use pullback_tests::cluster::{http, wait_for, write_script, Cluster, HttpResponse, Options, Who};
+use pullback_tests::cluster::{http, wait_for, write_script, Cluster, Options, Who};
 use pullback_tests::write;
 use serde_json::Value;
 
 use pullback_tests::ha::{node_row, password_hash as hash, PASSWORD};
-
-fn request(port: u16, method: &str, path: &str, token: &str) -> HttpResponse {
-    pullback_tests::ha::request(port, method, path, Some(token), b"")
-}
 
 /// The PBS's node `name`: (role, status).
 fn node(c: &Cluster, name: &str) -> (String, String) {
@@ -75,6 +71,7 @@ fn after_the_main_is_killed_and_clone0_takes_over_the_spare_is_activated_and_res
     let mut c = Cluster::new(Options {
         importers: 2,
         spares: vec![1],
+        takeover_hash: Some(hash(PASSWORD)),
         ..Options::default()
     });
     write(&c.src().join("data.txt"), b"one\n");
@@ -118,11 +115,14 @@ fn after_the_main_is_killed_and_clone0_takes_over_the_spare_is_activated_and_res
 
     // kill -9 the main; clone0 takes over (the seeds' API).
     c.kill(Who::Exporter);
-    let r = request(
+    // (change=MAIN needs the takeover password now.)
+    let pw = serde_json::json!({ "password": PASSWORD }).to_string();
+    let r = pullback_tests::ha::request(
         c.port(Who::Importer(0)),
         "POST",
         "/rest/ha/status?change=MAIN",
-        &c.tokens.admin,
+        Some(&c.tokens.admin),
+        pw.as_bytes(),
     );
     assert_eq!((r.status, r.text().as_str()), (200, "MAIN"));
     assert_eq!(c.wait_exit(Who::Importer(0)).code(), Some(0));
@@ -190,14 +190,10 @@ fn a_forced_takeover_with_no_spare_runs_the_clone_needed_hook_once_and_is_record
     c.cycle(2);
 
     c.kill(Who::Exporter);
-    let r = http(
+    let r = pullback_tests::ha::page_post(
         c.port(Who::Importer(0)),
-        "POST",
-        "/takeover",
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        b"password=correct+horse+battery+staple&force=1",
-    )
-    .expect("POST /takeover");
+        "password=correct+horse+battery+staple&force=1",
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(c.wait_exit(Who::Importer(0)).code(), Some(0));
 

@@ -206,7 +206,9 @@ fn a_broken_former_main_rejoins_as_a_clone_once_it_verified_the_latest_generatio
             "[[importer]]\nname = \"exporter\"\nurl = \"http://127.0.0.1:{}\"\ntoken = \"{push}\"\n",
             port.port
         ),
-        takeover_hash: None,
+        takeover_hash: Some(pullback_tests::ha::password_hash(
+            pullback_tests::ha::PASSWORD,
+        )),
         ..Options::default()
     });
     write(&c.src().join("data.txt"), b"one\n");
@@ -216,12 +218,14 @@ fn a_broken_former_main_rejoins_as_a_clone_once_it_verified_the_latest_generatio
     c.cycle(2);
     // The main is lost; clone0 takes over (the seeds' HA API), the old main is Broken.
     c.kill(Who::Exporter);
+    // (change=MAIN needs the takeover password now.)
+    let pw = json!({ "password": pullback_tests::ha::PASSWORD }).to_string();
     let r = request(
         c.port(Who::Importer(0)),
         "POST",
         "/rest/ha/status?change=MAIN",
         Some(&c.tokens.admin),
-        b"",
+        pw.as_bytes(),
     );
     assert_eq!((r.status, r.text().as_str()), (200, "MAIN"));
     assert_eq!(c.wait_exit(Who::Importer(0)).code(), Some(0));

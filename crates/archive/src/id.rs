@@ -31,6 +31,41 @@ pub struct Seq(pub u64);
 )]
 pub struct Epoch(pub u64);
 
+/// Why an epoch is refused: a peer's epoch must equal the coordinator's current one, and
+/// the epoch cannot grow past `u64::MAX`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EpochError {
+    /// Older than the current epoch: the sender was fenced.
+    #[error("stale epoch {got} (current {current})")]
+    Stale { got: u64, current: u64 },
+    /// Newer than the current epoch: no coordinator granted it.
+    #[error("epoch {got} is ahead of the current epoch {current}: no coordinator granted it")]
+    Ahead { got: u64, current: u64 },
+    /// The epoch is `u64::MAX`: no further grant is possible.
+    #[error("the epoch is at its maximum ({0}): no further grant is possible")]
+    Exhausted(u64),
+}
+
+impl Epoch {
+    /// The epoch after this one (a grant), refused at `u64::MAX` instead of wrapping.
+    pub fn next(self) -> Result<Epoch, EpochError> {
+        self.0
+            .checked_add(1)
+            .map(Epoch)
+            .ok_or(EpochError::Exhausted(self.0))
+    }
+
+    /// The one check of an epoch that came from a peer (notify, pull, push, promote,
+    /// takeover): it must equal the current epoch `current`, neither lower nor higher.
+    pub fn check(got: u64, current: u64) -> Result<(), EpochError> {
+        match got.cmp(&current) {
+            std::cmp::Ordering::Equal => Ok(()),
+            std::cmp::Ordering::Less => Err(EpochError::Stale { got, current }),
+            std::cmp::Ordering::Greater => Err(EpochError::Ahead { got, current }),
+        }
+    }
+}
+
 macro_rules! digest_type {
     ($t:ident) => {
         impl $t {
@@ -172,6 +207,18 @@ mod tests {
         );
         assert_eq!(id.to_hex().parse::<ChunkId>().unwrap(), id);
         assert!("zz".parse::<ChunkId>().is_err());
+    }
+
+    #[test]
+    fn epochs_are_checked_for_equality_and_never_wrap() {
+        assert_eq!(Epoch(3).next(), Ok(Epoch(4)));
+        assert_eq!(Epoch(u64::MAX).next(), Err(EpochError::Exhausted(u64::MAX)));
+        assert_eq!(Epoch::check(4, 4), Ok(()));
+        assert!(matches!(Epoch::check(3, 4), Err(EpochError::Stale { .. })));
+        assert!(matches!(
+            Epoch::check(u64::MAX, 4),
+            Err(EpochError::Ahead { .. })
+        ));
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub mod pack;
 
 pub use archive::Archive;
 pub use error::{Error, Result};
-pub use id::{ChunkId, Epoch, FileDigest, GenId, PackId, Seq, SourceName};
+pub use id::{ChunkId, Epoch, EpochError, FileDigest, GenId, PackId, Seq, SourceName};
 pub use ingest::{IngestOptions, IngestReport};
 pub use manifest::{GenRecord, Node, NodeKind};
 pub mod gc;

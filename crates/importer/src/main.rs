@@ -4,6 +4,8 @@
 //! verify hooks, and reports.
 
 mod apply;
+mod coordinator;
+mod guard;
 mod server;
 mod takeover;
 

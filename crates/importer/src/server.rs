@@ -150,21 +150,28 @@ async fn offer(
             "Bytes received from the PBS",
         )
         .add(body.len() as u64);
+    let g = gen.clone();
+    let inc = blocking(move || {
+        let inc = Incoming::new(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if inc.record().id() != g {
+            return Err(ApiError::bad_request(format!(
+                "the record is {}, not {g}",
+                inc.record().id()
+            )));
+        }
+        Ok(inc)
+    })
+    .await?;
+    crate::coordinator::check_record_epoch(&app, inc.record().epoch.0).await?;
     let a = app.clone();
     blocking(move || {
+        let mut inc = inc;
         let ar = a.store.read().unwrap_or_else(|p| p.into_inner());
         if ar.record(&gen).is_ok() {
             return Ok(Json(Need {
                 need: vec![],
                 have: true,
             }));
-        }
-        let mut inc = Incoming::new(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        if inc.record().id() != gen {
-            return Err(ApiError::bad_request(format!(
-                "the record is {}, not {gen}",
-                inc.record().id()
-            )));
         }
         let need = inc
             .missing(&ar)
@@ -464,7 +471,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
         takeover: crate::takeover::TakeoverState::default(),
     });
     app.set_status(|_| {});
-    crate::takeover::startup_hello(&app).await;
+    crate::coordinator::startup_hello(&app).await;
     let api = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/receive/{source}/{seq}/offer", post(offer))

@@ -10,45 +10,39 @@
 //! (PULLBACK_EPOCH, PULLBACK_RESTORE_DIR), `state_dir/role.json` = MAIN at the new epoch,
 //! the answer, then the process exits 0 so the supervisor starts the exporter here.
 
-use std::collections::VecDeque;
 use std::io::Read;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::SaltString;
-use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use argon2::{Argon2, PasswordHasher};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Html;
 use axum::routing::{get, post};
 use axum::{Extension, Form, Json, Router};
+use bytes::Bytes;
 use serde::Deserialize;
 use wire::ha::{
-    html_escape as esc, Hello, NodeView, PromoteRequest, Role, RoleFile, TakeoverRequest, Verdict,
+    html_escape as esc, NodeView, PromoteRequest, Role, RoleFile, TakeoverRequest, Verdict,
 };
 use wire::server::ApiError;
 use wire::Peer;
 
+use crate::guard::{Caller, Guard};
 use crate::server::App;
 
-const FAILURE_WINDOW: Duration = Duration::from_secs(60);
-
-/// Per node (this process): wrong-password rate limit, promotion, exit signal.
+/// Per node (this process): the password guard, promotion, exit signal.
 #[derive(Default)]
 pub struct TakeoverState {
-    failures: Mutex<Failures>,
+    guard: Guard,
     promoted: AtomicBool,
     pub shutdown: Arc<tokio::sync::Notify>,
-}
-
-#[derive(Default)]
-struct Failures {
-    recent: VecDeque<Instant>,
-    locked_until: Option<Instant>,
 }
 
 impl TakeoverState {
@@ -89,69 +83,16 @@ fn refuse(status: StatusCode, msg: impl Into<String>) -> Refusal {
     ApiError::new(status, msg)
 }
 
-async fn check_password(app: &App, password: &str) -> Result<(), Refusal> {
-    let tc = &app.cfg.takeover;
-    let Some(hash) = tc.password_hash.clone() else {
-        return Err(refuse(
-            StatusCode::FORBIDDEN,
-            "no takeover password is configured on this clone ([takeover] password_hash)",
-        ));
-    };
-    {
-        let f = app
-            .takeover
-            .failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(until) = f.locked_until.filter(|u| *u > Instant::now()) {
-            let secs = until.saturating_duration_since(Instant::now()).as_secs() + 1;
-            return Err(refuse(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("too many wrong passwords: takeover locked for {secs} s"),
-            ));
-        }
-    }
-    let pw = password.to_owned();
-    let ok = tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
-            .map(|h| Argon2::default().verify_password(pw.as_bytes(), &h).is_ok())
-            .unwrap_or(false)
-    })
-    .await
-    .unwrap_or(false);
-    if ok {
-        return Ok(());
-    }
-    let mut f = app
-        .takeover
-        .failures
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    let now = Instant::now();
-    f.recent.push_back(now);
-    while f
-        .recent
-        .front()
-        .is_some_and(|t| now.duration_since(*t) > FAILURE_WINDOW)
-    {
-        f.recent.pop_front();
-    }
-    if f.recent.len() >= tc.max_failures as usize {
-        f.recent.clear();
-        f.locked_until = Some(now + Duration::from_secs(tc.lockout_secs));
-        tracing::warn!(
-            "takeover: {} wrong passwords: locked for {} s",
-            tc.max_failures,
-            tc.lockout_secs
-        );
-    }
-    tracing::warn!("takeover: wrong password");
-    Err(refuse(StatusCode::FORBIDDEN, "wrong password"))
+async fn check_password(app: &App, caller: &Caller, password: &str) -> Result<(), Refusal> {
+    app.takeover
+        .guard
+        .check_password(&app.cfg.takeover, caller, password)
+        .await
 }
 
 /// The whole takeover after the password: local gates, coordinator, promote, role file,
 /// exit. Returns the new epoch.
-async fn take_over(app: &Arc<App>, force: bool, by: &str) -> Result<u64, Refusal> {
+async fn take_over(app: &Arc<App>, force: bool, by: &str, password: &str) -> Result<u64, Refusal> {
     app.takeover.refuse_if_promoted()?;
     // Holding the apply lock keeps imports out until the process exits.
     let _imports = if force {
@@ -217,6 +158,7 @@ async fn take_over(app: &Arc<App>, force: bool, by: &str) -> Result<u64, Refusal
         force,
         epoch: Some(st.epoch),
         by: Some(by.to_string()),
+        password: Some(password.to_string()),
     };
     let v: Verdict = client
         .post_json("/v1/ha/takeover", &req)
@@ -293,6 +235,7 @@ async fn promote(app: &Arc<App>, epoch: u64) -> Result<u64, Refusal> {
         s.status = "Leader".into();
         s.epoch = v.epoch;
     });
+    crate::coordinator::confirm_promotion(app, v.epoch).await;
     // A role change is a restart: exit 0 once the answer is sent.
     app.takeover.shutdown.notify_one();
     if let Some(e) = promote_error {
@@ -309,36 +252,6 @@ fn server_message(e: &wire::WireError) -> String {
     match e {
         wire::WireError::Status { message, .. } => message.clone(),
         other => other.to_string(),
-    }
-}
-
-/// At start: tell the coordinator we are here and learn the epoch and our status
-/// (best effort: an unreachable coordinator leaves the status as it was).
-pub async fn startup_hello(app: &Arc<App>) {
-    let Some(coord) = &app.cfg.coordinator else {
-        return;
-    };
-    let epoch = app.status.lock().unwrap_or_else(|p| p.into_inner()).epoch;
-    let hello = Hello {
-        node: app.cfg.name.clone(),
-        epoch,
-        role: Role::Backup,
-    };
-    let r = async {
-        let c = coord
-            .client(Duration::from_secs(10))
-            .map_err(|e| e.to_string())?;
-        c.post_json::<_, Verdict>("/v1/ha/hello", &hello)
-            .await
-            .map_err(|e| e.to_string())
-    }
-    .await;
-    match r {
-        Ok(v) => app.set_status(|s| {
-            s.epoch = s.epoch.max(v.epoch);
-            s.status = v.status.to_string();
-        }),
-        Err(e) => tracing::warn!("coordinator hello: {e}"),
     }
 }
 
@@ -379,10 +292,11 @@ struct ApiBody {
 
 async fn api_takeover(
     State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
     Json(b): Json<ApiBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    check_password(&app, &b.password).await?;
-    let epoch = take_over(&app, b.force, "api").await?;
+    check_password(&app, &Caller::Api(peer.0), &b.password).await?;
+    let epoch = take_over(&app, b.force, "api", &b.password).await?;
     Ok(Json(serde_json::json!({ "role": "MAIN", "epoch": epoch })))
 }
 
@@ -404,19 +318,19 @@ async fn coordinator_promote(
             ),
         ));
     }
+    let epoch = promote_granted(&app, req.epoch).await?;
+    Ok(Json(serde_json::json!({ "role": "MAIN", "epoch": epoch })))
+}
+
+/// A promotion the coordinator granted at `epoch` (its `POST /v1/ha/promote`, or found at
+/// start): waits for a running import, checks the grant with the coordinator, promotes.
+pub(crate) async fn promote_granted(app: &Arc<App>, epoch: u64) -> Result<u64, Refusal> {
     app.takeover.refuse_if_promoted()?;
     let _imports = app.apply_lock.lock().await;
     app.takeover.refuse_if_promoted()?;
-    let known = app.status.lock().unwrap_or_else(|p| p.into_inner()).epoch;
-    if req.epoch < known {
-        return Err(ApiError::conflict(format!(
-            "epoch {} is older than this clone's {known}",
-            req.epoch
-        )));
-    }
-    tracing::warn!(epoch = req.epoch, "the coordinator promotes this clone");
-    let epoch = promote(&app, req.epoch).await?;
-    Ok(Json(serde_json::json!({ "role": "MAIN", "epoch": epoch })))
+    crate::coordinator::check_promote(app, epoch).await?;
+    tracing::warn!(epoch, "the coordinator promotes this clone");
+    promote(app, epoch).await
 }
 
 async fn ha_get(State(app): State<Arc<App>>) -> String {
@@ -432,12 +346,27 @@ struct Change {
     change: Option<String>,
 }
 
-async fn ha_post(State(app): State<Arc<App>>, Query(q): Query<Change>) -> Result<String, ApiError> {
+/// The seeds' `change=MAIN` is a takeover: it needs the password too, as a JSON body
+/// `{"password": ...}` (the token alone, kept in `importer.toml`, is not enough).
+async fn ha_post(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    Query(q): Query<Change>,
+    body: Bytes,
+) -> Result<String, ApiError> {
     match q.change.as_deref().and_then(Role::parse) {
         None => Err(ApiError::bad_request("change must be MAIN or BACKUP")),
         Some(Role::Backup) => Ok(Role::Backup.to_string()),
         Some(Role::Main) => {
-            take_over(&app, false, "api").await?;
+            let b: Option<ApiBody> = serde_json::from_slice(&body).ok();
+            let Some(b) = b else {
+                return Err(refuse(
+                    StatusCode::FORBIDDEN,
+                    r#"change=MAIN is a takeover: send the takeover password as the JSON body {"password": "..."}"#,
+                ));
+            };
+            check_password(&app, &Caller::Api(peer.0), &b.password).await?;
+            take_over(&app, b.force, "api", &b.password).await?;
             Ok(Role::Main.to_string())
         }
     }
@@ -448,6 +377,8 @@ struct PageForm {
     #[serde(default)]
     password: String,
     force: Option<String>,
+    #[serde(default)]
+    form_token: String,
 }
 
 async fn page(State(app): State<Arc<App>>) -> Html<String> {
@@ -456,13 +387,19 @@ async fn page(State(app): State<Arc<App>>) -> Html<String> {
 
 async fn page_post(
     State(app): State<Arc<App>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Form(f): Form<PageForm>,
 ) -> (StatusCode, Html<String>) {
     let force = f.force.is_some();
-    let r = match check_password(&app, &f.password).await {
-        Ok(()) => take_over(&app, force, "page").await,
-        Err(e) => Err(e),
-    };
+    let guard = &app.takeover.guard;
+    let r = async {
+        crate::guard::same_origin(&headers)?;
+        guard.use_form_token(&f.form_token)?;
+        check_password(&app, &Caller::Page(addr.ip()), &f.password).await?;
+        take_over(&app, force, "page", &f.password).await
+    }
+    .await;
     let (code, msg) = match r {
         Ok(epoch) => (
             StatusCode::OK,
@@ -564,12 +501,14 @@ async fn render(app: &App, result: Option<(StatusCode, String)>) -> String {
         "<h2>Import log (end)</h2><pre>{}</pre>",
         esc(st.last_log.trim_end())
     ));
-    h.push_str(
+    h.push_str(&format!(
         "<h2>Take over</h2><form method=\"post\" action=\"/takeover\">\
+         <input type=\"hidden\" name=\"form_token\" value=\"{}\">\
          <label>Takeover password <input type=\"password\" name=\"password\" autocomplete=\"off\" required></label> \
          <label><input type=\"checkbox\" name=\"force\" value=\"1\"> force (skip the verified-restore, running-import and newer-clone checks)</label> \
          <button type=\"submit\">Take over</button></form>\
          <p>The old main is fenced (Broken) and this clone becomes the main node.</p></body></html>\n",
-    );
+        app.takeover.guard.form_token()
+    ));
     h
 }

@@ -57,6 +57,10 @@ pub struct Failover {
     /// `PULLBACK_GENERATION` (the newest generation of the old main's source); its output
     /// goes to `state_dir/logs/clone-needed-<epoch>.log`.
     pub on_clone_needed: Option<PathBuf>,
+    /// A grant whose promotion the new main has not confirmed is retried
+    /// (`POST /v1/ha/promote`) this often.
+    #[serde(default = "default_promote_retry")]
+    pub promote_retry_secs: u64,
 }
 
 impl Default for Failover {
@@ -67,6 +71,7 @@ impl Default for Failover {
             after_secs: default_after(),
             switchover_timeout_secs: default_switchover_timeout(),
             on_clone_needed: None,
+            promote_retry_secs: default_promote_retry(),
         }
     }
 }
@@ -76,6 +81,9 @@ fn default_after() -> u64 {
 }
 fn default_switchover_timeout() -> u64 {
     600
+}
+fn default_promote_retry() -> u64 {
+    30
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -138,6 +146,10 @@ pub struct ImporterConfig {
     /// is pushed the latest generation at once. Activation is kept in coordinator.json.
     #[serde(default)]
     pub spare: bool,
+    /// The argon2 PHC hash of this clone's takeover password (the same as its
+    /// `[takeover] password_hash`): a takeover asked with the clone's token is granted only
+    /// with the password, so the token in `importer.toml` alone cannot take over.
+    pub takeover_password_hash: Option<String>,
 }
 
 impl ImporterConfig {
@@ -190,6 +202,15 @@ pub fn load(path: &Path) -> Result<Config> {
     for i in &mut c.importers {
         if let Some(ca) = &mut i.ca {
             fix(ca);
+        }
+        if let Some(h) = &i.takeover_password_hash {
+            crate::grant::check_hash(h).with_context(|| {
+                format!(
+                    "config {}: [[importer]] {} takeover_password_hash",
+                    path.display(),
+                    i.name
+                )
+            })?;
         }
     }
     if c.failover.auto && c.failover.after_secs == 0 {

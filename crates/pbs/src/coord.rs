@@ -37,16 +37,21 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Result;
+use archive::{Epoch, EpochError};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use wire::ha::{
-    CloneNeeded, Hello, NodeStatus, NodeView, Role, TakeoverRecord, TakeoverRequest, Verdict,
+    CloneNeeded, Hello, NodeStatus, NodeView, PendingPromotion, Role, TakeoverRecord,
+    TakeoverRequest, Verdict,
 };
 use wire::server::ApiError;
 use wire::PeerConfig;
 
 use crate::config::Config;
 use crate::daemon::ServerStatus;
+
+mod fencing;
+mod pending;
 
 /// One node as the coordinator keeps it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -75,6 +80,9 @@ pub struct CoordState {
     /// activated, a node finishes rejoining, or a new `[[importer]]` is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clone_needed: Option<CloneNeeded>,
+    /// The last grant, until the new main confirms its promotion ([`pending`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_promotion: Option<PendingPromotion>,
 }
 
 /// How many takeovers `coordinator.json` keeps.
@@ -260,6 +268,7 @@ impl Coordinator {
             } else if n.status == NodeStatus::Rejoining {
                 n.role = Role::Backup;
             } else if is_main || (main_free && n.kind == EXPORTER) {
+                pending::confirm(&mut st.pending_promotion, h);
                 n.role = Role::Main;
                 n.status = NodeStatus::Leader;
                 if main_free {
@@ -337,11 +346,14 @@ impl Coordinator {
         let verified = |name: &str| verified_generation(server, name);
         self.change(|st| {
             Self::eligible(&self.clones, st, &req.node)?;
-            if let Some(e) = req.epoch.filter(|e| *e < st.epoch) {
-                return Err(conflict(format!(
-                    "the epoch moved from {e} to {} since {} looked: another takeover happened",
-                    st.epoch, req.node
-                )));
+            if let Some(Err(e)) = req.epoch.map(|e| Epoch::check(e, st.epoch)) {
+                return Err(conflict(match e {
+                    EpochError::Stale { got, .. } => format!(
+                        "the epoch moved from {got} to {} since {} looked: another takeover happened",
+                        st.epoch, req.node
+                    ),
+                    e => format!("{} asked at an epoch it was never granted: {e}", req.node),
+                }));
             }
             if !req.force {
                 let mine = verified(&req.node);
@@ -365,7 +377,7 @@ impl Coordinator {
                     }
                 }
             }
-            st.epoch += 1;
+            st.epoch = Epoch(st.epoch).next().map_err(|e| conflict(e.to_string()))?.0;
             let old = st.main.take();
             if let Some(o) = old.as_ref().and_then(|o| st.nodes.get_mut(o)) {
                 o.role = Role::Backup;
@@ -380,6 +392,7 @@ impl Coordinator {
             n.status = NodeStatus::Leader;
             n.last_seen = Some(now.clone());
             st.main = Some(req.node.clone());
+            st.pending_promotion = Some(pending::granted(&req.node, st.epoch, &now));
             tracing::warn!(node = %req.node, epoch = st.epoch, old_main = ?old, force = req.force, old_status = %old_status, "MAIN granted");
             let new_clone = if old_status == NodeStatus::Broken {
                 self.after_takeover(st, req, old.clone(), now)
@@ -481,39 +494,6 @@ impl Coordinator {
         if let Err(e) = r {
             tracing::error!("{}", e.message);
         }
-    }
-
-    /// Fencing of `/v1/notify`: refuses a Broken node, a node that is not the main, and
-    /// an epoch below the current one.
-    pub fn check_notify(&self, node: &str, epoch: u64) -> Result<(), ApiError> {
-        self.change(|st| {
-            let cur = st.epoch;
-            let main = st.main.clone();
-            if let Some(n) = st.nodes.get_mut(node) {
-                n.last_seen = Some(wire::cli::now_rfc3339());
-                if n.status == NodeStatus::Broken {
-                    return Err(conflict(format!(
-                        "node {node} is Broken (fenced; epoch now {cur}): demote"
-                    )));
-                }
-                if n.status == NodeStatus::Rejoining {
-                    return Err(conflict(format!(
-                        "node {node} is rejoining as a clone (epoch {cur}): demote"
-                    )));
-                }
-            }
-            if epoch < cur {
-                return Err(conflict(format!(
-                    "stale epoch {epoch} from {node} (current {cur}): demote"
-                )));
-            }
-            if let Some(m) = main.filter(|m| m != node) {
-                return Err(conflict(format!(
-                    "{node} is not the main ({m} is, epoch {cur}): demote"
-                )));
-            }
-            Ok(())
-        })
     }
 
     /// `pbs rejoin NODE`: the node comes back as a clone. Refused for the main and for a
@@ -843,6 +823,7 @@ disabled = true
             force,
             epoch,
             by: None,
+            password: None,
         }
     }
 

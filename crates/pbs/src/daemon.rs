@@ -191,6 +191,8 @@ async fn pull(app: &Arc<App>, src: &SourceConfig, n: &Notify) -> Result<GenRecor
     let a = app.clone();
     blocking(move || {
         let mut ar = a.archive.write().unwrap_or_else(|p| p.into_inner());
+        // A takeover may have happened since the notification was checked.
+        Epoch::check(inc.record().epoch.0, a.coord.snapshot().epoch)?;
         Ok(ar.commit_incoming(inc, None)?)
     })
     .await
@@ -465,7 +467,8 @@ async fn worker(app: Arc<App>, name: String, mut rx: mpsc::UnboundedReceiver<Not
                     if matches!(
                         e.downcast_ref::<archive::Error>(),
                         Some(archive::Error::StaleEpoch { .. })
-                    ) {
+                    ) || e.downcast_ref::<archive::EpochError>().is_some()
+                    {
                         break;
                     }
                 }
@@ -788,6 +791,7 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
         tokio::spawn(worker(app.clone(), name, rx));
     }
     let _sched = schedule(&app).await?;
+    tokio::spawn(crate::grant::retry_promotions(app.clone()));
     if app.cfg.failover.auto {
         tokio::spawn(crate::failover::auto_failover(app.clone()));
     }

@@ -159,6 +159,7 @@ pub(crate) async fn switchover(app: &Arc<App>, to: &str) -> Result<SwitchoverRes
         force: true,
         epoch: Some(epoch),
         by: None,
+        password: None,
     };
     let a = app.clone();
     let g = tokio::task::spawn_blocking(move || {
@@ -251,6 +252,7 @@ pub(crate) async fn auto_failover(app: Arc<App>) {
             force: false,
             epoch: Some(st.epoch),
             by: Some("auto".into()),
+            password: None,
         };
         let a = app.clone();
         let granted = tokio::task::spawn_blocking(move || {

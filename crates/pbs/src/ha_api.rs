@@ -109,11 +109,14 @@ async fn takeover(
             e
         }
     })?;
+    crate::grant::authorize(&app, &peer.0, &req).await?;
     // Only the automatic failover is recorded as `auto`.
     let mut req = req;
+    req.password = None;
     if req.by.as_deref() != Some("page") {
         req.by = Some("api".into());
     }
+    let req_node = req.node.clone();
     let a = app.clone();
     let g = blocking(move || {
         let server = a.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -124,6 +127,15 @@ async fn takeover(
         app.coord.tell_to_step_down(&old);
     }
     crate::failover::new_clone(&app, g.new_clone);
+    if peer.0 == "admin" {
+        // The clone did not ask: promote it (a clone's own request promotes on the answer).
+        let (a, node, epoch) = (app.clone(), req_node, g.verdict.epoch);
+        tokio::spawn(async move {
+            if let Err(e) = crate::failover::promote_clone(&a, &node, epoch).await {
+                tracing::error!("{}", e.message);
+            }
+        });
+    }
     Ok(Json(g.verdict))
 }
 

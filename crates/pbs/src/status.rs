@@ -104,6 +104,7 @@ pub fn report_with(cfg: &Config, state_dir: &Path, ar: Option<&Archive>) -> Resu
             .as_ref()
             .map(|c| c.takeovers.iter().rev().take(coord::SHOW_TAKEOVERS).cloned().collect::<Vec<_>>())
             .unwrap_or_default(),
+        "pending_promotion": coord.as_ref().and_then(|c| c.pending_promotion.clone()),
         "clone_needed": coord.as_ref().and_then(|c| c.clone_needed.as_ref()).map(|c| {
             let mut v = json!(c);
             v["warning"] = json!(coord::clone_needed_text(c));
@@ -193,6 +194,17 @@ pub fn print(cfg: &Config, state_dir: &Path, json_out: bool) -> Result<std::proc
                 t["by"].as_str().unwrap_or(""),
                 t["new_clone"].as_str().unwrap_or(""),
             )?;
+        }
+        let p = &r.json["pending_promotion"];
+        if !p.is_null() {
+            println!(
+                "WARNING: promotion pending: {} was granted MAIN at epoch {} ({}) but has not confirmed it; retried {} times{}",
+                p["node"].as_str().unwrap_or(""),
+                p["epoch"],
+                p["granted_at"].as_str().unwrap_or(""),
+                p["retries"],
+                p["last_error"].as_str().map(|e| format!(", last: {e}")).unwrap_or_default(),
+            );
         }
         let c = &r.json["clone_needed"];
         if !c.is_null() {

@@ -147,7 +147,7 @@ pub struct Verdict {
 }
 
 /// `POST /v1/ha/takeover`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TakeoverRequest {
     /// The clone that wants to become MAIN.
     pub node: String,
@@ -163,6 +163,44 @@ pub struct TakeoverRequest {
     /// coordinator's takeover history. Absent: `api`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+    /// The takeover password the operator gave the clone (which checked it first); the
+    /// coordinator checks it again against the clone's `takeover_password_hash` in the
+    /// PBS config, so the clone's token alone cannot take over. Not needed with the PBS's
+    /// `admin` token. Never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for TakeoverRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TakeoverRequest")
+            .field("node", &self.node)
+            .field("force", &self.force)
+            .field("epoch", &self.epoch)
+            .field("by", &self.by)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// A grant of MAIN whose promotion the new main has not confirmed yet
+/// (`coordinator.json` `pending_promotion`, shown by `pbs status`). The coordinator
+/// retries `POST /v1/ha/promote` on the clone until the clone's hello as MAIN at `epoch`
+/// confirms it; a clone that restarts promotes itself when the coordinator says it is MAIN.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingPromotion {
+    /// The node granted MAIN.
+    pub node: String,
+    /// The epoch granted.
+    pub epoch: u64,
+    /// When MAIN was granted (RFC 3339).
+    pub granted_at: String,
+    /// Promotions the coordinator retried.
+    #[serde(default)]
+    pub retries: u32,
+    /// Why the last retry failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// One takeover in the coordinator's history (`coordinator.json`, shown by `pbs status`
@@ -222,8 +260,10 @@ pub struct RejoinRequest {
 }
 
 /// `POST /v1/ha/promote` on a clone, from its coordinator only: the coordinator already
-/// granted this clone MAIN at `epoch` (switchover, automatic failover); the clone runs its
-/// promote hook, writes its role file and exits 0, as after a takeover.
+/// granted this clone MAIN at `epoch` (switchover, automatic failover, a retried grant); the
+/// clone first asks the coordinator itself (a hello) and promotes only if it is MAIN at
+/// exactly `epoch`; then it runs its promote hook, writes its role file and exits 0, as
+/// after a takeover.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PromoteRequest {
     /// The epoch the coordinator granted.
