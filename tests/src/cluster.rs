@@ -424,6 +424,8 @@ pub struct Options {
     pub pbs_extra: String,
     /// The importers configured `spare = true` at the PBS.
     pub spares: Vec<usize>,
+    /// Every importer's `receive_timeout_secs` (its default when None).
+    pub receive_timeout_secs: Option<u64>,
 }
 
 impl Default for Options {
@@ -442,6 +444,7 @@ impl Default for Options {
             promote_hook: None,
             pbs_extra: String::new(),
             spares: Vec::new(),
+            receive_timeout_secs: None,
         }
     }
 }
@@ -753,7 +756,7 @@ token = "{notify}"
 store = "{d}/clone{i}/store"
 restore_dir = "{d}/clone{i}/restore"
 state_dir = "{d}/clone{i}"
-[hooks]
+{receive_timeout}[hooks]
 import = "{import}"
 verify = "{verify}"
 {promote}timeout_secs = 120
@@ -769,6 +772,10 @@ tokens = [{{ peer = "pbs", token = "{push}" }}, {{ peer = "admin", token = "{adm
                     .map(|h| format!("promote = \"{}\"\n", h.display()))
                     .unwrap_or_default(),
                 ip = self.importer_ports[i].port,
+                receive_timeout = o
+                    .receive_timeout_secs
+                    .map(|t| format!("receive_timeout_secs = {t}\n"))
+                    .unwrap_or_default(),
                 push = t.push[i],
                 admin = t.admin,
             );

@@ -78,12 +78,16 @@ impl Crafted {
             &IngestOptions::default(),
         )
         .expect("ingest the raw pieces");
+        // Taken now: newer than what the victim holds, as a real new export would be.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
         let record = GenRecord {
             source: SourceName::new(source).expect("source name"),
             seq: Seq(1),
             epoch: Epoch(epoch),
-            taken_at_ns: 1_700_000_000_000_000_000,
-            committed_at_ns: 1_700_000_000_000_000_000,
+            taken_at_ns: now,
+            committed_at_ns: now,
             label: None,
             stats: GenStats::default(),
             manifest_len: list.len() as u64,

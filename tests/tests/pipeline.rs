@@ -347,8 +347,12 @@ fn import_hook_failure_keeps_the_previous_copy() {
     // The restore folder and the clone's data still hold generation 1.
     assert_clone_is(&c, 0, &snap1, "after the failed import");
 
+    // The clone is left behind by a failed push: monitoring hears of it.
     let (code, pst) = c.pbs_status();
-    assert_eq!(code, 0, "{pst}");
+    assert_eq!(code, 1, "{pst}");
+    assert_eq!(pst["status"], "CLONE BEHIND", "{pst}");
+    assert_eq!(pst["importers"][0]["behind"], "files/2", "{pst}");
+    assert_eq!(pst["importers"][0]["behind_alarm"], true, "{pst}");
     assert_eq!(
         pst["importers"][0]["last_failure"]["generation"], "files/2",
         "{pst}"
@@ -585,7 +589,8 @@ fn wrong_or_missing_tokens_are_refused() {
     assert_eq!(before, after);
 
     // The same notify with the exporter's own token is taken (so only the
-    // token made the difference), and pulls the outbox's generation again.
+    // token made the difference); it names the outbox generation the PBS
+    // already has, so the pull that follows is refused as a replay.
     let auth = format!("token {}", t.notify);
     let r = http(
         c.port(Who::Pbs),
@@ -599,11 +604,18 @@ fn wrong_or_missing_tokens_are_refused() {
     )
     .unwrap();
     assert_eq!(r.status, 202, "{}", r.text());
-    wait_for("the PBS to commit the good notify", || {
-        c.pbs_tx("evil-1").filter(|t| t["state"] == "committed")
+    let tx = wait_for("the PBS to end the good notify", || {
+        c.pbs_tx("evil-1")
+            .filter(|t| t["state"] == "committed" || t["state"] == "failed")
     });
+    assert_eq!(tx["state"], "failed", "{tx}");
+    assert!(
+        tx["error"].as_str().unwrap_or("").contains("replayed"),
+        "{tx}"
+    );
+    assert_eq!(gen_list(&c), ["files/1"]);
+    c.cycle(2);
     assert_eq!(gen_list(&c), ["files/1", "files/2"]);
-    c.wait_imported("files/2");
 }
 
 // ---------------------------------------------------------------- 8

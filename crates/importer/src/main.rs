@@ -102,12 +102,19 @@ pub struct Config {
     /// Generations kept in the local store (at least 1).
     #[serde(default = "default_keep")]
     pub keep: u32,
+    /// A transfer with no request from the PBS for this long is dropped as a failure.
+    #[serde(default = "default_receive_timeout")]
+    pub receive_timeout_secs: u64,
     pub server: wire::ListenConfig,
     /// The coordinator (a PBS): hello at start, takeover requests, other nodes' status.
     /// The token is the one the PBS accepts for peer = this clone's name.
     pub coordinator: Option<wire::PeerConfig>,
     #[serde(default)]
     pub takeover: TakeoverConfig,
+}
+
+fn default_receive_timeout() -> u64 {
+    300
 }
 
 /// `[takeover]`: the password of the takeover page and API, and its rate limit.

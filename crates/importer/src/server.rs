@@ -10,11 +10,12 @@ use archive::transfer::Incoming;
 use archive::{Archive, ChunkId, GenId, Seq, SourceName};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use wire::server::ApiError;
-use wire::Metrics;
+use wire::{Metrics, Peer};
 
 use crate::apply::Applier;
 use crate::Config;
@@ -75,7 +76,8 @@ pub struct ApplyResult {
 pub(crate) struct App {
     pub(crate) cfg: Config,
     store: Arc<RwLock<Archive>>,
-    sessions: Mutex<HashMap<String, Incoming>>,
+    /// Transfers in progress, with the time of their last request.
+    sessions: Mutex<HashMap<String, (Instant, Incoming)>>,
     pub(crate) apply_lock: tokio::sync::Mutex<()>,
     pub(crate) status: Mutex<Status>,
     metrics: Metrics,
@@ -125,6 +127,48 @@ fn gen_id(source: &str, seq: u64) -> Result<GenId, ApiError> {
     })
 }
 
+/// Only the PBS pushes: the token peer named by `[coordinator] name` (`pbs` when there is
+/// no coordinator). The clone's admin token can read its status, never feed it.
+fn require_pbs(app: &App, peer: &Peer) -> Result<(), ApiError> {
+    let pbs = app
+        .cfg
+        .coordinator
+        .as_ref()
+        .map_or("pbs", |c| c.name.as_str());
+    if peer.0 != pbs {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            format!(
+                "peer {} may not push generations to this clone (only its PBS, {pbs})",
+                peer.0
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A clone never moves back: a generation older than the one in the restore folder is
+/// refused (409) before anything is received.
+fn refuse_older(app: &App, gen: &GenId) -> Result<(), ApiError> {
+    let st = app.status.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(held) = &st.last_valid else {
+        return Ok(());
+    };
+    let newer = held
+        .generation
+        .rsplit_once('/')
+        .filter(|(src, _)| *src == gen.source.as_str())
+        .and_then(|(_, n)| n.parse::<u64>().ok())
+        .filter(|&n| n > gen.seq.0);
+    match newer {
+        Some(_) => Err(ApiError::conflict(format!(
+            "{gen} is older than {}, which this clone holds: a clone never moves back",
+            held.generation
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn hexes(ids: &[ChunkId]) -> Vec<String> {
     ids.iter().map(|i| i.to_hex()).collect()
 }
@@ -139,10 +183,13 @@ async fn blocking<T: Send + 'static>(
 
 async fn offer(
     State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
     Path((source, seq)): Path<(String, u64)>,
     body: Bytes,
 ) -> Result<Json<Need>, ApiError> {
+    require_pbs(&app, &peer)?;
     let gen = gen_id(&source, seq)?;
+    refuse_older(&app, &gen)?;
     app.takeover.refuse_if_promoted()?;
     app.metrics
         .counter(
@@ -179,7 +226,7 @@ async fn offer(
         a.sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(gen.to_string(), inc);
+            .insert(gen.to_string(), (Instant::now(), inc));
         a.set_status(|s| s.importing = Some(gen.to_string()));
         Ok(Json(Need {
             need: hexes(&need),
@@ -191,9 +238,11 @@ async fn offer(
 
 async fn blobs(
     State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
     Path((source, seq)): Path<(String, u64)>,
     body: Bytes,
 ) -> Result<Json<Need>, ApiError> {
+    require_pbs(&app, &peer)?;
     let gen = gen_id(&source, seq)?;
     app.metrics
         .counter(
@@ -209,6 +258,7 @@ async fn blobs(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&key)
+            .map(|(_, inc)| inc)
             .ok_or_else(|| {
                 ApiError::not_found(format!("no transfer of {gen} in progress: offer it first"))
             })?;
@@ -222,7 +272,7 @@ async fn blobs(
                 a.sessions
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, inc);
+                    .insert(key, (Instant::now(), inc));
                 Ok(Json(Need {
                     need: hexes(&need),
                     have: false,
@@ -239,10 +289,13 @@ async fn blobs(
 
 async fn commit(
     State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
     Path((source, seq)): Path<(String, u64)>,
 ) -> Result<Json<ApplyResult>, ApiError> {
+    require_pbs(&app, &peer)?;
     let gen = gen_id(&source, seq)?;
     let _one = app.apply_lock.lock().await;
+    refuse_older(&app, &gen)?;
     app.takeover.refuse_if_promoted()?;
     let a = app.clone();
     let g = gen.clone();
@@ -251,7 +304,8 @@ async fn commit(
             .sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&g.to_string());
+            .remove(&g.to_string())
+            .map(|(_, inc)| inc);
         let mut ar = a.store.write().unwrap_or_else(|p| p.into_inner());
         match inc {
             Some(inc) => ar
@@ -471,6 +525,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
         takeover: crate::takeover::TakeoverState::default(),
     });
     app.set_status(|_| {});
+    tokio::spawn(drop_abandoned_transfers(app.clone()));
     crate::coordinator::startup_hello(&app).await;
     let api = Router::new()
         .route("/v1/status", get(status))
@@ -496,6 +551,48 @@ pub async fn serve(cfg: Config) -> Result<()> {
         })
         .await?;
     Ok(())
+}
+
+/// A transfer that its PBS stopped driving (it was killed, the network went away) is
+/// dropped after `receive_timeout_secs` without a request, as a failure: the status no
+/// longer says "importing" forever and a takeover is not held up by it. The PBS offers
+/// the newest generation again when it comes back.
+async fn drop_abandoned_transfers(app: Arc<App>) {
+    let limit = Duration::from_secs(app.cfg.receive_timeout_secs.max(1));
+    let mut tick = tokio::time::interval(
+        (limit / 4).clamp(Duration::from_millis(200), Duration::from_secs(15)),
+    );
+    loop {
+        tick.tick().await;
+        let dropped: Vec<String> = {
+            let mut sessions = app.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            let old: Vec<String> = sessions
+                .iter()
+                .filter(|(_, (at, _))| at.elapsed() > limit)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in &old {
+                sessions.remove(k);
+            }
+            old
+        };
+        for key in dropped {
+            tracing::warn!(generation = %key, "transfer abandoned by the PBS: dropped");
+            app.set_status(|s| {
+                if s.importing.as_deref() == Some(key.as_str()) {
+                    s.importing = None;
+                }
+                s.last_failure = Some(Failure {
+                    generation: key.clone(),
+                    at: now_rfc3339(),
+                    reason: format!(
+                        "the PBS stopped sending {key}: no request for {} s; the transfer was dropped",
+                        limit.as_secs()
+                    ),
+                });
+            });
+        }
+    }
 }
 
 pub fn print_status(cfg: &Config, json: bool) -> Result<ExitCode> {

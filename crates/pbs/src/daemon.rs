@@ -139,6 +139,19 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 // ---------------------------------------------------------------- pull
 
+/// A notification for data no newer than what the source already has at the same epoch
+/// (a replayed notification, an old outbox generation): refused, and not retried.
+#[derive(Debug)]
+struct NotNewer(String);
+
+impl std::fmt::Display for NotNewer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotNewer {}
+
 async fn pull(app: &Arc<App>, src: &SourceConfig, n: &Notify) -> Result<GenRecord> {
     let client = src
         .exporter
@@ -167,6 +180,39 @@ async fn pull(app: &Arc<App>, src: &SourceConfig, n: &Notify) -> Result<GenRecor
             inc.record().epoch,
             n.epoch
         );
+    }
+    if inc.record().seq.0 != n.seq {
+        bail!(
+            "the exporter sent generation {} when asked for {}/{}",
+            inc.record().id(),
+            n.source,
+            n.seq
+        );
+    }
+    {
+        let a = app.clone();
+        let (source, epoch, taken) = (
+            inc.record().source.clone(),
+            inc.record().epoch,
+            inc.record().taken_at_ns,
+        );
+        let newest = blocking(move || {
+            let ar = a.archive.read().unwrap_or_else(|p| p.into_inner());
+            Ok(ar.latest(&source)?)
+        })
+        .await?;
+        if let Some(l) = newest.filter(|l| l.epoch == epoch && taken <= l.taken_at_ns) {
+            return Err(NotNewer(format!(
+                "the data of {}/{} was taken at {}, not after {} (taken at {}, same epoch): \
+                 an old or replayed generation, refused",
+                n.source,
+                n.seq,
+                wire::cli::fmt_time(taken),
+                l.id(),
+                wire::cli::fmt_time(l.taken_at_ns)
+            ))
+            .into());
+        }
     }
     loop {
         let a = app.clone();
@@ -346,6 +392,13 @@ async fn push_one(app: &Arc<App>, imp: &config::ImporterConfig, gen: &GenId) {
         Some(l) => Some(l.lock().await),
         None => None,
     };
+    // A newer generation was committed while this push waited: that one's push covers
+    // it (and a clone refuses to move back).
+    if let Some(latest) = latest_generation(app, Some(gen.source.to_string())).await {
+        if latest.seq > gen.seq {
+            return;
+        }
+    }
     let t = Instant::now();
     let backoff = wire::Backoff {
         initial: Duration::from_secs(1),
@@ -410,6 +463,19 @@ async fn push_one(app: &Arc<App>, imp: &config::ImporterConfig, gen: &GenId) {
     }
 }
 
+/// At start: every clone gets the newest generation of every source, so that a push cut
+/// short by a crash or restart of the PBS does not leave a clone behind until the next
+/// export (a clone that holds it answers at once).
+async fn catch_up(app: Arc<App>) {
+    let names: Vec<String> = app.cfg.sources.iter().map(|s| s.name.clone()).collect();
+    for name in names {
+        if let Some(gen) = latest_generation(&app, Some(name)).await {
+            tracing::info!(generation = %gen, "start-up: bringing every clone to the newest generation");
+            push_all(&app, &gen).await;
+        }
+    }
+}
+
 async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
     jobs: impl Iterator<Item = F>,
 ) {
@@ -468,6 +534,7 @@ async fn worker(app: Arc<App>, name: String, mut rx: mpsc::UnboundedReceiver<Not
                         e.downcast_ref::<archive::Error>(),
                         Some(archive::Error::StaleEpoch { .. })
                     ) || e.downcast_ref::<archive::EpochError>().is_some()
+                        || e.downcast_ref::<NotNewer>().is_some()
                     {
                         break;
                     }
@@ -790,6 +857,7 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
     for (name, rx) in rxs {
         tokio::spawn(worker(app.clone(), name, rx));
     }
+    tokio::spawn(catch_up(app.clone()));
     let _sched = schedule(&app).await?;
     tokio::spawn(crate::grant::retry_promotions(app.clone()));
     if app.cfg.failover.auto {

@@ -16,7 +16,8 @@ use crate::daemon::{status_path, ServerStatus};
 
 pub struct Report {
     pub json: Value,
-    /// Sources whose newest generation is missing or older than max_age.
+    /// Sources whose newest generation is missing or older than max_age, and
+    /// `importer NAME` for each clone left behind (see [`BEHIND_ALARM_SECS`]).
     pub stale: Vec<String>,
 }
 
@@ -35,11 +36,16 @@ pub fn report_with(cfg: &Config, state_dir: &Path, ar: Option<&Archive>) -> Resu
     let now = archive::ingest::now_ns();
     let mut stale = Vec::new();
     let mut sources = Vec::new();
+    let mut newest_of: std::collections::HashMap<String, archive::GenRecord> =
+        std::collections::HashMap::new();
     for s in &cfg.sources {
         let newest = match (&ar, SourceName::new(&s.name)) {
             (Some(ar), Ok(n)) => ar.latest(&n)?,
             _ => None,
         };
+        if let Some(r) = &newest {
+            newest_of.insert(s.name.clone(), r.clone());
+        }
         let age = newest
             .as_ref()
             .map(|r| ((now - r.taken_at_ns).max(0) / 1_000_000_000) as u64);
@@ -64,12 +70,37 @@ pub fn report_with(cfg: &Config, state_dir: &Path, ar: Option<&Archive>) -> Resu
             "last_failure": ss.last_failure,
         }));
     }
+    // The coordinator's view (written by `pbs serve`; none before its first start).
+    let coord: Option<CoordState> = wire::read_json(&coord::state_path(state_dir))?;
+    let nodes = coord
+        .as_ref()
+        .map(|c| coord::views(c, &st))
+        .unwrap_or_default();
+    let node_json = serde_json::to_value(&nodes)?;
+    let mut lagging = Vec::new();
     let importers: Vec<Value> = cfg
         .importers
         .iter()
         .map(|i| {
             let s = st.importers.get(&i.name).cloned().unwrap_or_default();
-            json!({"name": i.name, "url": i.url, "last_good": s.last_good, "last_failure": s.last_failure})
+            let node = node_json
+                .as_array()
+                .and_then(|a| a.iter().find(|n| n["name"] == i.name.as_str()));
+            let receives = node.is_none_or(|n| {
+                n["role"] != "MAIN" && n["status"] != "Broken" && n["status"] != "Disabled"
+            });
+            let behind = receives.then(|| behind(&s, &newest_of, now)).flatten();
+            if behind.as_ref().is_some_and(|b| b.alarm) {
+                lagging.push(i.name.clone());
+            }
+            json!({
+                "name": i.name,
+                "url": i.url,
+                "last_good": s.last_good,
+                "last_failure": s.last_failure,
+                "behind": behind.as_ref().map(|b| &b.newest),
+                "behind_alarm": behind.as_ref().is_some_and(|b| b.alarm),
+            })
         })
         .collect();
     let epoch = ar
@@ -83,16 +114,16 @@ pub fn report_with(cfg: &Config, state_dir: &Path, ar: Option<&Archive>) -> Resu
                 .max()
         })
         .unwrap_or(0);
-    // The coordinator's view (written by `pbs serve`; none before its first start).
-    let coord: Option<CoordState> = wire::read_json(&coord::state_path(state_dir))?;
     let epoch = coord.as_ref().map_or(epoch, |c| c.epoch.max(epoch));
-    let nodes = coord
-        .as_ref()
-        .map(|c| coord::views(c, &st))
-        .unwrap_or_default();
+    let status = match (stale.is_empty(), lagging.is_empty()) {
+        (true, true) => "OK",
+        (false, _) => "STALE",
+        (true, false) => "CLONE BEHIND",
+    };
+    stale.extend(lagging.iter().map(|n| format!("importer {n}")));
     let json = json!({
         "role": "COORDINATOR",
-        "status": if stale.is_empty() { "OK" } else { "STALE" },
+        "status": status,
         "epoch": epoch,
         "sources": sources,
         "importers": importers,
@@ -115,6 +146,49 @@ pub fn report_with(cfg: &Config, state_dir: &Path, ar: Option<&Archive>) -> Resu
         "transactions": st.transactions.iter().rev().take(20).collect::<Vec<_>>(),
     });
     Ok(Report { json, stale })
+}
+
+/// How long a clone may stay behind the newest generation before `pbs status` counts it
+/// as a problem (exit 1): longer than any normal import.
+pub const BEHIND_ALARM_SECS: i64 = 600;
+
+struct Behind {
+    /// The newest generation of the clone's source, which it does not hold.
+    newest: String,
+    /// Behind for longer than [`BEHIND_ALARM_SECS`], or its last push failed.
+    alarm: bool,
+}
+
+/// Whether a clone lacks the newest generation of its source.
+fn behind(
+    s: &crate::daemon::ImporterStatus,
+    newest_of: &std::collections::HashMap<String, archive::GenRecord>,
+    now: i64,
+) -> Option<Behind> {
+    let good = s.last_good.as_ref().and_then(|e| e.generation.clone());
+    let source = good
+        .as_deref()
+        .and_then(|g| g.rsplit_once('/'))
+        .map(|(src, _)| src.to_string());
+    // A clone that never got anything is behind every source that has a generation.
+    let newest = match &source {
+        Some(src) => newest_of.get(src)?,
+        None => newest_of.values().max_by_key(|r| r.committed_at_ns)?,
+    };
+    let id = newest.id().to_string();
+    if good.as_deref() == Some(id.as_str()) {
+        return None;
+    }
+    let failed_last = match (&s.last_failure, &s.last_good) {
+        (Some(f), Some(g)) => f.at >= g.at,
+        (Some(_), None) => true,
+        _ => false,
+    };
+    let old = now - newest.committed_at_ns > BEHIND_ALARM_SECS * 1_000_000_000;
+    Some(Behind {
+        newest: id,
+        alarm: failed_last || old,
+    })
 }
 
 fn event(v: &Value) -> String {
@@ -166,6 +240,16 @@ pub fn print(cfg: &Config, state_dir: &Path, json_out: bool) -> Result<std::proc
             )?;
             wire::outln!("    last good:    {}", event(&i["last_good"]))?;
             wire::outln!("    last failure: {}", event(&i["last_failure"]))?;
+            if let Some(n) = i["behind"].as_str() {
+                wire::outln!(
+                    "    BEHIND: does not hold {n}{}",
+                    if i["behind_alarm"].as_bool() == Some(true) {
+                        " (its last push failed, or for over 10 minutes)"
+                    } else {
+                        " (being pushed?)"
+                    }
+                )?;
+            }
         }
         for n in r.json["nodes"].as_array().into_iter().flatten() {
             wire::outln!(
@@ -218,7 +302,7 @@ pub fn print(cfg: &Config, state_dir: &Path, json_out: bool) -> Result<std::proc
     }
     if !r.stale.is_empty() {
         eprintln!(
-            "pbs: newest generation missing or older than max_age for: {}",
+            "pbs: newest generation missing or older than max_age, or a clone left behind: {}",
             r.stale.join(", ")
         );
         return Ok(std::process::ExitCode::from(1));
