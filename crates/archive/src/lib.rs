@@ -6,6 +6,7 @@ pub mod archive;
 pub mod backend;
 pub mod chunker;
 pub mod codec;
+pub mod commit;
 pub mod error;
 pub mod id;
 pub mod index;

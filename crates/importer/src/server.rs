@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -74,7 +74,7 @@ pub struct ApplyResult {
 
 pub(crate) struct App {
     pub(crate) cfg: Config,
-    store: Arc<RwLock<Archive>>,
+    store: Arc<Archive>,
     sessions: Mutex<HashMap<String, Incoming>>,
     pub(crate) apply_lock: tokio::sync::Mutex<()>,
     pub(crate) status: Mutex<Status>,
@@ -152,7 +152,7 @@ async fn offer(
         .add(body.len() as u64);
     let a = app.clone();
     blocking(move || {
-        let ar = a.store.read().unwrap_or_else(|p| p.into_inner());
+        let ar = &a.store;
         if ar.record(&gen).is_ok() {
             return Ok(Json(Need {
                 need: vec![],
@@ -205,7 +205,7 @@ async fn blobs(
             .ok_or_else(|| {
                 ApiError::not_found(format!("no transfer of {gen} in progress: offer it first"))
             })?;
-        let ar = a.store.read().unwrap_or_else(|p| p.into_inner());
+        let ar = &a.store;
         let r = inc
             .add_pack(&body)
             .and_then(|_| inc.missing(&ar))
@@ -245,7 +245,7 @@ async fn commit(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&g.to_string());
-        let mut ar = a.store.write().unwrap_or_else(|p| p.into_inner());
+        let ar = &a.store;
         match inc {
             Some(inc) => ar
                 .commit_incoming(inc, Some(g.seq))
@@ -342,7 +342,7 @@ async fn commit(
 
 /// Keep the newest `keep` generations of the local store.
 fn trim_store(app: &App) -> Result<()> {
-    let mut ar = app.store.write().unwrap_or_else(|p| p.into_inner());
+    let ar = &app.store;
     ar.keep_last(app.cfg.keep, false)?;
     Ok(())
 }
@@ -357,7 +357,7 @@ async fn apply(
     let a = app.clone();
     let g = gen.clone();
     let staged = tokio::task::spawn_blocking(move || -> Result<u64> {
-        let ar = a.store.read().unwrap_or_else(|p| p.into_inner());
+        let ar = &a.store;
         a.applier().stage(&ar, &g)
     })
     .await
@@ -448,7 +448,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
     let listen = cfg.server.listen;
     let app = Arc::new(App {
         cfg,
-        store: Arc::new(RwLock::new(store)),
+        store: Arc::new(store),
         sessions: Mutex::new(HashMap::new()),
         apply_lock: tokio::sync::Mutex::new(()),
         status: Mutex::new(st),

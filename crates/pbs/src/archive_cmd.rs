@@ -161,7 +161,7 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
             dir,
         } => {
             let source = SourceName::new(&source).map_err(|e| anyhow!(e))?;
-            let mut ar = Archive::open_or_init(&path)?;
+            let ar = Archive::open_or_init(&path)?;
             let opts = IngestOptions {
                 epoch: Epoch(epoch),
                 taken_at_ns: taken_at.as_deref().map(parse_time).transpose()?,
@@ -349,7 +349,7 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
             no_wait,
             json,
         } => {
-            let mut ar = open(&path)?;
+            let ar = open(&path)?;
             let plan = ar.gc_plan(!no_wait)?;
             if json {
                 print_json(&serde_json::to_value(&plan)?);

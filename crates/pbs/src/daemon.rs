@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -88,7 +88,7 @@ pub use wire::cli::now_rfc3339;
 pub(crate) struct App {
     pub(crate) cfg: Config,
     pub(crate) state_dir: PathBuf,
-    pub(crate) archive: Arc<RwLock<Archive>>,
+    pub(crate) archive: Arc<Archive>,
     pub(crate) status: Mutex<ServerStatus>,
     /// One push at a time per clone (a rejoin pushes outside the source's worker).
     push_locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
@@ -171,7 +171,7 @@ async fn pull(app: &Arc<App>, src: &SourceConfig, n: &Notify) -> Result<GenRecor
     loop {
         let a = app.clone();
         let (i, need) = blocking(move || {
-            let ar = a.archive.read().unwrap_or_else(|p| p.into_inner());
+            let ar = &a.archive;
             let need = inc.missing(&ar)?;
             Ok((inc, need))
         })
@@ -190,7 +190,7 @@ async fn pull(app: &Arc<App>, src: &SourceConfig, n: &Notify) -> Result<GenRecor
     }
     let a = app.clone();
     blocking(move || {
-        let mut ar = a.archive.write().unwrap_or_else(|p| p.into_inner());
+        let ar = &a.archive;
         Ok(ar.commit_incoming(inc, None)?)
     })
     .await
@@ -227,7 +227,7 @@ async fn push(app: &Arc<App>, imp: &config::ImporterConfig, gen: &GenId) -> Resu
     let a = app.clone();
     let g = gen.clone();
     let rec = blocking(move || {
-        let ar = a.archive.read().unwrap_or_else(|p| p.into_inner());
+        let ar = &a.archive;
         Ok(ar.record_bytes(&g)?)
     })
     .await?;
@@ -251,7 +251,7 @@ async fn push(app: &Arc<App>, imp: &config::ImporterConfig, gen: &GenId) -> Resu
             .collect::<Result<Vec<_>>>()?;
         let a = app.clone();
         let pack = blocking(move || {
-            let ar = a.archive.read().unwrap_or_else(|p| p.into_inner());
+            let ar = &a.archive;
             Ok(ar.export_blobs(&ids)?)
         })
         .await?;
@@ -300,7 +300,7 @@ async fn push_all(app: &Arc<App>, gen: &GenId) {
 pub(crate) async fn latest_generation(app: &Arc<App>, source: Option<String>) -> Option<GenId> {
     let a = app.clone();
     blocking(move || {
-        let ar = a.archive.read().unwrap_or_else(|p| p.into_inner());
+        let ar = &a.archive;
         let mut best: Option<GenRecord> = None;
         for s in &a.cfg.sources {
             if source.as_deref().is_some_and(|x| x != s.name) {
@@ -552,7 +552,7 @@ async fn notify(
         .map_err(|e| ApiError::internal(e.to_string()))??;
     let a = app.clone();
     let latest_epoch = tokio::task::spawn_blocking(move || {
-        let ar = a.archive.read().unwrap_or_else(|p| p.into_inner());
+        let ar = &a.archive;
         ar.latest(&name).ok().flatten().map(|r| r.epoch.0)
     })
     .await
@@ -600,7 +600,7 @@ pub(crate) async fn status(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let a = app.clone();
     let v = tokio::task::spawn_blocking(move || {
-        let ar = a.archive.read().unwrap_or_else(|p| p.into_inner());
+        let ar = &a.archive;
         crate::status::report_with(&a.cfg, &a.state_dir, Some(&ar))
     })
     .await
@@ -641,7 +641,7 @@ async fn schedule(app: &Arc<App>) -> Result<Option<tokio_cron_scheduler::JobSche
                 Box::pin(async move {
                     let b = a.clone();
                     let r = blocking(move || {
-                        let mut ar = b.archive.write().unwrap_or_else(|p| p.into_inner());
+                        let ar = &b.archive;
                         let plan = ar.prune_plan(&pol)?;
                         let n = ar.apply_prune(&plan)?;
                         let gc = ar.gc_plan(true)?;
@@ -677,7 +677,7 @@ async fn schedule(app: &Arc<App>) -> Result<Option<tokio_cron_scheduler::JobSche
                 Box::pin(async move {
                     let b = a.clone();
                     let r = blocking(move || {
-                        let ar = b.archive.read().unwrap_or_else(|p| p.into_inner());
+                        let ar = &b.archive;
                         Ok(ar.verify(full)?)
                     })
                     .await;
@@ -767,7 +767,7 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
     let app = Arc::new(App {
         cfg,
         state_dir,
-        archive: Arc::new(RwLock::new(ar)),
+        archive: Arc::new(ar),
         status: Mutex::new(st),
         push_locks,
         switching: tokio::sync::Mutex::new(()),
