@@ -255,3 +255,195 @@ pub(crate) fn live_pins(backend: &dyn Backend) -> Result<DigestSet<PackId>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::IngestOptions;
+    use crate::prune::Retention;
+    use crate::transfer::Incoming;
+    use std::path::{Path, PathBuf};
+
+    /// Deterministic bytes that do not compress or dedup within themselves.
+    fn data(seed: u64, n: usize) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn tree(root: &Path, name: &str, files: &[(&str, Vec<u8>)]) -> PathBuf {
+        let d = root.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for (f, b) in files {
+            std::fs::write(d.join(f), b).unwrap();
+        }
+        d
+    }
+
+    fn ingest(ar: &Archive, source: &str, dir: &Path, epoch: u64) -> Result<GenRecord> {
+        let opts = IngestOptions {
+            epoch: Epoch(epoch),
+            ..Default::default()
+        };
+        Ok(ar.ingest(&SourceName::new(source).unwrap(), dir, &opts)?.record)
+    }
+
+    /// Everything `to` lacks of `gen`, received from `from`; not committed.
+    fn receive(from: &Archive, to: &Archive, gen: &GenId) -> Incoming {
+        let mut inc = Incoming::new(&from.record_bytes(gen).unwrap()).unwrap();
+        for _ in 0..100 {
+            let need = inc.missing(to).unwrap();
+            if need.is_empty() {
+                return inc;
+            }
+            inc.add_pack(&from.export_blobs(&need).unwrap()).unwrap();
+        }
+        panic!("no progress receiving {gen}");
+    }
+
+    fn packs(ar: &Archive) -> Vec<String> {
+        let mut p = ar.backend().list("packs").unwrap();
+        p.sort();
+        p
+    }
+
+    #[test]
+    fn threads_committing_to_one_source_get_consecutive_distinct_numbers() {
+        let t = tempfile::tempdir().unwrap();
+        let a = Archive::init(&t.path().join("a")).unwrap();
+        let src = tree(t.path(), "src", &[("f", data(1, 300_000))]);
+        let g = ingest(&a, "s", &src, 0).unwrap().id();
+        let b = Arc::new(Archive::init(&t.path().join("b")).unwrap());
+        let a = Arc::new(a);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (a, b, g) = (a.clone(), b.clone(), g.clone());
+                std::thread::spawn(move || {
+                    let inc = receive(&a, &b, &g);
+                    b.commit_incoming(inc, None).unwrap().seq.0
+                })
+            })
+            .collect();
+        let mut seqs: Vec<u64> = threads.into_iter().map(|h| h.join().unwrap()).collect();
+        seqs.sort();
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        let gens: Vec<String> = b.generations().unwrap().iter().map(|g| g.to_string()).collect();
+        assert_eq!(gens, ["s/1", "s/2", "s/3", "s/4"]);
+        assert!(b.verify(true).unwrap().is_clean());
+        assert!(b.backend().list("pins").unwrap().is_empty());
+    }
+
+    #[test]
+    fn one_commit_at_a_time_and_a_lower_epoch_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let ar = Archive::init(&t.path().join("a")).unwrap();
+        let s = SourceName::new("s").unwrap();
+        let src = tree(t.path(), "src", &[("f", data(2, 200_000))]);
+        ingest(&ar, "s", &src, 5).unwrap();
+        let c = Commit::begin(&ar, &s, Epoch(5), None, false).unwrap();
+        assert_eq!(c.seq(), Seq(2));
+        assert_eq!(c.prev().map(|p| p.seq), Some(Seq(1)));
+        assert!(matches!(
+            Commit::begin(&ar, &s, Epoch(5), None, false),
+            Err(Error::Busy(_))
+        ));
+        let e = ingest(&ar, "s", &src, 5).unwrap_err();
+        assert!(e.to_string().contains("another ingest of s"), "{e}");
+        drop(c);
+        assert!(matches!(
+            Commit::begin(&ar, &s, Epoch(4), None, true),
+            Err(Error::StaleEpoch { got: 4, have: 5, .. })
+        ));
+        assert!(matches!(
+            Commit::begin(&ar, &s, Epoch(6), Some(Seq(1)), true),
+            Err(Error::GenerationExists(_))
+        ));
+        // An ingest under a lower epoch stores nothing at all.
+        let before = packs(&ar);
+        std::fs::write(src.join("g"), data(3, 200_000)).unwrap();
+        let e = ingest(&ar, "s", &src, 4).unwrap_err();
+        assert!(matches!(e, Error::StaleEpoch { .. }), "{e}");
+        assert_eq!(packs(&ar), before);
+        assert_eq!(ar.generations().unwrap().len(), 1);
+        // The same epoch or a higher one commits.
+        assert_eq!(ingest(&ar, "s", &src, 5).unwrap().seq, Seq(2));
+        assert_eq!(ingest(&ar, "s", &src, 7).unwrap().seq, Seq(3));
+    }
+
+    #[test]
+    fn nothing_is_published_when_a_used_chunk_is_not_stored() {
+        let t = tempfile::tempdir().unwrap();
+        let ar = Archive::init(&t.path().join("a")).unwrap();
+        let s = SourceName::new("s").unwrap();
+        let src = tree(t.path(), "src", &[("f", data(4, 100_000))]);
+        let r1 = ingest(&ar, "s", &src, 0).unwrap();
+        let c = Commit::begin(&ar, &s, Epoch(0), None, true).unwrap();
+        let mut rec = r1.clone();
+        rec.seq = c.seq();
+        let mut sink = PackSink::new(ar.backend());
+        let nowhere = ChunkId::of(b"stored nowhere");
+        let e = c.publish(&mut sink, &rec, &[nowhere]).unwrap_err();
+        assert!(e.to_string().contains(&nowhere.to_string()), "{e}");
+        assert_eq!(ar.generations().unwrap(), vec![r1.id()]);
+        // A record that is not the commit's is refused too.
+        let c = Commit::begin(&ar, &s, Epoch(0), None, true).unwrap();
+        assert!(c.publish(&mut sink, &r1, &[]).is_err());
+        assert_eq!(ar.generations().unwrap(), vec![r1.id()]);
+    }
+
+    #[test]
+    fn gc_spares_the_packs_a_running_transfer_reuses() {
+        let t = tempfile::tempdir().unwrap();
+        let shared = data(5, 3 << 20);
+        let a = Archive::init(&t.path().join("a")).unwrap();
+        let x = tree(t.path(), "x", &[("same", shared.clone())]);
+        let gx = ingest(&a, "x", &x, 0).unwrap().id();
+        for pinned in [true, false] {
+            let b = Archive::init(&t.path().join(format!("b-{pinned}"))).unwrap();
+            // y/1 holds the shared content; y/2 does not; prune y/1: the
+            // shared blobs are now dead in b, but still in its index.
+            let y1 = tree(t.path(), "y1", &[("same", shared.clone())]);
+            let y2 = tree(t.path(), "y2", &[("other", data(6, 500_000))]);
+            ingest(&b, "y", &y1, 0).unwrap();
+            let first = packs(&b);
+            ingest(&b, "y", &y2, 0).unwrap();
+            let plan = b
+                .prune_plan(&Retention {
+                    keep_last: Some(1),
+                    ..Default::default()
+                })
+                .unwrap();
+            assert_eq!(b.apply_prune(&plan).unwrap(), 1);
+            // The transfer relies on b's copy of the shared file: it asks
+            // only for the file list.
+            let mut inc = Incoming::new(&a.record_bytes(&gx).unwrap()).unwrap();
+            let need = inc.missing(&b).unwrap();
+            assert_eq!(need.len(), 1);
+            inc.add_pack(&a.export_blobs(&need).unwrap()).unwrap();
+            assert!(inc.missing(&b).unwrap().is_empty());
+            let gc = b.gc_plan(true).unwrap();
+            assert!(gc.delete_packs.contains(&first[0]), "{gc}");
+            if !pinned {
+                // Without the transfer's pins the dead pack goes.
+                drop(inc);
+                b.gc(&gc, true).unwrap();
+                assert!(!packs(&b).contains(&first[0]));
+                continue;
+            }
+            b.gc(&gc, true).unwrap();
+            assert!(packs(&b).contains(&first[0]), "gc removed a pinned pack");
+            let rec = b.commit_incoming(inc, Some(gx.seq)).unwrap();
+            assert!(b.backend().list("pins").unwrap().is_empty());
+            assert!(b.verify(true).unwrap().is_clean());
+            let out = t.path().join("out");
+            b.restore(&rec.id(), &out).unwrap();
+            assert_eq!(std::fs::read(out.join("same")).unwrap(), shared);
+        }
+    }
+}

@@ -586,7 +586,6 @@ impl Archive {
         // Nodes in walk order; files to read are filled in by the pipeline.
         let mut nodes: Vec<Node> = Vec::with_capacity(items.len());
         let mut to_read: Vec<usize> = Vec::new();
-        let index = self.index();
         for it in &items {
             let m = &it.meta;
             let mut node = Node {
@@ -624,7 +623,7 @@ impl Archive {
                         && p.mtime_ns == node.mtime_ns
                         && p.ctime_ns == node.ctime_ns
                         && p.ino == node.ino
-                        && p.chunk_list().iter().all(|c| index.contains(&c.0))
+                        && p.chunk_list().iter().all(|c| self.has_blob(&c.0))
                 });
                 match same {
                     Some(p) => {
@@ -639,7 +638,6 @@ impl Archive {
             }
             nodes.push(node);
         }
-        drop(index);
 
         self.run_pipeline(&ctx, &items, &to_read, &mut nodes, &mut sink)?;
         stats.bytes_read = to_read.iter().map(|&i| nodes[i].size).sum();
