@@ -112,13 +112,22 @@ fn verify_and_prune_gc_run_during_a_300_mb_ingest_and_lose_nothing() {
             gcs += 1;
         }
         let v = pbs.run(&["verify", "--full"]);
-        assert!(v.status.success(), "verify during the ingest: {}{}", v.stdout, v.stderr);
+        assert!(
+            v.status.success(),
+            "verify during the ingest: {}{}",
+            v.stdout,
+            v.stderr
+        );
         if big.try_wait().unwrap().is_none() {
             verifies += 1;
         }
     }
     let out = big.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(gcs >= 1, "no gc finished while the ingest ran");
     assert!(verifies >= 1, "no verify finished while the ingest ran");
 

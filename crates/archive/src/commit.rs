@@ -92,7 +92,12 @@ impl<'a> Commit<'a> {
     /// commit point. Runs under the shared sweep lock, so a gc deletes
     /// nothing between the check and the record, and sees the record once
     /// it deletes. On any error no record exists.
-    pub(crate) fn publish(self, sink: &mut PackSink, record: &GenRecord, uses: &[ChunkId]) -> Result<()> {
+    pub(crate) fn publish(
+        self,
+        sink: &mut PackSink,
+        record: &GenRecord,
+        uses: &[ChunkId],
+    ) -> Result<()> {
         if record.source != self.source || record.seq != self.seq {
             return Err(Error::Invalid(format!(
                 "record {} does not match the commit of {}/{}",
@@ -159,11 +164,7 @@ impl Pins {
     pub fn new(backend: Arc<dyn Backend>) -> Result<Pins> {
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let owner = format!(
-            "{}-{n}-{:x}",
-            std::process::id(),
-            crate::ingest::now_ns()
-        );
+        let owner = format!("{}-{n}-{:x}", std::process::id(), crate::ingest::now_ns());
         let alive = backend.lock(&format!("pin-{owner}"), true, false)?;
         Ok(Pins {
             backend,
@@ -291,7 +292,9 @@ mod tests {
             epoch: Epoch(epoch),
             ..Default::default()
         };
-        Ok(ar.ingest(&SourceName::new(source).unwrap(), dir, &opts)?.record)
+        Ok(ar
+            .ingest(&SourceName::new(source).unwrap(), dir, &opts)?
+            .record)
     }
 
     /// Everything `to` lacks of `gen`, received from `from`; not committed.
@@ -333,7 +336,12 @@ mod tests {
         let mut seqs: Vec<u64> = threads.into_iter().map(|h| h.join().unwrap()).collect();
         seqs.sort();
         assert_eq!(seqs, [1, 2, 3, 4]);
-        let gens: Vec<String> = b.generations().unwrap().iter().map(|g| g.to_string()).collect();
+        let gens: Vec<String> = b
+            .generations()
+            .unwrap()
+            .iter()
+            .map(|g| g.to_string())
+            .collect();
         assert_eq!(gens, ["s/1", "s/2", "s/3", "s/4"]);
         assert!(b.verify(true).unwrap().is_clean());
         assert!(b.backend().list("pins").unwrap().is_empty());
@@ -358,7 +366,11 @@ mod tests {
         drop(c);
         assert!(matches!(
             Commit::begin(&ar, &s, Epoch(4), None, true),
-            Err(Error::StaleEpoch { got: 4, have: 5, .. })
+            Err(Error::StaleEpoch {
+                got: 4,
+                have: 5,
+                ..
+            })
         ));
         assert!(matches!(
             Commit::begin(&ar, &s, Epoch(6), Some(Seq(1)), true),

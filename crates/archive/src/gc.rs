@@ -15,8 +15,8 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::archive::Archive;
-use crate::error::{Error, Result};
 use crate::commit::{live_pins, SWEEP_LOCK};
+use crate::error::{Error, Result};
 use crate::id::{ChunkId, DigestMap, DigestSet, GenId, PackId};
 use crate::index::{is_not_found, read_trailer};
 use crate::ingest::PackSink;
@@ -328,9 +328,9 @@ impl Archive {
         }
         let mut spared: DigestSet<PackId> = DigestSet::default();
         let spare = |p: PackId,
-                         stored: &mut DigestSet<ChunkId>,
-                         need: &mut Vec<ChunkId>,
-                         spared: &mut DigestSet<PackId>| {
+                     stored: &mut DigestSet<ChunkId>,
+                     need: &mut Vec<ChunkId>,
+                     spared: &mut DigestSet<PackId>| {
             if spared.insert(p) {
                 for e in entries_of(&p).into_iter().flatten() {
                     stored.insert(e.id);

@@ -14,9 +14,9 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::archive::{decode_from, Archive, Blobs, MAX_DEPTH};
+use crate::commit::{Commit, Pins};
 use crate::error::{corrupt, Error, Result};
 use crate::id::{ChunkId, DigestMap, DigestSet, FileDigest, GenId, Seq};
-use crate::commit::{Commit, Pins};
 use crate::ingest::{now_ns, PackSink};
 use crate::manifest::{self, GenRecord, Node, NodeKind};
 use crate::pack::{self, Entry, PackWriter};

@@ -396,10 +396,9 @@ async fn serve_outbox(
     f: impl FnOnce(&Archive) -> Result<Vec<u8>, ApiError> + Send + 'static,
 ) -> Result<Bytes, ApiError> {
     let a = app.clone();
-    let b =
-        tokio::task::spawn_blocking(move || f(&a.outbox))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))??;
+    let b = tokio::task::spawn_blocking(move || f(&a.outbox))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
     app.metrics
         .counter(
             "pullback_bytes_sent_total",

@@ -167,7 +167,7 @@ async fn offer(
             )));
         }
         let need = inc
-            .missing(&ar)
+            .missing(ar)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         a.sessions
             .lock()
@@ -208,7 +208,7 @@ async fn blobs(
         let ar = &a.store;
         let r = inc
             .add_pack(&body)
-            .and_then(|_| inc.missing(&ar))
+            .and_then(|_| inc.missing(ar))
             .map_err(|e| ApiError::bad_request(format!("refused: {e}")));
         match r {
             Ok(need) => {
@@ -358,7 +358,7 @@ async fn apply(
     let g = gen.clone();
     let staged = tokio::task::spawn_blocking(move || -> Result<u64> {
         let ar = &a.store;
-        a.applier().stage(&ar, &g)
+        a.applier().stage(ar, &g)
     })
     .await
     .map_err(|e| (anyhow::anyhow!("worker failed: {e}"), String::new()))

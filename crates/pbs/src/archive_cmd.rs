@@ -85,7 +85,8 @@ enum ArchiveCmd {
     Gc {
         #[arg(long)]
         dry_run: bool,
-        /// Fail at once instead of waiting while an ingest or restore runs.
+        /// Fail at once instead of waiting while another gc runs (gc does not
+        /// wait for ingests, restores or verifies).
         #[arg(long)]
         no_wait: bool,
         #[arg(long)]

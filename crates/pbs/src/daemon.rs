@@ -172,7 +172,7 @@ async fn pull(app: &Arc<App>, src: &SourceConfig, n: &Notify) -> Result<GenRecor
         let a = app.clone();
         let (i, need) = blocking(move || {
             let ar = &a.archive;
-            let need = inc.missing(&ar)?;
+            let need = inc.missing(ar)?;
             Ok((inc, need))
         })
         .await?;
@@ -601,7 +601,7 @@ pub(crate) async fn status(
     let a = app.clone();
     let v = tokio::task::spawn_blocking(move || {
         let ar = &a.archive;
-        crate::status::report_with(&a.cfg, &a.state_dir, Some(&ar))
+        crate::status::report_with(&a.cfg, &a.state_dir, Some(ar))
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?
