@@ -96,7 +96,7 @@ impl<'a> Commit<'a> {
         self,
         sink: &mut PackSink,
         record: &GenRecord,
-        uses: &[ChunkId],
+        uses: impl IntoIterator<Item = ChunkId>,
     ) -> Result<()> {
         if record.source != self.source || record.seq != self.seq {
             return Err(Error::Invalid(format!(
@@ -129,21 +129,25 @@ impl<'a> Commit<'a> {
 }
 
 /// Every chunk in `uses` and every delta base below it is in the index.
-fn check_stored(ar: &Archive, uses: &[ChunkId], gen: &GenId) -> Result<()> {
+fn check_stored(ar: &Archive, uses: impl IntoIterator<Item = ChunkId>, gen: &GenId) -> Result<()> {
+    let gone = |id: &ChunkId| {
+        Error::Invalid(format!(
+            "chunk {id}, which generation {gen} uses, is no longer stored \
+             (removed by a gc running at the same time?); nothing was committed"
+        ))
+    };
     let idx = ar.index();
-    let mut seen: DigestSet<ChunkId> = DigestSet::default();
-    let mut stack: Vec<ChunkId> = uses.to_vec();
-    while let Some(id) = stack.pop() {
-        if !seen.insert(id) {
-            continue;
-        }
-        let info = idx.get(&id).ok_or_else(|| {
-            Error::Invalid(format!(
-                "chunk {id}, which generation {gen} uses, is no longer stored \
-                 (removed by a gc running at the same time?); nothing was committed"
-            ))
-        })?;
+    let mut bases: DigestSet<ChunkId> = DigestSet::default();
+    let mut stack: Vec<ChunkId> = Vec::new();
+    for id in uses {
+        let info = idx.get(&id).ok_or_else(|| gone(&id))?;
         stack.extend(info.entry.bases.iter().copied());
+        while let Some(b) = stack.pop() {
+            if bases.insert(b) {
+                let info = idx.get(&b).ok_or_else(|| gone(&b))?;
+                stack.extend(info.entry.bases.iter().copied());
+            }
+        }
     }
     Ok(())
 }
@@ -400,12 +404,12 @@ mod tests {
         rec.seq = c.seq();
         let mut sink = PackSink::new(ar.backend());
         let nowhere = ChunkId::of(b"stored nowhere");
-        let e = c.publish(&mut sink, &rec, &[nowhere]).unwrap_err();
+        let e = c.publish(&mut sink, &rec, [nowhere]).unwrap_err();
         assert!(e.to_string().contains(&nowhere.to_string()), "{e}");
         assert_eq!(ar.generations().unwrap(), vec![r1.id()]);
         // A record that is not the commit's is refused too.
         let c = Commit::begin(&ar, &s, Epoch(0), None, true).unwrap();
-        assert!(c.publish(&mut sink, &r1, &[]).is_err());
+        assert!(c.publish(&mut sink, &r1, []).is_err());
         assert_eq!(ar.generations().unwrap(), vec![r1.id()]);
     }
 

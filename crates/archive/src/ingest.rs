@@ -154,9 +154,6 @@ struct Ctx<'a> {
     prev_seq: Vec<ChunkRef>,
     /// Feature -> first position in `prev_seq` of a chunk that has it.
     candidates: HashMap<u64, usize>,
-    /// The previous generation's chunks: stored as long as it is the
-    /// source's latest, which it stays until this ingest commits.
-    prev_ids: DigestSet<ChunkId>,
     /// Packs whose blobs this ingest reuses, pinned against a running gc.
     pins: &'a Pins,
     /// Chunks this ingest has already taken on.
@@ -170,9 +167,7 @@ impl Ctx<'_> {
     fn process(&self, data: &[u8], id: Option<ChunkId>) -> Result<(ChunkRef, Option<NewBlob>)> {
         let id = id.unwrap_or_else(|| ChunkId::of(data));
         let r = ChunkRef(id, data.len() as u32);
-        if self.archive.has_blob(&id)
-            && (self.prev_ids.contains(&id) || self.pins.reuse(self.archive, &id)?)
-        {
+        if self.archive.has_blob(&id) && self.pins.reuse(self.archive, &id)? {
             return Ok((r, None));
         }
         if !self
@@ -572,7 +567,6 @@ impl Archive {
 
         let ctx = Ctx {
             archive: self,
-            prev_ids: prev_seq.iter().map(|c| c.0).collect(),
             prev_seq,
             pins: &pins,
             candidates,
@@ -671,13 +665,12 @@ impl Archive {
         };
         let probe = record.encode()?;
         record.stats.added_bytes = sink.added_bytes + probe.len() as u64 + 8;
-        let uses: Vec<ChunkId> = nodes
+        let uses = nodes
             .iter()
             .flat_map(|n| n.chunk_list())
             .chain(record.manifest_chunks.iter().copied())
-            .map(|c| c.0)
-            .collect();
-        commit.publish(&mut sink, &record, &uses)?;
+            .map(|c| c.0);
+        commit.publish(&mut sink, &record, uses)?;
         drop(pins);
         tracing::info!(gen = %record.id(), files = record.stats.files, added = record.stats.added_bytes, "committed");
         Ok(IngestReport { record, warnings })

@@ -148,11 +148,21 @@ impl Archive {
         Ok(plan(&records, pol))
     }
 
-    /// Remove the generations the plan marks; returns how many.
+    /// Remove the generations the plan marks; returns how many. Runs
+    /// alongside ingests: a source's latest generation (a running ingest's
+    /// delta base) is never removed, even by a plan made before it was.
     pub fn apply_prune(&self, plan: &PrunePlan) -> Result<usize> {
         let _shared = self.backend.lock("archive", false, true)?;
+        let mut latest: BTreeMap<String, u64> = BTreeMap::new();
+        for g in self.generations()? {
+            let e = latest.entry(g.source.to_string()).or_insert(g.seq.0);
+            *e = (*e).max(g.seq.0);
+        }
         let mut n = 0;
         for i in plan.removed() {
+            if latest.get(&i.source) == Some(&i.seq) {
+                continue;
+            }
             let source = crate::id::SourceName::new(&i.source).map_err(Error::Invalid)?;
             self.backend
                 .remove(&manifest::gen_key(&source, crate::id::Seq(i.seq)))?;

@@ -361,13 +361,12 @@ impl Archive {
         rec.stats.new_chunks = sink.blobs;
         rec.stats.new_deltas = sink.deltas;
         rec.stats.added_bytes = sink.added_bytes + rec.encode()?.len() as u64;
-        let uses: Vec<ChunkId> = nodes
+        let uses = nodes
             .iter()
             .flat_map(|n| n.chunk_list())
             .chain(rec.manifest_chunks.iter().copied())
-            .map(|c| c.0)
-            .collect();
-        commit.publish(&mut sink, &rec, &uses)?;
+            .map(|c| c.0);
+        commit.publish(&mut sink, &rec, uses)?;
         Ok(rec)
     }
 }
