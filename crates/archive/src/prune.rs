@@ -275,4 +275,37 @@ mod tests {
         // 2026-03-01 is a Sunday (end of ISO week 9): seq 60; week 8 ends Feb 22 = seq 53.
         assert_eq!(kept(&p), ["s/60", "s/53"]);
     }
+
+    #[test]
+    fn a_plan_older_than_the_latest_generation_never_removes_it() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("f"), b"one").unwrap();
+        let ar = Archive::init(&t.path().join("a")).unwrap();
+        let s = SourceName::new("s").unwrap();
+        let opts = crate::ingest::IngestOptions::default();
+        ar.ingest(&s, &src, &opts).unwrap();
+        std::fs::write(src.join("f"), b"two").unwrap();
+        ar.ingest(&s, &src, &opts).unwrap();
+        let item = |seq: u64| PlanItem {
+            generation: format!("s/{seq}"),
+            source: "s".into(),
+            seq,
+            taken_at_ns: 0,
+            keep: false,
+            reasons: vec![],
+        };
+        let stale = PrunePlan {
+            items: vec![item(2), item(1)],
+        };
+        assert_eq!(ar.apply_prune(&stale).unwrap(), 1);
+        let left: Vec<String> = ar
+            .generations()
+            .unwrap()
+            .iter()
+            .map(|g| g.to_string())
+            .collect();
+        assert_eq!(left, ["s/2"]);
+    }
 }
