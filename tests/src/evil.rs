@@ -71,7 +71,7 @@ impl Crafted {
         let list = encode_manifest(&nodes).expect("encode the list");
         assert!(list.len() < 64 << 10);
         std::fs::write(raw.join("list"), &list).expect("list");
-        let mut ar = Archive::init(&dir.path().join("archive")).expect("archive");
+        let ar = Archive::init(&dir.path().join("archive")).expect("archive");
         ar.ingest(
             &SourceName::new("craft").expect("name"),
             &raw,

@@ -1,15 +1,17 @@
 //! Opening an archive, naming generations, and reading chunks back.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use rayon::prelude::*;
 
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, LocalBackend};
 use crate::codec;
 use crate::error::{corrupt, Error, Result};
-use crate::id::{ChunkId, DigestMap, FileDigest, GenId, Seq, SourceName};
-use crate::index::Index;
+use crate::id::{ChunkId, DigestMap, DigestSet, FileDigest, GenId, PackId, Seq, SourceName};
+use crate::index::{read_trailer, Index};
 use crate::manifest::{self, ChunkRef, GenRecord, Node};
 use crate::pack;
 
@@ -40,9 +42,13 @@ impl Default for ArchiveConfig {
     }
 }
 
+/// An open archive. Every method takes `&self`: share it as `Arc<Archive>`
+/// between threads. The in-memory index is behind its own lock, held only
+/// for lookups and inserts; the file locks (`locks/`) serialise what must
+/// be serialised, between threads and processes alike.
 pub struct Archive {
     pub(crate) backend: Arc<dyn Backend>,
-    pub(crate) index: Index,
+    index: RwLock<Index>,
     pub(crate) config: ArchiveConfig,
     pub(crate) cache: ChunkCache,
 }
@@ -122,7 +128,7 @@ impl Archive {
         let index = Index::load(backend.as_ref())?;
         Ok(Archive {
             backend,
-            index,
+            index: RwLock::new(index),
             config,
             cache: ChunkCache::new(CACHE_BYTES),
         })
@@ -132,13 +138,73 @@ impl Archive {
         self.backend.as_ref()
     }
 
-    pub fn index(&self) -> &Index {
-        &self.index
+    /// The in-memory index, read-locked: hold the guard only for lookups
+    /// (no I/O under it), or it delays commits.
+    pub fn index(&self) -> RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reload the index (after another process changed the packs).
-    pub fn reload(&mut self) -> Result<()> {
-        self.index = Index::load(self.backend.as_ref())?;
+    pub(crate) fn index_mut(&self) -> RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn has_blob(&self, id: &ChunkId) -> bool {
+        self.index().contains(id)
+    }
+
+    /// Reload the whole index from the pack trailers.
+    pub fn reload(&self) -> Result<()> {
+        let idx = Index::load(self.backend.as_ref())?;
+        *self.index_mut() = idx;
+        Ok(())
+    }
+
+    /// Bring the index up to date with the stored packs: the trailers of new
+    /// packs are read and added; when a known pack is gone (gc removed it),
+    /// the whole index is reloaded.
+    pub fn refresh(&self) -> Result<()> {
+        let keys = self.backend.list("packs")?;
+        let (new, gone) = {
+            let idx = self.index();
+            let stored: DigestSet<PackId> =
+                keys.iter().filter_map(|k| pack::id_from_key(k)).collect();
+            let gone = idx.packs.iter().any(|p| !stored.contains(p))
+                || idx.bad_packs.iter().any(|(k, _)| !keys.contains(k));
+            let new: Vec<String> = keys
+                .into_iter()
+                .filter(|k| match pack::id_from_key(k) {
+                    Some(id) => !idx.has_pack(&id),
+                    None => !idx.bad_packs.iter().any(|(b, _)| b == k),
+                })
+                .collect();
+            (new, gone)
+        };
+        if gone {
+            return self.reload();
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
+        let loaded: Vec<(String, Result<_>)> = new
+            .into_par_iter()
+            .map(|k| {
+                let r = read_trailer(self.backend.as_ref(), &k);
+                (k, r)
+            })
+            .collect();
+        let mut idx = self.index_mut();
+        for (key, r) in loaded {
+            match r {
+                Ok((id, size, entries)) => idx.add_pack(id, size, entries),
+                // Removed since it was listed.
+                Err(e) if crate::index::is_not_found(&e) => {}
+                Err(e) => {
+                    if !idx.bad_packs.iter().any(|(b, _)| *b == key) {
+                        idx.bad_packs.push((key, e));
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -234,15 +300,29 @@ impl Archive {
     }
 
     /// The stored payload of a blob, as it is in its pack.
+    /// A pack gone since the index was read (gc moved its live blobs to a
+    /// new pack) makes the index be refreshed and the blob looked up again.
     pub(crate) fn payload(&self, id: &ChunkId) -> Result<(pack::Entry, Vec<u8>)> {
-        let info = self.index.get(id).ok_or(Error::MissingChunk(*id))?;
-        let key = pack::key(&self.index.packs[info.pack as usize]);
-        let e = info.entry.clone();
-        let p = self
-            .backend
-            .read_at(&key, e.offset as u64, e.stored_len as usize)
-            .map_err(|err| Error::DamagedChunk(*id, format!("unreadable: {err}")))?;
-        Ok((e, p))
+        let mut refreshed = false;
+        loop {
+            let (pid, e) = {
+                let idx = self.index();
+                let info = idx.get(id).ok_or(Error::MissingChunk(*id))?;
+                (idx.packs[info.pack as usize], info.entry.clone())
+            };
+            let key = pack::key(&pid);
+            match self
+                .backend
+                .read_at(&key, e.offset as u64, e.stored_len as usize)
+            {
+                Ok(p) => return Ok((e, p)),
+                Err(err) if !refreshed && crate::index::is_not_found(&err) => {
+                    refreshed = true;
+                    self.refresh()?;
+                }
+                Err(err) => return Err(Error::DamagedChunk(*id, format!("unreadable: {err}"))),
+            }
+        }
     }
 
     /// A chunk's plain content, decoded through its delta chain and checked

@@ -36,6 +36,9 @@ pub trait Backend: Send + Sync {
     fn publish(&self, staged: &Staged, key: &str) -> Result<bool>;
     /// Forget a staged object.
     fn discard(&self, staged: Staged);
+    /// Append `data` to `key`, creating it. Not durable: for scratch objects
+    /// that matter only while their writer runs (pins).
+    fn append(&self, key: &str, data: &[u8]) -> Result<()>;
     /// Keys below the folder `prefix`, recursively, in no particular order.
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
     /// Remove `key`; a missing key is not an error.
@@ -47,7 +50,7 @@ pub trait Backend: Send + Sync {
     fn location(&self) -> String;
 }
 
-pub trait LockGuard: Send {}
+pub trait LockGuard: Send + Sync {}
 
 /// A staged (temporary) object.
 #[derive(Debug)]
@@ -211,6 +214,19 @@ impl Backend for LocalBackend {
 
     fn discard(&self, staged: Staged) {
         let _ = fs::remove_file(&staged.tmp);
+    }
+
+    fn append(&self, key: &str, data: &[u8]) -> Result<()> {
+        let path = self.path(key);
+        if let Some(dir) = path.parent() {
+            self.ensure_dir(dir)?;
+        }
+        let mut f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .at(&path)?;
+        f.write_all(data).at(&path)
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {

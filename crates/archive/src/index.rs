@@ -4,7 +4,7 @@ use rayon::prelude::*;
 
 use crate::backend::Backend;
 use crate::error::{corrupt, Error, Result};
-use crate::id::{ChunkId, DigestMap, PackId};
+use crate::id::{ChunkId, DigestMap, DigestSet, PackId};
 use crate::pack::{self, Entry};
 
 /// Where a blob lives and how to decode it.
@@ -21,6 +21,8 @@ pub struct Index {
     /// Bytes of each pack, by position.
     pub pack_sizes: Vec<u64>,
     pub blobs: DigestMap<ChunkId, BlobInfo>,
+    /// The packs of `packs`, for lookups.
+    pub pack_set: DigestSet<PackId>,
     /// Packs whose trailer could not be read: their blobs are unknown.
     pub bad_packs: Vec<(String, Error)>,
     /// Blobs stored in more than one pack (left by an interrupted repack).
@@ -41,13 +43,19 @@ impl Index {
         for (key, r) in loaded {
             match r {
                 Ok((id, size, entries)) => idx.add_pack(id, size, entries),
+                // Removed (by a running gc) since it was listed.
+                Err(e) if is_not_found(&e) => {}
                 Err(e) => idx.bad_packs.push((key, e)),
             }
         }
         Ok(idx)
     }
 
+    /// Add a pack's blobs; a pack already known is left as it is.
     pub fn add_pack(&mut self, id: PackId, size: u64, entries: Vec<Entry>) {
+        if !self.pack_set.insert(id) {
+            return;
+        }
         let p = self.packs.len() as u32;
         self.packs.push(id);
         self.pack_sizes.push(size);
@@ -60,6 +68,15 @@ impl Index {
                 self.duplicates += 1;
             }
         }
+    }
+
+    pub fn has_pack(&self, id: &PackId) -> bool {
+        self.pack_set.contains(id)
+    }
+
+    /// The pack holding a blob.
+    pub fn pack_of(&self, id: &ChunkId) -> Option<PackId> {
+        self.get(id).map(|i| self.packs[i.pack as usize])
     }
 
     pub fn get(&self, id: &ChunkId) -> Option<&BlobInfo> {
@@ -110,4 +127,9 @@ pub fn read_trailer(backend: &dyn Backend, key: &str) -> Result<PackTrailer> {
     let trailer = backend.read_at(key, size - (pack::FOOTER_LEN + tlen) as u64, tlen)?;
     let entries = pack::parse_trailer(&trailer, &f, size, &what)?;
     Ok((id, size, entries))
+}
+
+/// An I/O error saying the object does not exist.
+pub(crate) fn is_not_found(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
 }

@@ -25,8 +25,9 @@ use crate::archive::{Archive, MAX_DEPTH};
 use crate::backend::{Backend, Staged};
 use crate::chunker::{self, Features};
 use crate::codec;
+use crate::commit::{Commit, Pins};
 use crate::error::{Error, IoContext, Result};
-use crate::id::{ChunkId, DigestSet, Epoch, FileDigest, GenId, PackId, Seq, SourceName};
+use crate::id::{ChunkId, DigestSet, Epoch, FileDigest, PackId, SourceName};
 use crate::manifest::{self, ChunkRef, GenRecord, GenStats, Node, NodeKind};
 use crate::pack::{self, BlobKind, Entry, PackWriter};
 
@@ -153,6 +154,8 @@ struct Ctx<'a> {
     prev_seq: Vec<ChunkRef>,
     /// Feature -> first position in `prev_seq` of a chunk that has it.
     candidates: HashMap<u64, usize>,
+    /// Packs whose blobs this ingest reuses, pinned against a running gc.
+    pins: &'a Pins,
     /// Chunks this ingest has already taken on.
     claimed: Mutex<DigestSet<ChunkId>>,
     level: i32,
@@ -164,7 +167,7 @@ impl Ctx<'_> {
     fn process(&self, data: &[u8], id: Option<ChunkId>) -> Result<(ChunkRef, Option<NewBlob>)> {
         let id = id.unwrap_or_else(|| ChunkId::of(data));
         let r = ChunkRef(id, data.len() as u32);
-        if self.archive.index.contains(&id) {
+        if self.archive.has_blob(&id) && self.pins.reuse(self.archive, &id)? {
             return Ok((r, None));
         }
         if !self
@@ -256,7 +259,7 @@ impl Ctx<'_> {
                 }
             }
         };
-        let index = &self.archive.index;
+        let index = self.archive.index();
         let mut bases: Vec<ChunkId> = Vec::new();
         let mut bytes = 0usize;
         for c in &self.prev_seq[lo..=hi] {
@@ -504,17 +507,14 @@ impl Drop for PackSink<'_> {
 impl Archive {
     /// Commit the directory `dir` as the next generation of `source`.
     pub fn ingest(
-        &mut self,
+        &self,
         source: &SourceName,
         dir: &Path,
         opts: &IngestOptions,
     ) -> Result<IngestReport> {
         let started = now_ns();
         let _shared = self.backend.lock("archive", false, true)?;
-        let _source = self
-            .backend
-            .lock(&format!("source-{source}"), true, false)
-            .map_err(|_| Error::Busy(format!("another ingest of {source} is running")))?;
+        let commit = Commit::begin(self, source, opts.epoch, None, false)?;
         let meta = fs::metadata(dir).at(dir)?;
         if !meta.is_dir() {
             return Err(Error::Invalid(format!(
@@ -523,20 +523,11 @@ impl Archive {
             )));
         }
         // Packs may have been added by others since we opened.
-        self.reload()?;
+        self.refresh()?;
+        let pins = Pins::new(self.backend.clone())?;
 
-        let prev = self.latest(source)?;
-        if let Some(p) = &prev {
-            if opts.epoch < p.epoch {
-                return Err(Error::StaleEpoch {
-                    gen: format!("{source}/{}", p.seq.0 + 1),
-                    source_name: source.to_string(),
-                    got: opts.epoch.0,
-                    have: p.epoch.0,
-                });
-            }
-        }
-        let seq = Seq(prev.as_ref().map_or(1, |p| p.seq.0 + 1));
+        let prev = commit.prev().cloned();
+        let seq = commit.seq();
         let prev_nodes = match &prev {
             Some(p) => self.manifest(p)?,
             None => Vec::new(),
@@ -555,8 +546,9 @@ impl Archive {
         // Feature -> first chunk that has it; features found in more than two
         // chunks (repetitive content) point nowhere in particular: dropped.
         let mut seen: HashMap<u64, (usize, u32)> = HashMap::new();
+        let index = self.index();
         for (i, c) in prev_seq.iter().enumerate() {
-            if let Some(info) = self.index.get(&c.0) {
+            if let Some(info) = index.get(&c.0) {
                 for f in info.entry.features.0 {
                     if f != 0 {
                         seen.entry(f).or_insert((i, 0)).1 += 1;
@@ -569,12 +561,14 @@ impl Archive {
             .filter(|(_, (_, n))| *n <= 2)
             .map(|(f, (i, _))| (f, i))
             .collect();
+        drop(index);
         let prev_by_path: HashMap<&[u8], &Node> =
             prev_nodes.iter().map(|n| (&n.path[..], n)).collect();
 
         let ctx = Ctx {
             archive: self,
             prev_seq,
+            pins: &pins,
             candidates,
             claimed: Mutex::new(DigestSet::default()),
             level: self.config.level,
@@ -623,7 +617,7 @@ impl Archive {
                         && p.mtime_ns == node.mtime_ns
                         && p.ctime_ns == node.ctime_ns
                         && p.ino == node.ino
-                        && p.chunk_list().iter().all(|c| self.index.contains(&c.0))
+                        && p.chunk_list().iter().all(|c| self.has_blob(&c.0))
                 });
                 match same {
                     Some(p) => {
@@ -652,7 +646,7 @@ impl Archive {
                 sink.add_blob(b)?;
             }
         }
-        sink.publish()?;
+        sink.flush()?;
         drop(ctx);
 
         stats.new_chunks = sink.blobs;
@@ -671,20 +665,13 @@ impl Archive {
         };
         let probe = record.encode()?;
         record.stats.added_bytes = sink.added_bytes + probe.len() as u64 + 8;
-        let bytes = record.encode()?;
-        // The commit point.
-        if !self
-            .backend
-            .create(&manifest::gen_key(source, seq), &bytes)?
-        {
-            return Err(Error::GenerationExists(GenId {
-                source: source.clone(),
-                seq,
-            }));
-        }
-        for (id, size, entries) in std::mem::take(&mut sink.packs) {
-            self.index.add_pack(id, size, entries);
-        }
+        let uses = nodes
+            .iter()
+            .flat_map(|n| n.chunk_list())
+            .chain(record.manifest_chunks.iter().copied())
+            .map(|c| c.0);
+        commit.publish(&mut sink, &record, uses)?;
+        drop(pins);
         tracing::info!(gen = %record.id(), files = record.stats.files, added = record.stats.added_bytes, "committed");
         Ok(IngestReport { record, warnings })
     }
@@ -855,7 +842,7 @@ mod tests {
         for f in ["keep.txt", "x.tmp", "data/y.tmp", "data/z", "cache/deep/c"] {
             fs::write(src.join(f), f).unwrap();
         }
-        let mut ar = Archive::init(&t.path().join("a")).unwrap();
+        let ar = Archive::init(&t.path().join("a")).unwrap();
         let opts = IngestOptions {
             excludes: vec!["*.tmp".into(), "cache".into()],
             ..Default::default()

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod beneath;
 pub mod chunker;
 pub mod codec;
+pub mod commit;
 pub mod error;
 pub mod id;
 pub mod index;

@@ -148,11 +148,21 @@ impl Archive {
         Ok(plan(&records, pol))
     }
 
-    /// Remove the generations the plan marks; returns how many.
+    /// Remove the generations the plan marks; returns how many. Runs
+    /// alongside ingests: a source's latest generation (a running ingest's
+    /// delta base) is never removed, even by a plan made before it was.
     pub fn apply_prune(&self, plan: &PrunePlan) -> Result<usize> {
         let _shared = self.backend.lock("archive", false, true)?;
+        let mut latest: BTreeMap<String, u64> = BTreeMap::new();
+        for g in self.generations()? {
+            let e = latest.entry(g.source.to_string()).or_insert(g.seq.0);
+            *e = (*e).max(g.seq.0);
+        }
         let mut n = 0;
         for i in plan.removed() {
+            if latest.get(&i.source) == Some(&i.seq) {
+                continue;
+            }
             let source = crate::id::SourceName::new(&i.source).map_err(Error::Invalid)?;
             self.backend
                 .remove(&manifest::gen_key(&source, crate::id::Seq(i.seq)))?;
@@ -264,5 +274,38 @@ mod tests {
         );
         // 2026-03-01 is a Sunday (end of ISO week 9): seq 60; week 8 ends Feb 22 = seq 53.
         assert_eq!(kept(&p), ["s/60", "s/53"]);
+    }
+
+    #[test]
+    fn a_plan_older_than_the_latest_generation_never_removes_it() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("f"), b"one").unwrap();
+        let ar = Archive::init(&t.path().join("a")).unwrap();
+        let s = SourceName::new("s").unwrap();
+        let opts = crate::ingest::IngestOptions::default();
+        ar.ingest(&s, &src, &opts).unwrap();
+        std::fs::write(src.join("f"), b"two").unwrap();
+        ar.ingest(&s, &src, &opts).unwrap();
+        let item = |seq: u64| PlanItem {
+            generation: format!("s/{seq}"),
+            source: "s".into(),
+            seq,
+            taken_at_ns: 0,
+            keep: false,
+            reasons: vec![],
+        };
+        let stale = PrunePlan {
+            items: vec![item(2), item(1)],
+        };
+        assert_eq!(ar.apply_prune(&stale).unwrap(), 1);
+        let left: Vec<String> = ar
+            .generations()
+            .unwrap()
+            .iter()
+            .map(|g| g.to_string())
+            .collect();
+        assert_eq!(left, ["s/2"]);
     }
 }

@@ -209,7 +209,7 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     fn archive_of(src: &Path, at: &Path) -> (Archive, GenId) {
-        let mut ar = Archive::init(at).unwrap();
+        let ar = Archive::init(at).unwrap();
         let rep = ar
             .ingest(
                 &SourceName::new("t").unwrap(),

@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::archive::{decode_from, Archive, Blobs, MAX_DEPTH};
+use crate::commit::{Commit, Pins};
 use crate::error::{corrupt, Error, Result};
 use crate::id::{ChunkId, DigestMap, DigestSet, FileDigest, GenId, Seq};
 use crate::ingest::{now_ns, PackSink};
@@ -99,6 +100,9 @@ pub struct Incoming {
     /// Blobs asked for and not yet received.
     asked: DigestSet<ChunkId>,
     nodes: Option<Vec<Node>>,
+    /// Packs of the archive whose blobs this transfer relies on, pinned
+    /// against a running gc (made at the first `missing`).
+    pins: Option<Pins>,
     pub bytes_received: u64,
 }
 
@@ -128,6 +132,7 @@ impl Incoming {
             spool: Spool::new()?,
             asked: DigestSet::default(),
             nodes: None,
+            pins: None,
             bytes_received: record_bytes.len() as u64,
         })
     }
@@ -136,13 +141,24 @@ impl Incoming {
         &self.record
     }
 
-    fn has(&self, ar: &Archive, id: &ChunkId) -> bool {
-        ar.index.contains(id) || self.received.contains_key(id)
+    /// Whether the blob is here: received, or in the archive (whose pack
+    /// is then pinned, so that a gc leaves it until the commit).
+    fn has(&self, ar: &Archive, id: &ChunkId) -> Result<bool> {
+        if self.received.contains_key(id) {
+            return Ok(true);
+        }
+        match &self.pins {
+            Some(p) => p.reuse(ar, id),
+            None => Ok(ar.has_blob(id)),
+        }
     }
 
     /// Blobs still needed, at most `MAX_BLOBS_PER_REQUEST`; empty when the
     /// generation is complete.
     pub fn missing(&mut self, ar: &Archive) -> Result<Vec<ChunkId>> {
+        if self.pins.is_none() {
+            self.pins = Some(Pins::new(ar.backend.clone())?);
+        }
         let mut need: Vec<ChunkId> = Vec::new();
         let push = |need: &mut Vec<ChunkId>, id: ChunkId| {
             if !need.contains(&id) {
@@ -152,13 +168,13 @@ impl Incoming {
         // Delta bases of what arrived.
         for (e, _) in self.received.values() {
             for b in &e.bases {
-                if !self.has(ar, b) {
+                if !self.has(ar, b)? {
                     push(&mut need, *b);
                 }
             }
         }
         for c in &self.record.manifest_chunks {
-            if !self.has(ar, &c.0) {
+            if !self.has(ar, &c.0)? {
                 push(&mut need, c.0);
             }
         }
@@ -187,7 +203,7 @@ impl Incoming {
             if let Some(nodes) = &self.nodes {
                 for n in nodes {
                     for c in n.chunk_list() {
-                        if !self.has(ar, &c.0) {
+                        if !self.has(ar, &c.0)? {
                             push(&mut need, c.0);
                             if need.len() >= MAX_BLOBS_PER_REQUEST {
                                 break;
@@ -240,7 +256,7 @@ impl Archive {
     /// Check everything received and commit it as generation `seq` of its
     /// source (default: the next number). Nothing is stored unless every
     /// blob decodes to its id and every changed file hashes to its digest.
-    pub fn commit_incoming(&mut self, mut inc: Incoming, seq: Option<Seq>) -> Result<GenRecord> {
+    pub fn commit_incoming(&self, mut inc: Incoming, seq: Option<Seq>) -> Result<GenRecord> {
         if !inc.missing(self)?.is_empty() {
             return Err(Error::Invalid(format!(
                 "generation {} is incomplete: blobs are still missing",
@@ -250,27 +266,9 @@ impl Archive {
         let nodes = inc.nodes.take().unwrap_or_default();
         let source = inc.record.source.clone();
         let _shared = self.backend.lock("archive", false, true)?;
-        let _src = self.backend.lock(&format!("source-{source}"), true, true)?;
-        self.reload()?;
-        let prev = self.latest(&source)?;
-        let next = Seq(prev.as_ref().map_or(1, |p| p.seq.0 + 1));
-        let seq = seq.unwrap_or(next);
-        if seq < next {
-            return Err(Error::GenerationExists(GenId {
-                source: source.clone(),
-                seq,
-            }));
-        }
-        if let Some(p) = &prev {
-            if inc.record.epoch < p.epoch {
-                return Err(Error::StaleEpoch {
-                    gen: format!("{source}/{seq}"),
-                    source_name: source.to_string(),
-                    got: inc.record.epoch.0,
-                    have: p.epoch.0,
-                });
-            }
-        }
+        let commit = Commit::begin(self, &source, inc.record.epoch, seq, true)?;
+        let seq = commit.seq();
+        self.refresh()?;
 
         let ov = Overlay {
             archive: self,
@@ -338,7 +336,7 @@ impl Archive {
                     depth
                         .get(b)
                         .copied()
-                        .or_else(|| self.index.get(b).map(|i| i.entry.depth))
+                        .or_else(|| self.index().get(b).map(|i| i.entry.depth))
                         .unwrap_or(0)
                 })
                 .max()
@@ -356,23 +354,19 @@ impl Archive {
                 sink.add(e, &payload)?;
             }
         }
-        sink.publish()?;
+        sink.flush()?;
         let mut rec = inc.record.clone();
         rec.seq = seq;
         rec.committed_at_ns = now_ns();
         rec.stats.new_chunks = sink.blobs;
         rec.stats.new_deltas = sink.deltas;
         rec.stats.added_bytes = sink.added_bytes + rec.encode()?.len() as u64;
-        let bytes = rec.encode()?;
-        if !self
-            .backend
-            .create(&manifest::gen_key(&source, seq), &bytes)?
-        {
-            return Err(Error::GenerationExists(rec.id()));
-        }
-        for (id, size, entries) in std::mem::take(&mut sink.packs) {
-            self.index.add_pack(id, size, entries);
-        }
+        let uses = nodes
+            .iter()
+            .flat_map(|n| n.chunk_list())
+            .chain(rec.manifest_chunks.iter().copied())
+            .map(|c| c.0);
+        commit.publish(&mut sink, &rec, uses)?;
         Ok(rec)
     }
 }
@@ -395,7 +389,7 @@ mod tests {
     }
 
     /// Move one generation from `a` to `b` the way the daemons do.
-    fn transfer(a: &Archive, b: &mut Archive, gen: &GenId) -> (GenRecord, u64, usize) {
+    fn transfer(a: &Archive, b: &Archive, gen: &GenId) -> (GenRecord, u64, usize) {
         let mut inc = Incoming::new(&a.record_bytes(gen).unwrap()).unwrap();
         let mut rounds = 0;
         loop {
@@ -420,15 +414,15 @@ mod tests {
         let mut data = rows(400_000, "a");
         write(&src, "dump.sql", &data);
         write(&src, "small", b"hello");
-        let mut a = Archive::init(&t.path().join("a")).unwrap();
-        let mut b = Archive::init(&t.path().join("b")).unwrap();
+        let a = Archive::init(&t.path().join("a")).unwrap();
+        let b = Archive::init(&t.path().join("b")).unwrap();
         let s = SourceName::new("db").unwrap();
         let g1 = a
             .ingest(&s, &src, &IngestOptions::default())
             .unwrap()
             .record
             .id();
-        let (r1, sent1, _) = transfer(&a, &mut b, &g1);
+        let (r1, sent1, _) = transfer(&a, &b, &g1);
         assert_eq!(r1.seq, g1.seq);
         // A few scattered edits.
         for at in [1_000_000usize, 4_000_000, 7_000_000] {
@@ -440,7 +434,7 @@ mod tests {
             .unwrap()
             .record
             .id();
-        let (_, sent2, _) = transfer(&a, &mut b, &g2);
+        let (_, sent2, _) = transfer(&a, &b, &g2);
         assert!(
             sent2 * 50 < sent1,
             "second transfer {sent2} B vs first {sent1} B"
@@ -457,8 +451,8 @@ mod tests {
         let src = t.path().join("src");
         std::fs::create_dir(&src).unwrap();
         write(&src, "f", &rows(50_000, "x"));
-        let mut a = Archive::init(&t.path().join("a")).unwrap();
-        let mut b = Archive::init(&t.path().join("b")).unwrap();
+        let a = Archive::init(&t.path().join("a")).unwrap();
+        let b = Archive::init(&t.path().join("b")).unwrap();
         let s = SourceName::new("db").unwrap();
         let g = a
             .ingest(&s, &src, &IngestOptions::default())
@@ -505,7 +499,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let src = t.path().join("s");
         std::fs::create_dir(&src).unwrap();
-        let mut a = Archive::init(&t.path().join("a")).unwrap();
+        let a = Archive::init(&t.path().join("a")).unwrap();
         let g = a
             .ingest(
                 &SourceName::new("x").unwrap(),

@@ -401,7 +401,7 @@ proptest! {
         let (files, dirs, links, bytes) = count(&snap);
 
         let source = SourceName::new("prop").unwrap();
-        let mut ar = Archive::init(&scratch.join("archive")).unwrap();
+        let ar = Archive::init(&scratch.join("archive")).unwrap();
         let rep = ar.ingest(&source, &src, &IngestOptions::default()).unwrap();
         let st = &rep.record.stats;
         prop_assert!(rep.warnings.is_empty(), "{:?}", rep.warnings);
@@ -453,7 +453,7 @@ proptest! {
         let snap1 = snapshot(&src);
 
         let source = SourceName::new("db").unwrap();
-        let mut ar = Archive::init(&scratch.join("archive")).unwrap();
+        let ar = Archive::init(&scratch.join("archive")).unwrap();
         let opts = IngestOptions::default();
         let v1 = ar.ingest(&source, &src, &opts).unwrap().record;
 

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -52,7 +52,7 @@ pub struct Status {
 pub(crate) struct App {
     pub(crate) cfg: Config,
     source: SourceName,
-    outbox: Arc<RwLock<Archive>>,
+    outbox: Arc<Archive>,
     export_lock: tokio::sync::Mutex<()>,
     runs: Mutex<HashMap<String, RunState>>,
     pub(crate) status: Mutex<Status>,
@@ -190,7 +190,7 @@ async fn export_steps(app: &Arc<App>, run: &mut RunState) -> Result<()> {
         let tx = run.tx.clone();
         let snap = blocking(move || {
             refuse_empty(&a.cfg)?;
-            let mut ar = a.outbox.write().unwrap_or_else(|p| p.into_inner());
+            let ar = &a.outbox;
             let opts = IngestOptions {
                 epoch: Epoch(epoch),
                 taken_at_ns: Some(taken_at),
@@ -347,7 +347,7 @@ async fn notify_and_wait(app: &Arc<App>, run: &mut RunState, seq: Seq, epoch: u6
 }
 
 fn trim_outbox(app: &App) -> Result<()> {
-    let mut ar = app.outbox.write().unwrap_or_else(|p| p.into_inner());
+    let ar = &app.outbox;
     ar.keep_last(app.cfg.keep, true)?;
     Ok(())
 }
@@ -420,10 +420,9 @@ async fn serve_outbox(
     f: impl FnOnce(&Archive) -> Result<Vec<u8>, ApiError> + Send + 'static,
 ) -> Result<Bytes, ApiError> {
     let a = app.clone();
-    let b =
-        tokio::task::spawn_blocking(move || f(&a.outbox.read().unwrap_or_else(|p| p.into_inner())))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))??;
+    let b = tokio::task::spawn_blocking(move || f(&a.outbox))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
     app.metrics
         .counter(
             "pullback_bytes_sent_total",
@@ -503,7 +502,7 @@ pub(crate) fn new_app(cfg: Config) -> Result<Arc<App>> {
     Ok(Arc::new(App {
         cfg,
         source,
-        outbox: Arc::new(RwLock::new(outbox)),
+        outbox: Arc::new(outbox),
         export_lock: tokio::sync::Mutex::new(()),
         runs: Mutex::new(HashMap::new()),
         status: Mutex::new(st),

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -75,7 +75,7 @@ pub struct ApplyResult {
 
 pub(crate) struct App {
     pub(crate) cfg: Config,
-    store: Arc<RwLock<Archive>>,
+    store: Arc<Archive>,
     /// Transfers in progress, with the time of their last request.
     sessions: Mutex<HashMap<String, (Instant, Incoming)>>,
     pub(crate) apply_lock: tokio::sync::Mutex<()>,
@@ -213,7 +213,7 @@ async fn offer(
     let a = app.clone();
     blocking(move || {
         let mut inc = inc;
-        let ar = a.store.read().unwrap_or_else(|p| p.into_inner());
+        let ar = &a.store;
         if ar.record(&gen).is_ok() {
             return Ok(Json(Need {
                 need: vec![],
@@ -221,7 +221,7 @@ async fn offer(
             }));
         }
         let need = inc
-            .missing(&ar)
+            .missing(ar)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         a.sessions
             .lock()
@@ -262,10 +262,10 @@ async fn blobs(
             .ok_or_else(|| {
                 ApiError::not_found(format!("no transfer of {gen} in progress: offer it first"))
             })?;
-        let ar = a.store.read().unwrap_or_else(|p| p.into_inner());
+        let ar = &a.store;
         let r = inc
             .add_pack(&body)
-            .and_then(|_| inc.missing(&ar))
+            .and_then(|_| inc.missing(ar))
             .map_err(|e| ApiError::bad_request(format!("refused: {e}")));
         match r {
             Ok(need) => {
@@ -306,7 +306,7 @@ async fn commit(
             .unwrap_or_else(|p| p.into_inner())
             .remove(&g.to_string())
             .map(|(_, inc)| inc);
-        let mut ar = a.store.write().unwrap_or_else(|p| p.into_inner());
+        let ar = &a.store;
         match inc {
             Some(inc) => ar
                 .commit_incoming(inc, Some(g.seq))
@@ -403,7 +403,7 @@ async fn commit(
 
 /// Keep the newest `keep` generations of the local store.
 fn trim_store(app: &App) -> Result<()> {
-    let mut ar = app.store.write().unwrap_or_else(|p| p.into_inner());
+    let ar = &app.store;
     ar.keep_last(app.cfg.keep, false)?;
     Ok(())
 }
@@ -418,8 +418,8 @@ async fn apply(
     let a = app.clone();
     let g = gen.clone();
     let staged = tokio::task::spawn_blocking(move || -> Result<u64> {
-        let ar = a.store.read().unwrap_or_else(|p| p.into_inner());
-        a.applier().stage(&ar, &g)
+        let ar = &a.store;
+        a.applier().stage(ar, &g)
     })
     .await
     .map_err(|e| (anyhow::anyhow!("worker failed: {e}"), String::new()))
@@ -517,7 +517,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
     let listen = cfg.server.listen;
     let app = Arc::new(App {
         cfg,
-        store: Arc::new(RwLock::new(store)),
+        store: Arc::new(store),
         sessions: Mutex::new(HashMap::new()),
         apply_lock: tokio::sync::Mutex::new(()),
         status: Mutex::new(st),

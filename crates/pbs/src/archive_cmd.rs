@@ -100,7 +100,8 @@ enum ArchiveCmd {
         /// Print what would be freed, remove nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Fail at once instead of waiting while an ingest or restore runs.
+        /// Fail at once instead of waiting while another gc runs (gc does not
+        /// wait for ingests, restores or verifies).
         #[arg(long)]
         no_wait: bool,
         /// Print the plan as JSON.
@@ -181,7 +182,7 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
             dir,
         } => {
             let source = SourceName::new(&source).map_err(|e| anyhow!(e))?;
-            let mut ar = Archive::open_or_init(&path)?;
+            let ar = Archive::open_or_init(&path)?;
             let opts = IngestOptions {
                 epoch: Epoch(epoch),
                 taken_at_ns: taken_at.as_deref().map(parse_time).transpose()?,
@@ -376,7 +377,7 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
             no_wait,
             json,
         } => {
-            let mut ar = open(&path)?;
+            let ar = open(&path)?;
             let plan = ar.gc_plan(!no_wait)?;
             if json {
                 print_json(&serde_json::to_value(&plan)?)?;

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -88,7 +88,7 @@ pub use wire::cli::now_rfc3339;
 pub(crate) struct App {
     pub(crate) cfg: Config,
     pub(crate) state_dir: PathBuf,
-    pub(crate) archive: Arc<RwLock<Archive>>,
+    pub(crate) archive: Arc<Archive>,
     pub(crate) status: Mutex<ServerStatus>,
     /// One push at a time per clone (a rejoin pushes outside the source's worker).
     push_locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
@@ -196,11 +196,7 @@ async fn pull(app: &Arc<App>, src: &SourceConfig, n: &Notify) -> Result<GenRecor
             inc.record().epoch,
             inc.record().taken_at_ns,
         );
-        let newest = blocking(move || {
-            let ar = a.archive.read().unwrap_or_else(|p| p.into_inner());
-            Ok(ar.latest(&source)?)
-        })
-        .await?;
+        let newest = blocking(move || Ok(a.archive.latest(&source)?)).await?;
         if let Some(l) = newest.filter(|l| l.epoch == epoch && taken <= l.taken_at_ns) {
             return Err(NotNewer(format!(
                 "the data of {}/{} was taken at {}, not after {} (taken at {}, same epoch): \
@@ -217,8 +213,8 @@ async fn pull(app: &Arc<App>, src: &SourceConfig, n: &Notify) -> Result<GenRecor
     loop {
         let a = app.clone();
         let (i, need) = blocking(move || {
-            let ar = a.archive.read().unwrap_or_else(|p| p.into_inner());
-            let need = inc.missing(&ar)?;
+            let ar = &a.archive;
+            let need = inc.missing(ar)?;
             Ok((inc, need))
         })
         .await?;
@@ -236,7 +232,7 @@ async fn pull(app: &Arc<App>, src: &SourceConfig, n: &Notify) -> Result<GenRecor
     }
     let a = app.clone();
     blocking(move || {
-        let mut ar = a.archive.write().unwrap_or_else(|p| p.into_inner());
+        let ar = &a.archive;
         // A takeover may have happened since the notification was checked.
         Epoch::check(inc.record().epoch.0, a.coord.snapshot().epoch)?;
         Ok(ar.commit_incoming(inc, None)?)
@@ -275,7 +271,7 @@ async fn push(app: &Arc<App>, imp: &config::ImporterConfig, gen: &GenId) -> Resu
     let a = app.clone();
     let g = gen.clone();
     let rec = blocking(move || {
-        let ar = a.archive.read().unwrap_or_else(|p| p.into_inner());
+        let ar = &a.archive;
         Ok(ar.record_bytes(&g)?)
     })
     .await?;
@@ -299,7 +295,7 @@ async fn push(app: &Arc<App>, imp: &config::ImporterConfig, gen: &GenId) -> Resu
             .collect::<Result<Vec<_>>>()?;
         let a = app.clone();
         let pack = blocking(move || {
-            let ar = a.archive.read().unwrap_or_else(|p| p.into_inner());
+            let ar = &a.archive;
             Ok(ar.export_blobs(&ids)?)
         })
         .await?;
@@ -348,7 +344,7 @@ async fn push_all(app: &Arc<App>, gen: &GenId) {
 pub(crate) async fn latest_generation(app: &Arc<App>, source: Option<String>) -> Option<GenId> {
     let a = app.clone();
     blocking(move || {
-        let ar = a.archive.read().unwrap_or_else(|p| p.into_inner());
+        let ar = &a.archive;
         let mut best: Option<GenRecord> = None;
         for s in &a.cfg.sources {
             if source.as_deref().is_some_and(|x| x != s.name) {
@@ -622,7 +618,7 @@ async fn notify(
         .map_err(|e| ApiError::internal(e.to_string()))??;
     let a = app.clone();
     let latest_epoch = tokio::task::spawn_blocking(move || {
-        let ar = a.archive.read().unwrap_or_else(|p| p.into_inner());
+        let ar = &a.archive;
         ar.latest(&name).ok().flatten().map(|r| r.epoch.0)
     })
     .await
@@ -670,8 +666,8 @@ pub(crate) async fn status(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let a = app.clone();
     let v = tokio::task::spawn_blocking(move || {
-        let ar = a.archive.read().unwrap_or_else(|p| p.into_inner());
-        crate::status::report_with(&a.cfg, &a.state_dir, Some(&ar))
+        let ar = &a.archive;
+        crate::status::report_with(&a.cfg, &a.state_dir, Some(ar))
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?
@@ -711,7 +707,7 @@ async fn schedule(app: &Arc<App>) -> Result<Option<tokio_cron_scheduler::JobSche
                 Box::pin(async move {
                     let b = a.clone();
                     let r = blocking(move || {
-                        let mut ar = b.archive.write().unwrap_or_else(|p| p.into_inner());
+                        let ar = &b.archive;
                         let plan = ar.prune_plan(&pol)?;
                         let n = ar.apply_prune(&plan)?;
                         let gc = ar.gc_plan(true)?;
@@ -747,7 +743,7 @@ async fn schedule(app: &Arc<App>) -> Result<Option<tokio_cron_scheduler::JobSche
                 Box::pin(async move {
                     let b = a.clone();
                     let r = blocking(move || {
-                        let ar = b.archive.read().unwrap_or_else(|p| p.into_inner());
+                        let ar = &b.archive;
                         Ok(ar.verify(full)?)
                     })
                     .await;
@@ -837,7 +833,7 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
     let app = Arc::new(App {
         cfg,
         state_dir,
-        archive: Arc::new(RwLock::new(ar)),
+        archive: Arc::new(ar),
         status: Mutex::new(st),
         push_locks,
         switching: tokio::sync::Mutex::new(()),
