@@ -117,3 +117,42 @@ fn an_import_hook_left_by_a_killed_importer_is_killed_at_restart() {
     fs::write(&held.release, "").unwrap();
     drop(run);
 }
+
+#[test]
+fn an_export_hook_that_prints_50_mb_keeps_a_bounded_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = dir.path().join("export");
+    write_script(
+        &hook,
+        &format!(
+            "echo chatty-start\nhead -c 50000000 /dev/zero | tr '\\0' x\necho\necho chatty-end\nexec {e}",
+            e = files_hook("export").display()
+        ),
+    );
+    let mut c = Cluster::new(Options {
+        export_hook: Some(hook),
+        ..Options::default()
+    });
+    fs::write(c.src().join("data.txt"), "the data\n").unwrap();
+    c.start_all();
+    c.cycle(1);
+    let logs: Vec<_> = fs::read_dir(c.path().join("exporter/logs"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .collect();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    let kept = fs::read(logs[0].path()).unwrap();
+    assert!(kept.len() < 1_200_000, "{} bytes of log kept", kept.len());
+    let text = String::from_utf8_lossy(&kept);
+    assert!(
+        text.contains("chatty-start") && text.contains("chatty-end"),
+        "start and end kept"
+    );
+    assert!(text.contains("left out"), "the cut is said");
+    let st = c.run(Who::Exporter, &["status", "--json"]).json();
+    let tail = st["last_run"]["log_tail"].as_str().unwrap_or_default();
+    assert!(
+        tail.len() <= 4096 && tail.contains("files export: copied"),
+        "{st}"
+    );
+}

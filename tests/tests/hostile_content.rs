@@ -185,3 +185,46 @@ fn a_file_list_through_a_symlink_is_refused_everywhere() {
         assert_eq!(entries_in(&outside), 0, "{what}: restore wrote outside");
     }
 }
+
+#[test]
+fn a_setuid_file_of_another_user_is_not_restored_setuid() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut c = Cluster::new(Options::default());
+    let tool = c.src().join("tool");
+    fs::write(&tool, "#!/bin/sh\nid\n").unwrap();
+    fs::set_permissions(&tool, fs::Permissions::from_mode(0o4755)).unwrap();
+    let sgid = c.src().join("group-tool");
+    fs::write(&sgid, "#!/bin/sh\nid\n").unwrap();
+    fs::set_permissions(&sgid, fs::Permissions::from_mode(0o2755)).unwrap();
+    // Owned by someone else, as on a real main (possible when the tests run as root).
+    let as_root = unsafe { libc::geteuid() } == 0;
+    if as_root {
+        std::os::unix::fs::chown(&tool, Some(65534), Some(65534)).unwrap();
+        // chown clears the setuid bit: set it again.
+        fs::set_permissions(&tool, fs::Permissions::from_mode(0o4755)).unwrap();
+    }
+    c.start_all();
+    c.cycle(1);
+    // The signature keeps what the main had...
+    let show = c.archive().json(&["show", "files/1"]);
+    let mode_of = |name: &str| {
+        show["entries"]
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["path"] == name))
+            .map(|e| e["mode"].clone())
+    };
+    assert_eq!(mode_of("tool"), Some(serde_json::json!("4755")), "{show}");
+    assert_eq!(
+        mode_of("group-tool"),
+        Some(serde_json::json!("2755")),
+        "{show}"
+    );
+    // ...the clone gets the bits without setuid/setgid.
+    for (f, want) in [("tool", 0o755), ("group-tool", 0o755)] {
+        let m = fs::metadata(c.restore_dir(0).join(f)).unwrap();
+        assert_eq!(m.mode() & 0o7777, want, "{f}: {:o}", m.mode() & 0o7777);
+        if as_root {
+            assert_eq!(m.uid(), 0, "ownership is not restored");
+        }
+    }
+}
