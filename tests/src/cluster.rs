@@ -1011,6 +1011,23 @@ tokens = [{{ peer = "pbs", token = "{push}" }}, {{ peer = "admin", token = "{adm
         r.json()
     }
 
+    /// `POST /v1/notify` to the PBS with the exporter's notify token (as the exporter,
+    /// or a peer that stole its token, would send it).
+    pub fn notify(&self, body: &Value) -> HttpResponse {
+        let auth = format!("token {}", self.tokens.notify);
+        http(
+            self.port(Who::Pbs),
+            "POST",
+            "/v1/notify",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body.to_string().as_bytes(),
+        )
+        .unwrap_or_else(|e| panic!("POST /v1/notify: {e}"))
+    }
+
     /// An authenticated (admin) request to a daemon.
     pub fn admin(&self, who: Who, method: &str, path: &str) -> HttpResponse {
         let auth = format!("token {}", self.tokens.admin);

@@ -18,14 +18,8 @@ use pullback_tests::{write, Pbs};
 use serde_json::json;
 
 fn notify(c: &Cluster, seq: u64, epoch: u64, tx: &str) -> (u16, String) {
-    let body = json!({"source": "files", "seq": seq, "tx": tx, "epoch": epoch}).to_string();
-    let r = request(
-        c.port(Who::Pbs),
-        "POST",
-        "/v1/notify",
-        Some(&c.tokens.notify),
-        body.as_bytes(),
-    );
+    let body = json!({"source": "files", "seq": seq, "tx": tx, "epoch": epoch});
+    let r = c.notify(&body);
     (r.status, r.text())
 }
 

@@ -440,18 +440,8 @@ fn exporter_down_the_pbs_retries_and_reports() {
     let (code, pst) = c.pbs_status();
     assert_eq!(code, 1, "no generation yet: stale\n{pst}");
 
-    let auth = format!("token {}", c.tokens.notify);
-    let r = http(
-        c.port(Who::Pbs),
-        "POST",
-        "/v1/notify",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        br#"{"source":"files","seq":1,"tx":"manual-1","epoch":0}"#,
-    )
-    .unwrap();
+    let r =
+        c.notify(&serde_json::json!({"source": "files", "seq": 1, "tx": "manual-1", "epoch": 0}));
     assert_eq!(r.status, 202, "{}", r.text());
     let tx = wait_for("the PBS to give up pulling", || {
         c.pbs_tx("manual-1").filter(|t| t["state"] == "failed")
@@ -591,18 +581,7 @@ fn wrong_or_missing_tokens_are_refused() {
     // The same notify with the exporter's own token is taken (so only the
     // token made the difference); it names the outbox generation the PBS
     // already has, so the pull that follows is refused as a replay.
-    let auth = format!("token {}", t.notify);
-    let r = http(
-        c.port(Who::Pbs),
-        "POST",
-        "/v1/notify",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        br#"{"source":"files","seq":1,"tx":"evil-1","epoch":0}"#,
-    )
-    .unwrap();
+    let r = c.notify(&serde_json::json!({"source": "files", "seq": 1, "tx": "evil-1", "epoch": 0}));
     assert_eq!(r.status, 202, "{}", r.text());
     let tx = wait_for("the PBS to end the good notify", || {
         c.pbs_tx("evil-1")

@@ -30,22 +30,11 @@ fn two_generations() -> Cluster {
 #[test]
 fn a_replayed_notification_of_an_old_export_is_refused() {
     let c = two_generations();
-    let auth = format!("token {}", c.tokens.notify);
     for i in 0..5 {
         let tx = format!("replay-{i}");
-        let body =
-            format!(r#"{{"source":"files","seq":1,"tx":"{tx}","epoch":0,"node":"exporter"}}"#);
-        let r = http(
-            c.port(Who::Pbs),
-            "POST",
-            "/v1/notify",
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
-            body.as_bytes(),
-        )
-        .unwrap();
+        let r = c.notify(&serde_json::json!(
+            {"source": "files", "seq": 1, "tx": tx, "epoch": 0, "node": "exporter"}
+        ));
         assert!(
             r.status == 202 || r.status == 409,
             "{}: {}",

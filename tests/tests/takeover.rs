@@ -58,14 +58,8 @@ fn node(c: &Cluster, name: &str) -> (String, String, u64) {
 }
 
 fn notify(c: &Cluster, epoch: u64, tx: &str) -> HttpResponse {
-    let body = json!({"source": "files", "seq": 1, "tx": tx, "epoch": epoch}).to_string();
-    request(
-        c.port(Who::Pbs),
-        "POST",
-        "/v1/notify",
-        Some(&c.tokens.notify),
-        body.as_bytes(),
-    )
+    let body = json!({"source": "files", "seq": 1, "tx": tx, "epoch": epoch});
+    c.notify(&body)
 }
 
 // ---------------------------------------------------------------- a

@@ -288,9 +288,6 @@ mod tests {
     /// Every flag, positional and subcommand has a help text (a doc comment).
     #[test]
     fn every_argument_has_help() {
-        let cmd = super::Cli::command();
-        cmd.clone().debug_assert();
-        let missing = wire::cli::missing_help(&cmd);
-        assert!(missing.is_empty(), "no help text:\n{}", missing.join("\n"));
+        wire::cli::assert_every_argument_has_help(super::Cli::command());
     }
 }

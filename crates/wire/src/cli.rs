@@ -122,6 +122,14 @@ fn stdout_closed(e: &anyhow::Error) -> bool {
     })
 }
 
+/// The check each binary's unit test makes: clap's own consistency checks pass and every
+/// argument and subcommand has a help text (panics listing the ones without).
+pub fn assert_every_argument_has_help(cmd: clap::Command) {
+    cmd.clone().debug_assert();
+    let missing = missing_help(&cmd);
+    assert!(missing.is_empty(), "no help text:\n{}", missing.join("\n"));
+}
+
 /// Every argument (flag or positional) and subcommand of `cmd`, its subcommands
 /// included, that has no help text, as `COMMAND PATH: --flag` lines. A binary's unit
 /// test asserts that this is empty, so a new flag without a doc comment fails it.
