@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use archive::prune::Retention;
 use archive::transfer::Incoming;
-use archive::{Archive, ChunkId, Epoch, GenId, GenRecord, SourceName};
+use archive::{Archive, Epoch, GenRecord, SourceName};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -90,17 +90,17 @@ pub(crate) struct App {
     pub(crate) state_dir: PathBuf,
     pub(crate) archive: Arc<Archive>,
     pub(crate) status: Mutex<ServerStatus>,
-    /// One push at a time per clone (a rejoin pushes outside the source's worker).
-    push_locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// One push job per clone, apart from the pulls (see `push.rs`).
+    pub(crate) push_jobs: HashMap<String, Arc<crate::push::PushJob>>,
     /// One switchover or automatic failover at a time.
     pub(crate) switching: tokio::sync::Mutex<()>,
     queues: HashMap<String, mpsc::UnboundedSender<Notify>>,
-    metrics: Metrics,
+    pub(crate) metrics: Metrics,
     pub(crate) coord: Coordinator,
 }
 
 impl App {
-    fn update(&self, f: impl FnOnce(&mut ServerStatus)) {
+    pub(crate) fn update(&self, f: impl FnOnce(&mut ServerStatus)) {
         let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut s);
         while s.transactions.len() > KEEP_TX {
@@ -131,7 +131,9 @@ impl App {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| anyhow!("worker failed: {e}"))?
@@ -240,246 +242,7 @@ async fn pull(app: &Arc<App>, src: &SourceConfig, n: &Notify) -> Result<GenRecor
     .await
 }
 
-// ---------------------------------------------------------------- push
-
-#[derive(Debug, Deserialize)]
-struct Need {
-    need: Vec<String>,
-    #[serde(default)]
-    have: bool,
-}
-
-#[derive(Debug, Deserialize)]
-struct ApplyResult {
-    ok: bool,
-    verified: bool,
-    error: Option<String>,
-    #[serde(default)]
-    log_tail: String,
-}
-
-async fn push(app: &Arc<App>, imp: &config::ImporterConfig, gen: &GenId) -> Result<()> {
-    let client = imp
-        .peer()
-        .client(Duration::from_secs(4 * 3600))
-        .map_err(|e| anyhow!("{e}"))?;
-    let sent = app.metrics.counter_with(
-        "pullback_bytes_sent_total",
-        "Bytes sent to importers",
-        &[("importer", &imp.name)],
-    );
-    let a = app.clone();
-    let g = gen.clone();
-    let rec = blocking(move || {
-        let ar = &a.archive;
-        Ok(ar.record_bytes(&g)?)
-    })
-    .await?;
-    let base = format!("/v1/receive/{}/{}", gen.source, gen.seq);
-    sent.add(rec.len() as u64);
-    let reply = client
-        .post_bytes(&format!("{base}/offer"), rec)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
-    let mut need: Need = serde_json::from_slice(&reply).context("importer's answer to offer")?;
-    let mut rounds = 0;
-    while !need.need.is_empty() {
-        rounds += 1;
-        if rounds > 10_000 {
-            bail!("the importer keeps asking for blobs: giving up");
-        }
-        let ids = need
-            .need
-            .iter()
-            .map(|h| h.parse::<ChunkId>().map_err(anyhow::Error::msg))
-            .collect::<Result<Vec<_>>>()?;
-        let a = app.clone();
-        let pack = blocking(move || {
-            let ar = &a.archive;
-            Ok(ar.export_blobs(&ids)?)
-        })
-        .await?;
-        sent.add(pack.len() as u64);
-        let reply = client
-            .post_bytes(&format!("{base}/blobs"), pack)
-            .await
-            .map_err(|e| anyhow!("{e}"))?;
-        need = serde_json::from_slice(&reply).context("importer's answer to blobs")?;
-    }
-    let _ = need.have;
-    let reply = client
-        .post_bytes(&format!("{base}/commit"), Vec::new())
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
-    let r: ApplyResult = serde_json::from_slice(&reply).context("importer's answer to commit")?;
-    if !r.ok || !r.verified {
-        bail!(
-            "import failed: {}{}",
-            r.error.unwrap_or_else(|| "not verified".into()),
-            if r.log_tail.is_empty() {
-                String::new()
-            } else {
-                format!("\n{}", r.log_tail)
-            }
-        );
-    }
-    Ok(())
-}
-
-async fn push_all(app: &Arc<App>, gen: &GenId) {
-    let jobs = app.cfg.importers.clone().into_iter().map(|imp| {
-        let app = app.clone();
-        let gen = gen.clone();
-        async move {
-            // Not to the main (it serves) nor to a Broken node (quarantined).
-            if app.coord.receives_pushes(&imp.name) {
-                push_one(&app, &imp, &gen).await;
-            }
-        }
-    });
-    futures_join_all(jobs).await;
-}
-
-/// The newest generation of the archive (per source, the one of `source` or of any).
-pub(crate) async fn latest_generation(app: &Arc<App>, source: Option<String>) -> Option<GenId> {
-    let a = app.clone();
-    blocking(move || {
-        let ar = &a.archive;
-        let mut best: Option<GenRecord> = None;
-        for s in &a.cfg.sources {
-            if source.as_deref().is_some_and(|x| x != s.name) {
-                continue;
-            }
-            let Ok(name) = SourceName::new(&s.name) else {
-                continue;
-            };
-            if let Some(r) = ar.latest(&name)? {
-                if best.as_ref().is_none_or(|b| r.taken_at_ns > b.taken_at_ns) {
-                    best = Some(r);
-                }
-            }
-        }
-        Ok(best.map(|r| r.id()))
-    })
-    .await
-    .ok()
-    .flatten()
-}
-
-/// Rejoin: push the latest generation to clone `node` (in the background).
-pub(crate) fn push_latest(app: &Arc<App>, node: &str) {
-    let Some(imp) = app.cfg.importers.iter().find(|i| i.name == node).cloned() else {
-        return;
-    };
-    let app = app.clone();
-    tokio::spawn(async move {
-        match latest_generation(&app, None).await {
-            Some(gen) => push_one(&app, &imp, &gen).await,
-            None => tracing::info!(node = %imp.name, "rejoin: no generation to restore yet"),
-        }
-    });
-}
-
-/// Pushes `gen` to one clone (with retries) and records the result; a rejoining clone
-/// that verified the latest generation becomes a Follower.
-async fn push_one(app: &Arc<App>, imp: &config::ImporterConfig, gen: &GenId) {
-    let lock = app.push_locks.get(&imp.name).cloned();
-    let _one = match &lock {
-        Some(l) => Some(l.lock().await),
-        None => None,
-    };
-    // A newer generation was committed while this push waited: that one's push covers
-    // it (and a clone refuses to move back).
-    if let Some(latest) = latest_generation(app, Some(gen.source.to_string())).await {
-        if latest.seq > gen.seq {
-            return;
-        }
-    }
-    let t = Instant::now();
-    let backoff = wire::Backoff {
-        initial: Duration::from_secs(1),
-        max: Duration::from_secs(30),
-        attempts: 3,
-    };
-    let mut last = None;
-    for attempt in 0..backoff.attempts {
-        if attempt > 0 {
-            tokio::time::sleep(backoff.delay(attempt)).await;
-        }
-        match push(app, imp, gen).await {
-            Ok(()) => {
-                last = None;
-                break;
-            }
-            Err(e) => {
-                tracing::warn!(importer = %imp.name, generation = %gen, "push failed: {e:#}");
-                last = Some(e);
-            }
-        }
-    }
-    app.metrics
-        .gauge_with(
-            "pullback_push_seconds",
-            "Duration of the last push",
-            &[("importer", &imp.name)],
-        )
-        .set_duration(t.elapsed());
-    let ev = |detail: String| Event {
-        at: now_rfc3339(),
-        generation: Some(gen.to_string()),
-        detail,
-    };
-    app.update(|s| {
-        let st = s.importers.entry(imp.name.clone()).or_default();
-        match &last {
-            None => st.last_good = Some(ev("imported and verified".into())),
-            Some(e) => st.last_failure = Some(ev(format!("{e:#}"))),
-        }
-    });
-    if last.is_some() {
-        app.metrics
-            .counter_with(
-                "pullback_failures_total",
-                "Failed transfers",
-                &[("peer", &imp.name)],
-            )
-            .inc();
-    } else if app.coord.is_rejoining(&imp.name) {
-        if let Some(latest) = latest_generation(app, Some(gen.source.to_string())).await {
-            if !app
-                .coord
-                .finish_rejoin(&imp.name, &gen.to_string(), &latest.to_string())
-            {
-                // A newer generation was committed meanwhile: that one, too.
-                if latest != *gen {
-                    push_latest(app, &imp.name);
-                }
-            }
-        }
-    }
-}
-
-/// At start: every clone gets the newest generation of every source, so that a push cut
-/// short by a crash or restart of the PBS does not leave a clone behind until the next
-/// export (a clone that holds it answers at once).
-async fn catch_up(app: Arc<App>) {
-    let names: Vec<String> = app.cfg.sources.iter().map(|s| s.name.clone()).collect();
-    for name in names {
-        if let Some(gen) = latest_generation(&app, Some(name)).await {
-            tracing::info!(generation = %gen, "start-up: bringing every clone to the newest generation");
-            push_all(&app, &gen).await;
-        }
-    }
-}
-
-async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
-    jobs: impl Iterator<Item = F>,
-) {
-    let handles: Vec<_> = jobs.map(tokio::spawn).collect();
-    for h in handles {
-        let _ = h.await;
-    }
-}
+pub(crate) use crate::push::{latest_generation, push_latest};
 
 // ---------------------------------------------------------------- per-source worker
 
@@ -568,7 +331,9 @@ async fn worker(app: Arc<App>, name: String, mut rx: mpsc::UnboundedReceiver<Not
                         detail: format!("tx {}", n.tx),
                     })
                 });
-                push_all(&app, &gen).await;
+                // Queued for each clone's push job: a slow or dead clone never
+                // holds up the next pull, nor the other clones.
+                crate::push::push_all(&app, &gen);
             }
             Err(e) => {
                 app.metrics
@@ -825,17 +590,17 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
         queues.insert(s.name.clone(), tx);
         rxs.push((s.name.clone(), rx));
     }
-    let push_locks = cfg
+    let push_jobs = cfg
         .importers
         .iter()
-        .map(|i| (i.name.clone(), Arc::new(tokio::sync::Mutex::new(()))))
+        .map(|i| (i.name.clone(), Arc::new(crate::push::PushJob::default())))
         .collect();
     let app = Arc::new(App {
         cfg,
         state_dir,
         archive: Arc::new(ar),
         status: Mutex::new(st),
-        push_locks,
+        push_jobs,
         switching: tokio::sync::Mutex::new(()),
         queues,
         metrics: Metrics::new(),
@@ -853,7 +618,8 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
     for (name, rx) in rxs {
         tokio::spawn(worker(app.clone(), name, rx));
     }
-    tokio::spawn(catch_up(app.clone()));
+    crate::push::start_jobs(&app);
+    tokio::spawn(crate::push::catch_up(app.clone()));
     let _sched = schedule(&app).await?;
     tokio::spawn(crate::grant::retry_promotions(app.clone()));
     if app.cfg.failover.auto {

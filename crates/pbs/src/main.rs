@@ -7,6 +7,7 @@ mod daemon;
 mod failover;
 mod grant;
 mod ha_api;
+mod push;
 mod status;
 
 use std::path::PathBuf;

@@ -1,0 +1,286 @@
+//! Pushing generations to the clones: one job per clone, apart from the pulls.
+//!
+//! A committed generation is *queued* for each clone ([`push_all`]) and the pull worker
+//! goes on at once. Each clone's job pushes the newest generation queued for it; one that
+//! is queued while a push runs replaces any older one still waiting (the queue holds one
+//! generation per source), so a slow clone catches up in one step and a dead clone costs
+//! nothing to the others or to the next pull.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use archive::{ChunkId, GenId, GenRecord, SourceName};
+use serde::Deserialize;
+
+use crate::config;
+use crate::daemon::{blocking, now_rfc3339, App, Event};
+
+/// The generations waiting for one clone (one per source, the newest) and the bell that
+/// wakes its job.
+#[derive(Default)]
+pub(crate) struct PushJob {
+    pending: Mutex<BTreeMap<String, GenId>>,
+    wake: tokio::sync::Notify,
+}
+
+/// Queue `gen` for clone `node` (keeping only the newest per source).
+fn queue(app: &Arc<App>, node: &str, gen: &GenId) {
+    let Some(job) = app.push_jobs.get(node) else {
+        return;
+    };
+    {
+        let mut p = job.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let e = p
+            .entry(gen.source.to_string())
+            .or_insert_with(|| gen.clone());
+        if e.seq < gen.seq {
+            *e = gen.clone();
+        }
+    }
+    job.wake.notify_one();
+}
+
+/// Start one push job per clone.
+pub(crate) fn start_jobs(app: &Arc<App>) {
+    for imp in app.cfg.importers.clone() {
+        let Some(job) = app.push_jobs.get(&imp.name).cloned() else {
+            continue;
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            loop {
+                job.wake.notified().await;
+                loop {
+                    let next = job
+                        .pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .pop_first();
+                    let Some((_, gen)) = next else { break };
+                    push_one(&app, &imp, &gen).await;
+                }
+            }
+        });
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Need {
+    need: Vec<String>,
+    #[serde(default)]
+    have: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct ApplyResult {
+    ok: bool,
+    verified: bool,
+    error: Option<String>,
+    #[serde(default)]
+    log_tail: String,
+}
+
+async fn push(app: &Arc<App>, imp: &config::ImporterConfig, gen: &GenId) -> Result<()> {
+    let client = imp
+        .peer()
+        .client(Duration::from_secs(4 * 3600))
+        .map_err(|e| anyhow!("{e}"))?;
+    let sent = app.metrics.counter_with(
+        "pullback_bytes_sent_total",
+        "Bytes sent to importers",
+        &[("importer", &imp.name)],
+    );
+    let a = app.clone();
+    let g = gen.clone();
+    let rec = blocking(move || {
+        let ar = &a.archive;
+        Ok(ar.record_bytes(&g)?)
+    })
+    .await?;
+    let base = format!("/v1/receive/{}/{}", gen.source, gen.seq);
+    sent.add(rec.len() as u64);
+    let reply = client
+        .post_bytes(&format!("{base}/offer"), rec)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let mut need: Need = serde_json::from_slice(&reply).context("importer's answer to offer")?;
+    let mut rounds = 0;
+    while !need.need.is_empty() {
+        rounds += 1;
+        if rounds > 10_000 {
+            bail!("the importer keeps asking for blobs: giving up");
+        }
+        let ids = need
+            .need
+            .iter()
+            .map(|h| h.parse::<ChunkId>().map_err(anyhow::Error::msg))
+            .collect::<Result<Vec<_>>>()?;
+        let a = app.clone();
+        let pack = blocking(move || {
+            let ar = &a.archive;
+            Ok(ar.export_blobs(&ids)?)
+        })
+        .await?;
+        sent.add(pack.len() as u64);
+        let reply = client
+            .post_bytes(&format!("{base}/blobs"), pack)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        need = serde_json::from_slice(&reply).context("importer's answer to blobs")?;
+    }
+    let _ = need.have;
+    let reply = client
+        .post_bytes(&format!("{base}/commit"), Vec::new())
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let r: ApplyResult = serde_json::from_slice(&reply).context("importer's answer to commit")?;
+    if !r.ok || !r.verified {
+        bail!(
+            "import failed: {}{}",
+            r.error.unwrap_or_else(|| "not verified".into()),
+            if r.log_tail.is_empty() {
+                String::new()
+            } else {
+                format!("\n{}", r.log_tail)
+            }
+        );
+    }
+    Ok(())
+}
+
+/// Queue `gen` for every clone that receives pushes (not the main, which serves, nor a
+/// Broken node, quarantined). Returns at once.
+pub(crate) fn push_all(app: &Arc<App>, gen: &GenId) {
+    for imp in &app.cfg.importers {
+        if app.coord.receives_pushes(&imp.name) {
+            queue(app, &imp.name, gen);
+        }
+    }
+}
+
+/// The newest generation of the archive (per source, the one of `source` or of any).
+pub(crate) async fn latest_generation(app: &Arc<App>, source: Option<String>) -> Option<GenId> {
+    let a = app.clone();
+    blocking(move || {
+        let ar = &a.archive;
+        let mut best: Option<GenRecord> = None;
+        for s in &a.cfg.sources {
+            if source.as_deref().is_some_and(|x| x != s.name) {
+                continue;
+            }
+            let Ok(name) = SourceName::new(&s.name) else {
+                continue;
+            };
+            if let Some(r) = ar.latest(&name)? {
+                if best.as_ref().is_none_or(|b| r.taken_at_ns > b.taken_at_ns) {
+                    best = Some(r);
+                }
+            }
+        }
+        Ok(best.map(|r| r.id()))
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Rejoin: queue the latest generation for clone `node`.
+pub(crate) fn push_latest(app: &Arc<App>, node: &str) {
+    let app = app.clone();
+    let node = node.to_string();
+    tokio::spawn(async move {
+        match latest_generation(&app, None).await {
+            Some(gen) => queue(&app, &node, &gen),
+            None => tracing::info!(node = %node, "rejoin: no generation to restore yet"),
+        }
+    });
+}
+
+/// Pushes `gen` to one clone (with retries) and records the result; a rejoining clone
+/// that verified the latest generation becomes a Follower.
+async fn push_one(app: &Arc<App>, imp: &config::ImporterConfig, gen: &GenId) {
+    // A newer generation was committed while this push waited: that one's push covers
+    // it (and a clone refuses to move back).
+    if let Some(latest) = latest_generation(app, Some(gen.source.to_string())).await {
+        if latest.seq > gen.seq {
+            return;
+        }
+    }
+    let t = Instant::now();
+    let backoff = wire::Backoff {
+        initial: Duration::from_secs(1),
+        max: Duration::from_secs(30),
+        attempts: 3,
+    };
+    let mut last = None;
+    for attempt in 0..backoff.attempts {
+        if attempt > 0 {
+            tokio::time::sleep(backoff.delay(attempt)).await;
+        }
+        match push(app, imp, gen).await {
+            Ok(()) => {
+                last = None;
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(importer = %imp.name, generation = %gen, "push failed: {e:#}");
+                last = Some(e);
+            }
+        }
+    }
+    app.metrics
+        .gauge_with(
+            "pullback_push_seconds",
+            "Duration of the last push",
+            &[("importer", &imp.name)],
+        )
+        .set_duration(t.elapsed());
+    let ev = |detail: String| Event {
+        at: now_rfc3339(),
+        generation: Some(gen.to_string()),
+        detail,
+    };
+    app.update(|s| {
+        let st = s.importers.entry(imp.name.clone()).or_default();
+        match &last {
+            None => st.last_good = Some(ev("imported and verified".into())),
+            Some(e) => st.last_failure = Some(ev(format!("{e:#}"))),
+        }
+    });
+    if last.is_some() {
+        app.metrics
+            .counter_with(
+                "pullback_failures_total",
+                "Failed transfers",
+                &[("peer", &imp.name)],
+            )
+            .inc();
+    } else if app.coord.is_rejoining(&imp.name) {
+        if let Some(latest) = latest_generation(app, Some(gen.source.to_string())).await {
+            if !app
+                .coord
+                .finish_rejoin(&imp.name, &gen.to_string(), &latest.to_string())
+            {
+                // A newer generation was committed meanwhile: that one, too.
+                if latest != *gen {
+                    push_latest(app, &imp.name);
+                }
+            }
+        }
+    }
+}
+
+/// At start: every clone gets the newest generation of every source, so that a push cut
+/// short by a crash or restart of the PBS does not leave a clone behind until the next
+/// export (a clone that holds it answers at once).
+pub(crate) async fn catch_up(app: Arc<App>) {
+    let names: Vec<String> = app.cfg.sources.iter().map(|s| s.name.clone()).collect();
+    for name in names {
+        if let Some(gen) = latest_generation(&app, Some(name)).await {
+            tracing::info!(generation = %gen, "start-up: bringing every clone to the newest generation");
+            push_all(&app, &gen);
+        }
+    }
+}
