@@ -43,6 +43,7 @@ demo: build
 bench: deps
 	bash bench/bench.sh "$(BENCH_DIR)"
 	bash bench/pipeline.sh "$(BENCH_DIR)"
+	bash bench/fanout.sh "$(BENCH_DIR)"
 
 clean:
 	$(CARGO) clean

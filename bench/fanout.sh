@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# fanout.sh WORKDIR — two rows for the transfer engine, on the pgtext data set made by
+# bench.sh (WORKDIR/data/pgtext_v{1,2}/dump.sql), everything on loopback:
+#   fan-out:     one exporter, one PBS and N = 1, 2, 4 clones; the time from the PBS's
+#                commit of the v2 generation (`exporter run` returns) to the last clone
+#                verified. Goal: 4 clones <= 1.3 x one clone.
+#   concurrency: the v1 dump cut into 4 parts, one source each, ingested into one archive
+#                by 4 `pbs archive ingest` processes at once vs the same 4 one after another.
+#                Goal: <= 0.7 x the serial time. (4 sources *exporting* into one PBS needs a
+#                coordinator per source group, which the PBS does not have yet: it grants
+#                MAIN to one exporter node.)
+# Knobs: BIN (folder with exporter, pbs, importer; default: cargo build --release).
+set -euo pipefail
+W=$(realpath -m "${1:?usage: $0 WORKDIR}")
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+D=$W/data
+say() { printf '[fanout %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+for v in 1 2; do
+  [[ -s $D/pgtext_v$v/dump.sql ]] || { say "no $D/pgtext_v$v/dump.sql: run bench.sh $W first (DATASETS=pgtext)"; exit 1; }
+done
+if [[ -z ${BIN:-} ]]; then
+  (cd "$ROOT" && cargo build --release -q -p pbs -p exporter -p importer)
+  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+fi
+F=$W/fanout
+PIDS=()
+stop_all() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; PIDS=(); }
+trap stop_all EXIT
+PORT=${PORT_BASE:-27900}
+T_ADMIN=bench-admin-token-000000 T_N=bench-notify-token-00000 T_PULL=bench-pull-token-0000000
+now() { date +%s.%N; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; }
+
+# One trio with N clones in $F/n$N; starts the daemons.
+trio() {
+  local n=$1 P=$F/n$1 i
+  rm -rf "$P"; mkdir -p "$P/src" "$P/hooks"
+  printf '#!/bin/sh\nset -e\ncp "%s/src/dump.sql" "$PULLBACK_BACKUP_DIR/dump.sql.tmp"\nmv "$PULLBACK_BACKUP_DIR/dump.sql.tmp" "$PULLBACK_BACKUP_DIR/dump.sql"\n' "$P" >"$P/hooks/export"
+  chmod +x "$P/hooks/export"
+  {
+    printf 'state_dir = "%s/pbs"\n[archive]\npath = "%s/pbs/archive"\n[server]\nlisten = "127.0.0.1:%s"\n' "$P" "$P" "$PORT"
+    printf 'tokens = [{ peer = "exporter", token = "%s" }, { peer = "admin", token = "%s" }]\n' "$T_N" "$T_ADMIN"
+    printf '[[source]]\nname = "pgtext"\nexporter = { name = "exporter", url = "http://127.0.0.1:%s", token = "%s" }\n' $((PORT + 1)) "$T_PULL"
+    for i in $(seq "$n"); do
+      printf '[[importer]]\nname = "clone%s"\nurl = "http://127.0.0.1:%s"\ntoken = "bench-push-token-%08d"\n' "$i" $((PORT + 1 + i)) "$i"
+    done
+  } >"$P/pbs.toml"
+  printf 'source = "pgtext"\nbackup_dir = "%s/exporter/backup"\nstate_dir = "%s/exporter"\nschedule = "off"\n[hooks]\nexport = "%s/hooks/export"\n[server]\nlisten = "127.0.0.1:%s"\ntokens = [{ peer = "pbs", token = "%s" }, { peer = "admin", token = "%s" }]\n[[pbs]]\nname = "pbs"\nurl = "http://127.0.0.1:%s"\ntoken = "%s"\n' \
+    "$P" "$P" "$P" $((PORT + 1)) "$T_PULL" "$T_ADMIN" "$PORT" "$T_N" >"$P/exporter.toml"
+  for i in $(seq "$n"); do
+    printf 'name = "clone%s"\nstore = "%s/clone%s/store"\nrestore_dir = "%s/clone%s/restore"\nstate_dir = "%s/clone%s"\n[server]\nlisten = "127.0.0.1:%s"\ntokens = [{ peer = "pbs", token = "bench-push-token-%08d" }, { peer = "admin", token = "%s" }]\n' \
+      "$i" "$P" "$i" "$P" "$i" "$P" "$i" $((PORT + 1 + i)) "$i" "$T_ADMIN" >"$P/importer$i.toml"
+  done
+  export PULLBACK_LOG=warn
+  "$BIN/pbs" --config "$P/pbs.toml" serve 2>"$P/pbs.log" & PIDS+=($!)
+  for i in $(seq "$n"); do "$BIN/importer" --config "$P/importer$i.toml" serve 2>"$P/importer$i.log" & PIDS+=($!); done
+  "$BIN/exporter" --config "$P/exporter.toml" serve 2>"$P/exporter.log" & PIDS+=($!)
+  for p in $(seq "$PORT" $((PORT + 1 + n))); do wait_port "$p"; done
+}
+verified() { # verified P I
+  "$BIN/importer" --config "$1/importer$2.toml" status --json |
+    python3 -c 'import json,sys; v=json.load(sys.stdin)["last_valid"] or {}; print(v.get("generation","") if v.get("verified") else "")'
+}
+# exporter run of version V, then wait for all N clones; prints the seconds from the commit.
+cycle() { # cycle N V
+  local n=$1 v=$2 P=$F/n$1 t0 i
+  cp "$D/pgtext_v$v/dump.sql" "$P/src/dump.sql"
+  "$BIN/exporter" --config "$P/exporter.toml" run >/dev/null
+  t0=$(now)
+  for i in $(seq "$n"); do
+    until [[ $(verified "$P" "$i") == "pgtext/$v" ]]; do sleep 0.02; done
+  done
+  echo "$(now) - $t0" | bc
+  for i in $(seq "$n"); do
+    cmp -s "$P/clone$i/restore/dump.sql" "$P/src/dump.sql" || { say "clone$i differs from v$v"; exit 1; }
+  done
+}
+ROWS=()
+declare -A FAN
+for n in 1 2 4; do
+  say "fan-out: $n clone(s)"
+  trio "$n"
+  cycle "$n" 1 >/dev/null
+  FAN[$n]=$(cycle "$n" 2)
+  ROWS+=("$(printf '| pgtext | pullback | fan-out v2, %s clone(s): commit -> last clone verified | %.2f | ok |' "$n" "${FAN[$n]}")")
+  stop_all
+done
+
+say "concurrency: 4 sources into one archive, serial then at once"
+C=$F/conc
+rm -rf "$C"; mkdir -p "$C/parts"
+split -n l/4 -d "$D/pgtext_v1/dump.sql" "$C/parts/p"
+for k in 0 1 2 3; do mkdir -p "$C/src$k"; mv "$C/parts/p0$k" "$C/src$k/dump.sql"; cat "$C/src$k/dump.sql" >/dev/null; done
+"$BIN/pbs" archive init --archive "$C/serial" >/dev/null
+"$BIN/pbs" archive init --archive "$C/parallel" >/dev/null
+t0=$(now)
+for k in 0 1 2 3; do "$BIN/pbs" archive ingest --archive "$C/serial" --source "s$k" "$C/src$k" >/dev/null; done
+SERIAL=$(echo "$(now) - $t0" | bc)
+t0=$(now)
+CP=()
+for k in 0 1 2 3; do "$BIN/pbs" archive ingest --archive "$C/parallel" --source "s$k" "$C/src$k" >/dev/null & CP+=($!); done
+for p in "${CP[@]}"; do wait "$p"; done
+PARALLEL=$(echo "$(now) - $t0" | bc)
+"$BIN/pbs" archive verify --archive "$C/parallel" >/dev/null || { say "verify failed after the concurrent ingests"; exit 1; }
+[[ $("$BIN/pbs" archive list --archive "$C/parallel" --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))') == 4 ]] || { say "not 4 generations"; exit 1; }
+ROWS+=("$(printf '| pgtext/4 | pullback | concurrency: 4 sources ingested one after another | %.2f | ok |' "$SERIAL")")
+ROWS+=("$(printf '| pgtext/4 | pullback | concurrency: the same 4 at once into one archive | %.2f | ok |' "$PARALLEL")")
+
+echo
+echo "### Transfer engine: fan-out and concurrency (loopback, $(nproc) cores)"
+echo
+echo "| Data | Tool | Step | Wall s | Check |"
+echo "|---|---|---|---:|---|"
+printf '%s\n' "${ROWS[@]}"
+echo
+ratio() { echo "scale=2; $1 / $2" | bc; }
+r4=$(ratio "${FAN[4]}" "${FAN[1]}"); rc=$(ratio "$PARALLEL" "$SERIAL")
+pass() { [[ $(echo "$1 <= $2" | bc) == 1 ]] && echo PASS || echo FAIL; }
+echo "Targets: fan-out 4 clones / 1 clone = $r4 (goal <= 1.3): $(pass "$r4" 1.3); concurrency at once / serial = $rc (goal <= 0.7): $(pass "$rc" 0.7)."
