@@ -770,3 +770,20 @@ impl Drop for Trio {
         }
     }
 }
+
+/// Run one of the `deploy/hooks/<kind>` hooks; its output.
+#[track_caller]
+pub fn run_hook(kind: Kind, hook: &str, env: &[(String, String)]) -> String {
+    let out = std::process::Command::new(hooks_dir(kind.name()).join(hook))
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{hook} hook failed: {text}");
+    text
+}

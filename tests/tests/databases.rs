@@ -24,7 +24,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pullback_tests::db::{
-    client_dir, hooks_dir, total_rows, unique, wait_for, Kind, SessionKiller, TableDigest, Trio,
+    client_dir, hooks_dir, run_hook, total_rows, unique, wait_for, Kind, SessionKiller,
+    TableDigest, Trio,
 };
 use pullback_tests::file_sha256;
 
@@ -506,23 +507,6 @@ fn full_cycle(w: &dyn Workload) {
 
     report.note("done");
     println!("{}", report.lines.join("\n"));
-}
-
-/// Run one of the `deploy/hooks/<kind>` hooks; its output.
-#[track_caller]
-fn run_hook(kind: Kind, hook: &str, env: &[(String, String)]) -> String {
-    let out = Command::new(hooks_dir(kind.name()).join(hook))
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{hook} hook failed: {text}");
-    text
 }
 
 /// A client session busy for a minute in `db`.
