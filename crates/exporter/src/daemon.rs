@@ -252,33 +252,17 @@ fn refuse_empty(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-#[derive(Serialize)]
-struct Notify<'a> {
-    source: &'a str,
-    seq: u64,
-    tx: &'a str,
-    epoch: u64,
-    node: &'a str,
-}
-
-#[derive(Deserialize)]
-struct TxState {
-    state: String,
-    generation: Option<String>,
-    error: Option<String>,
-}
-
 async fn notify_and_wait(app: &Arc<App>, run: &mut RunState, seq: Seq, epoch: u64) -> Result<()> {
     let cfg = &app.cfg;
     if cfg.pbs.is_empty() {
         bail!("no [[pbs]] configured: nobody to notify (Leader (single node))");
     }
-    let body = Notify {
-        source: &cfg.source,
+    let body = wire::api::Notify {
+        source: cfg.source.clone(),
         seq: seq.0,
-        tx: &run.tx,
+        tx: run.tx.clone(),
         epoch,
-        node: &cfg.name,
+        node: Some(cfg.name.clone()),
     };
     let mut notified = Vec::new();
     let mut errors = Vec::new();
@@ -316,7 +300,7 @@ async fn notify_and_wait(app: &Arc<App>, run: &mut RunState, seq: Seq, epoch: u6
         let mut still = Vec::new();
         for (name, client) in notified {
             match client
-                .get_json::<TxState>(&format!("/v1/transactions/{}", run.tx))
+                .get_json::<wire::api::TxState>(&format!("/v1/transactions/{}", run.tx))
                 .await
             {
                 Ok(t) if t.state == "committed" => {

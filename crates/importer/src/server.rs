@@ -56,22 +56,7 @@ pub struct Status {
     pub last_import_ok: Option<bool>,
 }
 
-#[derive(Serialize, Deserialize, Debug)]
-pub struct Need {
-    pub need: Vec<String>,
-    /// The generation is already here.
-    #[serde(default)]
-    pub have: bool,
-}
-
-#[derive(Serialize, Deserialize, Debug)]
-pub struct ApplyResult {
-    pub ok: bool,
-    pub generation: String,
-    pub verified: bool,
-    pub error: Option<String>,
-    pub log_tail: String,
-}
+pub use wire::api::{ApplyResult, Need};
 
 pub(crate) struct App {
     pub(crate) cfg: Config,

@@ -22,31 +22,7 @@ use wire::{Metrics, Peer};
 use crate::config::{self, Config, SourceConfig};
 use crate::coord::Coordinator;
 
-/// What an exporter sends when a generation is ready.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Notify {
-    pub source: String,
-    /// The generation's number in the exporter's outbox.
-    pub seq: u64,
-    /// Transaction id of the export: notifications are idempotent by it.
-    pub tx: String,
-    pub epoch: u64,
-    /// The node that notifies (default: the source's exporter name); fenced by the
-    /// coordinator.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct TxState {
-    pub tx: String,
-    pub source: String,
-    /// queued, pulling, committed, failed.
-    pub state: String,
-    pub generation: Option<String>,
-    pub error: Option<String>,
-    pub at: String,
-}
+pub use wire::api::{Notify, TxState};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Event {

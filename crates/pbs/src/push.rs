@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use archive::{ChunkId, GenId, GenRecord, SourceName};
-use serde::Deserialize;
 
 use crate::config;
 use crate::daemon::{blocking, now_rfc3339, App, Event};
@@ -66,21 +65,7 @@ pub(crate) fn start_jobs(app: &Arc<App>) {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct Need {
-    need: Vec<String>,
-    #[serde(default)]
-    have: bool,
-}
-
-#[derive(Debug, Deserialize)]
-struct ApplyResult {
-    ok: bool,
-    verified: bool,
-    error: Option<String>,
-    #[serde(default)]
-    log_tail: String,
-}
+use wire::api::{ApplyResult, Need};
 
 async fn push(app: &Arc<App>, imp: &config::ImporterConfig, gen: &GenId) -> Result<()> {
     let client = imp
