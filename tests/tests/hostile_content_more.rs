@@ -311,9 +311,10 @@ fn fifos_and_device_nodes_are_left_out_with_a_warning() {
 }
 
 /// Size of the sparse file: 128 MiB by default, `PULLBACK_SPARSE_MIB` to change it. The
-/// whole pipeline reads it several times in the dev profile (the exporter's ingest, the
-/// PBS's and the clone's checks): 128 MiB takes about 16 s on the 2-core reference machine
-/// under load, 1 GiB about 150 s.
+/// pipeline reads it whole several times in the dev profile (the exporter's ingest, the
+/// PBS's and the clone's checks, the import hook's copy). Measured on the 2-core reference
+/// machine: 128 MiB 6 s (16 s while other builds ran), 256 MiB 12.5 s, 384 MiB 16 s,
+/// 1 GiB 154 s (under load).
 fn sparse_size() -> u64 {
     std::env::var("PULLBACK_SPARSE_MIB")
         .ok()
