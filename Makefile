@@ -5,7 +5,7 @@ CARGO ?= cargo
 BENCH_DIR ?= /var/tmp/pullback-bench
 APT_PACKAGES := gcc make pkg-config rsync zstd time curl bc python3 postgresql-client postgresql mariadb-server mariadb-client chromium chromium-driver
 
-.PHONY: all deps build test lint unit e2e demo bench fmt clean
+.PHONY: all deps build test lint unit e2e demo bench fmt clean fuzz fuzz-deps fuzz-seeds
 
 all: build
 
@@ -44,6 +44,30 @@ bench: deps
 	bash bench/bench.sh "$(BENCH_DIR)"
 	bash bench/pipeline.sh "$(BENCH_DIR)"
 	bash bench/fanout.sh "$(BENCH_DIR)"
+
+# Fuzz the parsers of what peers send (fuzz/README.md): each target FUZZ_SECS seconds.
+# Not part of `test` or CI. cargo-fuzz needs nightly features: RUSTC_BOOTSTRAP=1 lets the
+# stable toolchain build it. Per-target logs (executions, findings) go to fuzz/logs/.
+FUZZ_SECS ?= 60
+FUZZ_TARGETS ?= gen_record manifest pack wire_json
+FUZZ_SANITIZER ?= address
+FUZZ_FLAGS ?= -rss_limit_mb=1024 -malloc_limit_mb=128 -timeout=10
+
+fuzz-deps:
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz
+
+fuzz-seeds:
+	$(CARGO) run --quiet --manifest-path fuzz/Cargo.toml -p pullback-fuzz-seeds -- fuzz/corpus
+
+fuzz: fuzz-deps fuzz-seeds
+	@mkdir -p fuzz/logs
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "== fuzz $$t for $(FUZZ_SECS) s"; \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --sanitizer $(FUZZ_SANITIZER) $$t -- \
+	    -max_total_time=$(FUZZ_SECS) $(FUZZ_FLAGS) > fuzz/logs/$$t.log 2>&1; rc=$$?; \
+	  grep -E '^Done [0-9]+ runs|^#[0-9]+.*(DONE|pulse)' fuzz/logs/$$t.log | tail -1; \
+	  if [ $$rc -ne 0 ]; then echo "fuzz $$t: FOUND A CRASH (fuzz/logs/$$t.log, fuzz/artifacts/$$t/)"; exit 1; fi; \
+	done
 
 clean:
 	$(CARGO) clean

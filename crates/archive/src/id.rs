@@ -151,9 +151,19 @@ pub type DigestMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<Di
 pub type DigestSet<K> = std::collections::HashSet<K, BuildHasherDefault<DigestHasher>>;
 
 /// A source name: what a generation series is called. `[A-Za-z0-9._-]`, 1..=64
-/// characters, not starting with a dot, so it is safe as a directory name.
+/// characters, not starting with a dot, so it is safe as a directory name. Checked when
+/// deserialized too (a received generation record names its source).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[serde(try_from = "String")]
 pub struct SourceName(String);
+
+impl TryFrom<String> for SourceName {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        SourceName::new(&s)
+    }
+}
 
 impl SourceName {
     pub fn new(s: &str) -> Result<Self, String> {
@@ -226,6 +236,30 @@ mod tests {
         assert!(SourceName::new("pg-main_1.x").is_ok());
         for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(65)] {
             assert!(SourceName::new(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    /// Found by the `gen_record` fuzz target's check: a received record whose body
+    /// names a source that is not a valid name (`../x`, `a/b`) decoded as if it were one.
+    #[test]
+    fn a_record_naming_a_bad_source_does_not_decode() {
+        use crate::manifest::{GenRecord, GenStats};
+        for bad in ["../x", "a/b", "", ".hidden", "nul\0"] {
+            let rec = GenRecord {
+                source: SourceName(bad.to_owned()),
+                seq: Seq(1),
+                epoch: Epoch(0),
+                taken_at_ns: 0,
+                committed_at_ns: 0,
+                label: None,
+                stats: GenStats::default(),
+                manifest_len: 0,
+                manifest_digest: FileDigest::of(b""),
+                manifest_chunks: vec![],
+            };
+            let bytes = rec.encode().unwrap();
+            let e = GenRecord::decode(&bytes, "received record").unwrap_err();
+            assert!(e.to_string().contains("bad source name"), "{bad:?}: {e}");
         }
     }
 }

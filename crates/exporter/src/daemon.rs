@@ -35,6 +35,10 @@ pub struct RunState {
     pub started_at: String,
     pub log_tail: String,
     pub bytes: u64,
+    /// What the snapshot left out of the backup folder (FIFOs, sockets, device
+    /// nodes), one line each naming the path.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -206,6 +210,7 @@ async fn export_steps(app: &Arc<App>, run: &mut RunState) -> Result<()> {
                 for w in &rep.warnings {
                     tracing::warn!("{w}");
                 }
+                run.warnings = rep.warnings;
                 committed = Some(rep.record);
                 break;
             }
@@ -583,6 +588,11 @@ fn local_client(cfg: &Config) -> Result<wire::Client> {
 }
 
 fn report(r: &RunState, json: bool) -> Result<ExitCode> {
+    if !json {
+        for w in &r.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
     if json {
         wire::outln!("{}", serde_json::to_string_pretty(r)?)?;
     } else if r.state == "committed" {
