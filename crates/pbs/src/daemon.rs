@@ -158,7 +158,10 @@ async fn pull(app: &Arc<App>, src: &SourceConfig, n: &Notify) -> Result<GenRecor
         .client(Duration::from_secs(600))
         .map_err(|e| anyhow!("{e}"))?;
     let rec = client
-        .get_bytes(&format!("/v1/generations/{}/{}", n.source, n.seq))
+        .get_bytes_max(
+            &format!("/v1/generations/{}/{}", n.source, n.seq),
+            archive::manifest::MAX_RECORD_BYTES,
+        )
         .await
         .map_err(|e| anyhow!("{e}"))?;
     let received = app.metrics.counter_with(
@@ -224,7 +227,7 @@ async fn pull(app: &Arc<App>, src: &SourceConfig, n: &Notify) -> Result<GenRecor
         }
         let body: Vec<u8> = need.iter().flat_map(|id| id.0).collect();
         let pack = client
-            .post_bytes("/v1/blobs", body)
+            .post_bytes_max("/v1/blobs", body, archive::transfer::MAX_PACK_BYTES)
             .await
             .map_err(|e| anyhow!("{e}"))?;
         received.add(pack.len() as u64);
@@ -241,6 +244,9 @@ async fn pull(app: &Arc<App>, src: &SourceConfig, n: &Notify) -> Result<GenRecor
 }
 
 // ---------------------------------------------------------------- push
+
+/// Most bytes of a clone's JSON answer read during a push.
+const MAX_REPLY: usize = 1 << 20;
 
 #[derive(Debug, Deserialize)]
 struct Need {
@@ -278,7 +284,7 @@ async fn push(app: &Arc<App>, imp: &config::ImporterConfig, gen: &GenId) -> Resu
     let base = format!("/v1/receive/{}/{}", gen.source, gen.seq);
     sent.add(rec.len() as u64);
     let reply = client
-        .post_bytes(&format!("{base}/offer"), rec)
+        .post_bytes_max(&format!("{base}/offer"), rec, MAX_REPLY)
         .await
         .map_err(|e| anyhow!("{e}"))?;
     let mut need: Need = serde_json::from_slice(&reply).context("importer's answer to offer")?;
@@ -301,14 +307,14 @@ async fn push(app: &Arc<App>, imp: &config::ImporterConfig, gen: &GenId) -> Resu
         .await?;
         sent.add(pack.len() as u64);
         let reply = client
-            .post_bytes(&format!("{base}/blobs"), pack)
+            .post_bytes_max(&format!("{base}/blobs"), pack, MAX_REPLY)
             .await
             .map_err(|e| anyhow!("{e}"))?;
         need = serde_json::from_slice(&reply).context("importer's answer to blobs")?;
     }
     let _ = need.have;
     let reply = client
-        .post_bytes(&format!("{base}/commit"), Vec::new())
+        .post_bytes_max(&format!("{base}/commit"), Vec::new(), MAX_REPLY)
         .await
         .map_err(|e| anyhow!("{e}"))?;
     let r: ApplyResult = serde_json::from_slice(&reply).context("importer's answer to commit")?;
@@ -865,7 +871,8 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
         .route("/v1/transactions/{tx}", get(transaction))
         .merge(crate::ha_api::routes())
         .with_state(app.clone())
-        .merge(app.metrics.router())
+        .merge(app.metrics.router());
+    let api = wire::server::limit_body(api, wire::server::MAX_JSON_BODY)
         .layer(wire::require_token(tokens));
     let srv = wire::server::bind(server.listen, tls.as_ref()).await?;
     tracing::info!("pbs listening on {}", srv.url());

@@ -94,6 +94,16 @@ pub enum WireError {
         /// The server's message (its `error` field, or its text), shortened.
         message: String,
     },
+    /// The answer is larger than the caller accepts (read no further than the limit).
+    #[error("{method} {url}: the answer is over the limit of {limit} bytes")]
+    TooLarge {
+        /// Request method.
+        method: Method,
+        /// Full URL.
+        url: String,
+        /// The most bytes accepted.
+        limit: usize,
+    },
     /// The answer arrived but its body is not what was expected (bad JSON).
     #[error("{method} {url}: bad response body: {reason}")]
     Decode {
@@ -123,7 +133,10 @@ impl WireError {
                 true
             }
             WireError::Status { status, .. } => status.is_server_error(),
-            WireError::Setup { .. } | WireError::Ca { .. } | WireError::Decode { .. } => false,
+            WireError::Setup { .. }
+            | WireError::Ca { .. }
+            | WireError::Decode { .. }
+            | WireError::TooLarge { .. } => false,
         }
     }
 }
@@ -440,6 +453,28 @@ impl Client {
         self.fetch_bytes(Method::POST, rb).await
     }
 
+    /// [`Client::get_bytes`], refusing an answer over `limit` bytes
+    /// ([`WireError::TooLarge`]) without reading more than that.
+    pub async fn get_bytes_max(&self, path: &str, limit: usize) -> Result<Bytes, WireError> {
+        self.fetch_bytes_max(Method::GET, self.request(Method::GET, path), limit)
+            .await
+    }
+
+    /// [`Client::post_bytes`], refusing an answer over `limit` bytes
+    /// ([`WireError::TooLarge`]) without reading more than that.
+    pub async fn post_bytes_max(
+        &self,
+        path: &str,
+        body: impl Into<Bytes>,
+        limit: usize,
+    ) -> Result<Bytes, WireError> {
+        let rb = self
+            .request(Method::POST, path)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(body.into());
+        self.fetch_bytes_max(Method::POST, rb, limit).await
+    }
+
     async fn fetch_bytes(
         &self,
         method: Method,
@@ -451,6 +486,39 @@ impl Client {
             .bytes()
             .await
             .map_err(|e| classify(&method, &url, e))
+    }
+
+    async fn fetch_bytes_max(
+        &self,
+        method: Method,
+        request: reqwest::RequestBuilder,
+        limit: usize,
+    ) -> Result<Bytes, WireError> {
+        let mut response = self.send(request).await?;
+        let url = response.url().to_string();
+        let too_large = |url: &str| WireError::TooLarge {
+            method: method.clone(),
+            url: url.to_string(),
+            limit,
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > limit as u64)
+        {
+            return Err(too_large(&url));
+        }
+        let mut body = Vec::new();
+        while let Some(piece) = response
+            .chunk()
+            .await
+            .map_err(|e| classify(&method, &url, e))?
+        {
+            if body.len() + piece.len() > limit {
+                return Err(too_large(&url));
+            }
+            body.extend_from_slice(&piece);
+        }
+        Ok(Bytes::from(body))
     }
 }
 
