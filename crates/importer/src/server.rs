@@ -528,14 +528,21 @@ pub async fn serve(cfg: Config) -> Result<()> {
     tokio::spawn(drop_abandoned_transfers(app.clone()));
     crate::coordinator::startup_hello(&app).await;
     use wire::server::{limit_body, MAX_BINARY_BODY, MAX_JSON_BODY};
-    let receive = Router::new()
-        .route("/v1/status", get(status))
+    // Per route: a record (offer), a pack (blobs), small JSON or nothing (the rest).
+    let offer_route = Router::new()
         .route("/v1/receive/{source}/{seq}/offer", post(offer))
-        .route("/v1/receive/{source}/{seq}/blobs", post(blobs))
-        .route("/v1/receive/{source}/{seq}/commit", post(commit))
         .with_state(app.clone());
-    let json = crate::takeover::api_routes(&app).merge(app.metrics.router());
-    let api = limit_body(receive, MAX_BINARY_BODY)
+    let blobs_route = Router::new()
+        .route("/v1/receive/{source}/{seq}/blobs", post(blobs))
+        .with_state(app.clone());
+    let json = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/receive/{source}/{seq}/commit", post(commit))
+        .with_state(app.clone())
+        .merge(crate::takeover::api_routes(&app))
+        .merge(app.metrics.router());
+    let api = limit_body(offer_route, archive::manifest::MAX_RECORD_BYTES)
+        .merge(limit_body(blobs_route, MAX_BINARY_BODY))
         .merge(limit_body(json, MAX_JSON_BODY))
         .layer(wire::require_token(tokens))
         // The takeover page: outside the token layer (the password protects the action).

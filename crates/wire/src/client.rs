@@ -501,10 +501,7 @@ impl Client {
             url: url.to_string(),
             limit,
         };
-        if response
-            .content_length()
-            .is_some_and(|n| n > limit as u64)
-        {
+        if response.content_length().is_some_and(|n| n > limit as u64) {
             return Err(too_large(&url));
         }
         let mut body = Vec::new();
