@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use archive::chunker::Features;
 use archive::pack::{Entry, PackWriter};
-use archive::ChunkId;
+use archive::{ChunkId, GenRecord};
 use pullback_tests::cluster::{Cluster, Options, Who};
 use pullback_tests::evil::{Craft, Crafted, RawImpostor, RawReply};
 
@@ -686,24 +686,29 @@ fn hostile_input_is_refused_and_nothing_breaks() {
 
     // ---- the PBS pulls from a fake exporter that serves oversized records and packs.
     let huge_raw = 512u32 << 20;
+    // Each record is taken "now", newer than anything the PBS holds (else it is refused as
+    // a replay before any size matters).
+    fn fresh(cr: &Crafted, n: u64, f: impl FnOnce(&mut GenRecord)) -> Vec<u8> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        cr.record_bytes_with(n, |r| {
+            r.taken_at_ns = now;
+            f(r)
+        })
+    }
     let pulls: Vec<BadExporter> = vec![
         BadExporter {
             what: "a 2 MiB record",
             record: Box::new(|cr, n| {
-                cr.record_bytes_with(n, |r| r.label = Some("x".repeat(2 << 20)))
+                fresh(cr, n, |r| r.label = Some("x".repeat(2 << 20)))
             }),
             blobs: Box::new(honest_blobs),
             says: "limit",
         },
         BadExporter {
-            what: "a record claiming a 1 TiB file list",
-            record: Box::new(|cr, n| cr.record_bytes_with(n, |r| r.manifest_len = 1 << 40)),
-            blobs: Box::new(honest_blobs),
-            says: "limit",
-        },
-        BadExporter {
             what: "a pack whose blob claims 512 MiB",
-            record: Box::new(|cr, n| cr.record_bytes(n)),
+            record: Box::new(|cr, n| fresh(cr, n, |_| {})),
             blobs: Box::new(move |_, body| RawReply {
                 status: 200,
                 body: pack_of(first_id(body), huge_raw, &zstd_rle_zeros(huge_raw as usize)),
@@ -713,7 +718,7 @@ fn hostile_input_is_refused_and_nothing_breaks() {
         },
         BadExporter {
             what: "a pack of 300 MiB",
-            record: Box::new(|cr, n| cr.record_bytes(n)),
+            record: Box::new(|cr, n| fresh(cr, n, |_| {})),
             blobs: Box::new(|_, _| RawReply {
                 status: 200,
                 body: archive::pack::MAGIC.to_vec(),
@@ -723,7 +728,7 @@ fn hostile_input_is_refused_and_nothing_breaks() {
         },
         BadExporter {
             what: "a pack footer claiming 2^32-1 entries",
-            record: Box::new(|cr, n| cr.record_bytes(n)),
+            record: Box::new(|cr, n| fresh(cr, n, |_| {})),
             blobs: Box::new(|cr, body| {
                 let mut p = cr.blobs(body).unwrap_or_default();
                 let at = p.len().saturating_sub(24);
@@ -738,10 +743,19 @@ fn hostile_input_is_refused_and_nothing_breaks() {
             }),
             says: "footer claims more",
         },
+        // Last: before the fix, this one aborted the PBS (allocating by the claim).
+        BadExporter {
+            what: "a record claiming a 1 TiB file list",
+            record: Box::new(|cr, n| fresh(cr, n, |r| r.manifest_len = 1 << 40)),
+            blobs: Box::new(honest_blobs),
+            says: "limit",
+        },
     ];
-    let crafted = Arc::new(Mutex::new(crafted));
     for p in pulls {
-        let (cr, pull) = (crafted.clone(), Arc::new(p));
+        // Content of its own: nothing an earlier case stored can stand in for its blobs.
+        let content = format!("crafted for {}", p.what);
+        let crafted = Crafted::new("files", 0, &[Craft::File("a", content.as_bytes())]);
+        let (cr, pull) = (Arc::new(Mutex::new(crafted)), Arc::new(p));
         let pl = pull.clone();
         let impostor =
             RawImpostor::start(Arc::new(move |method: &str, path: &str, body: &[u8]| {
