@@ -39,6 +39,8 @@ enum Body {
     Raw(Vec<u8>),
     /// This many zero bytes, really sent (from a writer thread, while the answer is read).
     Zeros(usize),
+    /// This many zero bytes, sent chunked: no `Content-Length` to refuse by.
+    Chunked(usize),
 }
 
 struct Case {
@@ -82,6 +84,10 @@ impl Case {
         self.body = Body::Zeros(n);
         self
     }
+    fn chunked(mut self, n: usize) -> Case {
+        self.body = Body::Chunked(n);
+        self
+    }
     fn huge_header(mut self) -> Case {
         self.huge_header = true;
         self
@@ -108,14 +114,20 @@ fn send(
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
+    let chunked = matches!(body, Body::Chunked(_));
     let (len, bytes, zeros) = match body {
         Body::Empty => (0, Vec::new(), 0),
         Body::Json(j) => (j.len(), j.into_bytes(), 0),
         Body::Raw(b) => (b.len(), b, 0),
-        Body::Zeros(n) => (n, Vec::new(), n),
+        Body::Zeros(n) | Body::Chunked(n) => (n, Vec::new(), n),
+    };
+    let framing = if chunked {
+        "Transfer-Encoding: chunked".to_string()
+    } else {
+        format!("Content-Length: {len}")
     };
     let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {len}\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n{framing}\r\n"
     );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -130,10 +142,20 @@ fn send(
         let mut left = zeros;
         while left > 0 {
             let n = left.min(buf.len());
-            if w.write_all(&buf[..n]).is_err() {
+            let sent = if chunked {
+                w.write_all(format!("{n:x}\r\n").as_bytes())
+                    .and_then(|()| w.write_all(&buf[..n]))
+                    .and_then(|()| w.write_all(b"\r\n"))
+            } else {
+                w.write_all(&buf[..n])
+            };
+            if sent.is_err() {
                 return;
             }
             left -= n;
+        }
+        if chunked {
+            let _ = w.write_all(b"0\r\n\r\n");
         }
     });
     let mut raw = Vec::new();
@@ -318,6 +340,9 @@ fn hostile_input_is_refused_and_nothing_breaks() {
             .json(r#"{"source":"files","seq":1,"tx":"t","epoch":0}"#)
             .expect(403, "may not notify"),
         notify("").zeros(MB100).expect(413, "limit"),
+        notify("")
+            .chunked(1 << 20)
+            .expect(413, "limit of 65536 bytes"),
         case(
             "transaction ../",
             pbs,
@@ -548,6 +573,18 @@ fn hostile_input_is_refused_and_nothing_breaks() {
         .raw(crafted.record_bytes(22))
         .expect(403, ""),
         case(
+            "offer, chunked 2 MiB",
+            imp,
+            "POST",
+            &rx("files", "23", "offer"),
+            Push,
+        )
+        .chunked(2 << 20)
+        .expect(413, "limit of 1048576 bytes"),
+        case("blobs, chunked 1 MiB", exp, "POST", "/v1/blobs", Pull)
+            .chunked(1 << 20)
+            .expect(413, "limit"),
+        case(
             "offer, 100 MB",
             imp,
             "POST",
@@ -633,7 +670,7 @@ fn hostile_input_is_refused_and_nothing_breaks() {
         }
         match &k.body {
             Body::Json(_) => headers.push(("Content-Type".into(), "application/json".into())),
-            Body::Raw(_) | Body::Zeros(_) => {
+            Body::Raw(_) | Body::Zeros(_) | Body::Chunked(_) => {
                 headers.push(("Content-Type".into(), "application/octet-stream".into()))
             }
             Body::Empty => {}
@@ -700,9 +737,7 @@ fn hostile_input_is_refused_and_nothing_breaks() {
     let pulls: Vec<BadExporter> = vec![
         BadExporter {
             what: "a 2 MiB record",
-            record: Box::new(|cr, n| {
-                fresh(cr, n, |r| r.label = Some("x".repeat(2 << 20)))
-            }),
+            record: Box::new(|cr, n| fresh(cr, n, |r| r.label = Some("x".repeat(2 << 20)))),
             blobs: Box::new(honest_blobs),
             says: "limit",
         },

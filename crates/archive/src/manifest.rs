@@ -355,13 +355,65 @@ mod tests {
             stats: GenStats::default(),
             manifest_len: 10,
             manifest_digest: FileDigest::of(b"m"),
-            manifest_chunks: vec![ChunkRef(ChunkId::of(b"m"), 1)],
+            manifest_chunks: vec![ChunkRef(ChunkId::of(b"m"), 10)],
         };
         let mut b = r.encode().unwrap();
         assert_eq!(GenRecord::decode(&b, "g").unwrap(), r);
         b[12] ^= 1;
         assert!(GenRecord::decode(&b, "g").is_err());
         assert_eq!(parse_gen_key(&gen_key(&r.source, r.seq)), Some(r.id()));
+    }
+
+    #[test]
+    fn record_sizes_are_bounded() {
+        let r = GenRecord {
+            source: SourceName::new("db").unwrap(),
+            seq: Seq(3),
+            epoch: Epoch(2),
+            taken_at_ns: 5,
+            committed_at_ns: 6,
+            label: None,
+            stats: GenStats::default(),
+            manifest_len: 10,
+            manifest_digest: FileDigest::of(b"m"),
+            manifest_chunks: vec![ChunkRef(ChunkId::of(b"m"), 10)],
+        };
+        assert!(GenRecord::decode(&r.encode().unwrap(), "g").is_ok());
+        let bad = |f: &dyn Fn(&mut GenRecord)| {
+            let mut x = r.clone();
+            f(&mut x);
+            GenRecord::decode(&x.encode().unwrap(), "g")
+                .unwrap_err()
+                .to_string()
+        };
+        let e = bad(&|x| x.label = Some("x".repeat(MAX_RECORD_BYTES)));
+        assert!(
+            e.contains("over the limit of 1048576 bytes a record"),
+            "{e}"
+        );
+        let e = bad(&|x| x.manifest_len = 1 << 40);
+        assert!(e.contains("over the limit of 134217728 bytes"), "{e}");
+        let e = bad(&|x| {
+            x.manifest_len = u64::from(MAX_CHUNK) + 1;
+            x.manifest_chunks = vec![ChunkRef(ChunkId::of(b"m"), MAX_CHUNK + 1)];
+        });
+        assert!(e.contains("over the limit of 1048576 bytes a chunk"), "{e}");
+        let e = bad(&|x| x.manifest_len = 11);
+        assert!(e.contains("add up to 10 bytes"), "{e}");
+    }
+
+    #[test]
+    fn chunks_over_the_largest_are_refused() {
+        let mut one = file("a", b"");
+        one.size = u64::from(MAX_CHUNK) + 1;
+        one.digest = Some(FileDigest::of(b"x"));
+        let e = one.validate().unwrap_err();
+        assert!(e.contains("in one chunk, over the limit"), "{e}");
+        let mut many = one.clone();
+        many.size = u64::from(u32::MAX);
+        many.chunks = vec![ChunkRef(ChunkId::of(b"x"), u32::MAX)];
+        let e = many.validate().unwrap_err();
+        assert!(e.contains("a chunk of 4294967295 bytes"), "{e}");
     }
 
     #[test]

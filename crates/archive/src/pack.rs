@@ -289,4 +289,32 @@ mod tests {
         assert!(parse_trailer(&bad, &f, size, "p").is_err());
         assert_eq!(id_from_key(&key(&id)), Some(id));
     }
+
+    #[test]
+    fn an_entry_claiming_more_than_a_chunk_is_refused() {
+        let mut w = PackWriter::new();
+        let mut e = entry(b"a", vec![]);
+        e.raw_len = MAX_CHUNK + 1;
+        w.add(e, b"AAAA");
+        let (_, bytes, _) = w.finish();
+        let f = parse_footer(&bytes[bytes.len() - FOOTER_LEN..], "p").unwrap();
+        let t0 = bytes.len() - FOOTER_LEN - f.trailer_len().unwrap();
+        let err = parse_trailer(
+            &bytes[t0..bytes.len() - FOOTER_LEN],
+            &f,
+            bytes.len() as u64,
+            "p",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("over the limit of 1048576"),
+            "{err}"
+        );
+        // A pack size smaller than its trailer is an error, not an underflow.
+        let err = parse_trailer(&bytes[t0..bytes.len() - FOOTER_LEN], &f, 3, "p").unwrap_err();
+        assert!(err.to_string().contains("larger than the pack"), "{err}");
+        // And the decoder refuses the claim before allocating by it.
+        let err = crate::codec::decode(b"", None, MAX_CHUNK as usize + 1).unwrap_err();
+        assert!(err.to_string().contains("over the limit"), "{err}");
+    }
 }

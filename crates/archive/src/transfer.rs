@@ -193,7 +193,16 @@ impl Incoming {
                 let cap = self.record.manifest_len.min(manifest::MAX_MANIFEST_BYTES);
                 let mut raw = Vec::with_capacity(usize::try_from(cap).unwrap_or(0));
                 for c in &self.record.manifest_chunks {
-                    raw.extend_from_slice(&decode_from(&ov, &ar.cache, &c.0, 0)?);
+                    let d = decode_from(&ov, &ar.cache, &c.0, 0)?;
+                    // Each piece has the length the record claims (which add up to
+                    // at most the list limit), or the list stops here.
+                    if d.len() != c.1 as usize {
+                        return Err(corrupt(
+                            format!("received file list of {}", self.record.id()),
+                            format!("a chunk of {} bytes, the record says {}", d.len(), c.1),
+                        ));
+                    }
+                    raw.extend_from_slice(&d);
                 }
                 raw
             };
