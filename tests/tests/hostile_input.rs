@@ -248,13 +248,16 @@ fn seq_of(path: &str) -> Option<u64> {
         .ok()
 }
 
+type RecordFn = dyn Fn(&Crafted, u64) -> Vec<u8> + Send + Sync;
+type BlobsFn = dyn Fn(&Crafted, &[u8]) -> RawReply + Send + Sync;
+
 /// How a fake exporter misbehaves during one pull.
 struct BadExporter {
     what: &'static str,
     /// The record it serves for generation N.
-    record: Box<dyn Fn(&Crafted, u64) -> Vec<u8> + Send + Sync>,
+    record: Box<RecordFn>,
     /// Its answer to `POST /v1/blobs` (the ids asked for).
-    blobs: Box<dyn Fn(&Crafted, &[u8]) -> RawReply + Send + Sync>,
+    blobs: Box<BlobsFn>,
     /// What the failed transaction must say.
     says: &'static str,
 }
