@@ -854,6 +854,10 @@ fn hostile_input_is_refused_and_nothing_breaks() {
         "the PBS archive changed\n{failed:#?}"
     );
     let clone_now = c.importer_live(0).expect("clone status");
+    assert!(
+        clone_now["importing"].is_null(),
+        "the clone holds a transfer: {clone_now}"
+    );
     assert_eq!(
         clone_now["last_valid"], clone_before,
         "the clone changed\n{failed:#?}"

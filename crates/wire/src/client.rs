@@ -35,6 +35,10 @@ const MAX_MESSAGE: usize = 500;
 /// Most bytes of an error answer read to find its message.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
+/// Most bytes of a JSON answer ([`Client::get_json`], [`Client::post_json`]): a node list
+/// or a status is a few KiB.
+pub const MAX_JSON_ANSWER: usize = 16 << 20;
+
 /// A failed exchange with a peer. Never contains the token.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -404,10 +408,7 @@ impl Client {
             .send(request.header(ACCEPT, "application/json"))
             .await?;
         let url = response.url().to_string();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| classify(&method, &url, e))?;
+        let body = read_max(response, &method, MAX_JSON_ANSWER).await?;
         let parsed = if body.iter().all(u8::is_ascii_whitespace) {
             // An empty answer reads as `null`: fine for `()` and `Option<_>`.
             serde_json::from_slice(b"null")
@@ -494,29 +495,39 @@ impl Client {
         request: reqwest::RequestBuilder,
         limit: usize,
     ) -> Result<Bytes, WireError> {
-        let mut response = self.send(request).await?;
-        let url = response.url().to_string();
-        let too_large = |url: &str| WireError::TooLarge {
-            method: method.clone(),
-            url: url.to_string(),
-            limit,
-        };
-        if response.content_length().is_some_and(|n| n > limit as u64) {
+        let response = self.send(request).await?;
+        read_max(response, &method, limit).await
+    }
+}
+
+/// Reads a whole answer body, refusing ([`WireError::TooLarge`]) one over `limit` bytes
+/// without reading more than that.
+async fn read_max(
+    mut response: reqwest::Response,
+    method: &Method,
+    limit: usize,
+) -> Result<Bytes, WireError> {
+    let url = response.url().to_string();
+    let too_large = |url: &str| WireError::TooLarge {
+        method: method.clone(),
+        url: url.to_string(),
+        limit,
+    };
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large(&url));
+    }
+    let mut body = Vec::new();
+    while let Some(piece) = response
+        .chunk()
+        .await
+        .map_err(|e| classify(method, &url, e))?
+    {
+        if body.len() + piece.len() > limit {
             return Err(too_large(&url));
         }
-        let mut body = Vec::new();
-        while let Some(piece) = response
-            .chunk()
-            .await
-            .map_err(|e| classify(&method, &url, e))?
-        {
-            if body.len() + piece.len() > limit {
-                return Err(too_large(&url));
-            }
-            body.extend_from_slice(&piece);
-        }
-        Ok(Bytes::from(body))
+        body.extend_from_slice(&piece);
     }
+    Ok(Bytes::from(body))
 }
 
 /// Exponential backoff for [`retry`]: waits `initial`, then twice as long each time, at
