@@ -120,6 +120,15 @@ impl Crafted {
         r.encode().expect("encode the record")
     }
 
+    /// The record bytes as generation `seq`, changed by `f` first (to claim what no real
+    /// exporter would: a huge file list, a huge label, ...).
+    pub fn record_bytes_with(&self, seq: u64, f: impl FnOnce(&mut GenRecord)) -> Vec<u8> {
+        let mut r = self.record.clone();
+        r.seq = Seq(seq);
+        f(&mut r);
+        r.encode().expect("encode the record")
+    }
+
     /// A pack of the blobs asked for (`N × 32` raw ids), as an exporter answers.
     pub fn blobs(&self, body: &[u8]) -> Option<Vec<u8>> {
         let ids: Vec<ChunkId> = body
@@ -214,6 +223,77 @@ impl Impostor {
 }
 
 impl Drop for Impostor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// What a [`RawImpostor`] answers: a status, a body, then `zeros` more zero bytes (counted
+/// in the `Content-Length`), so that a huge answer costs no memory here.
+pub struct RawReply {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub zeros: u64,
+}
+
+/// A fake exporter that answers every request with whatever its handler returns for
+/// (method, path, body): raw bytes, no checks, to feed the real PBS what no real
+/// exporter sends.
+pub struct RawImpostor {
+    pub port: u16,
+    /// Requests answered.
+    pub served: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+type Handler = dyn Fn(&str, &str, &[u8]) -> RawReply + Send + Sync;
+
+impl RawImpostor {
+    pub fn start(handler: Arc<Handler>) -> RawImpostor {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind the impostor");
+        let port = l.local_addr().expect("impostor address").port();
+        let served = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (served2, stop2) = (served.clone(), stop.clone());
+        thread::spawn(move || {
+            for c in l.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut c) = c else { continue };
+                let mut r = BufReader::new(c.try_clone().expect("clone the socket"));
+                let Some((method, path, body)) = read_request(&mut r) else {
+                    continue;
+                };
+                served2.fetch_add(1, Ordering::SeqCst);
+                let reply = handler(&method, &path, &body);
+                let head = format!(
+                    "HTTP/1.1 {} X\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    reply.status,
+                    reply.body.len() as u64 + reply.zeros
+                );
+                // In its own thread: a receiver that stops reading must not hold up the others.
+                thread::spawn(move || {
+                    let _ = c.write_all(head.as_bytes());
+                    let _ = c.write_all(&reply.body);
+                    let zeros = vec![0u8; 1 << 20];
+                    let mut left = reply.zeros;
+                    while left > 0 {
+                        let n = left.min(zeros.len() as u64) as usize;
+                        if c.write_all(&zeros[..n]).is_err() {
+                            break;
+                        }
+                        left -= n as u64;
+                    }
+                });
+            }
+        });
+        RawImpostor { port, served, stop }
+    }
+}
+
+impl Drop for RawImpostor {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(("127.0.0.1", self.port));

@@ -41,6 +41,17 @@ pub fn encode(data: &[u8], base: Option<&[u8]>, level: i32) -> Result<Vec<u8>> {
 
 /// Decompress a blob of known plain length `raw_len`.
 pub fn decode(blob: &[u8], base: Option<&[u8]>, raw_len: usize) -> Result<Vec<u8>> {
+    // Every chunk is at most the chunker's largest: a blob claiming more is damaged, and
+    // is refused before anything is allocated by the claim.
+    if raw_len > crate::chunker::MAX_CHUNK as usize {
+        return Err(corrupt(
+            "blob",
+            format!(
+                "plain length {raw_len} over the limit of {} bytes a chunk",
+                crate::chunker::MAX_CHUNK
+            ),
+        ));
+    }
     let mut dctx = DCtx::create();
     let mut out = Vec::with_capacity(raw_len);
     let r: std::result::Result<usize, String> = (|| {

@@ -8,11 +8,21 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::chunker::MAX_CHUNK;
 use crate::error::{corrupt, Result};
 use crate::id::{ChunkId, Epoch, FileDigest, GenId, Seq, SourceName};
 
 pub const GEN_MAGIC: &[u8; 8] = b"PBGEN\0\0\x01";
 pub const MANIFEST_MAGIC: &[u8; 8] = b"PBMAN\0\0\x01";
+
+/// Largest generation record (its bytes) read from disk or the wire. A real one is a few
+/// hundred bytes plus about 40 per file-list chunk: a [`MAX_MANIFEST_BYTES`] list needs
+/// under 10 KiB.
+pub const MAX_RECORD_BYTES: usize = 1 << 20;
+/// Largest file list (its encoded bytes, `manifest_len`).
+pub const MAX_MANIFEST_BYTES: u64 = 128 << 20;
+/// Most entries in one file list.
+pub const MAX_NODES: usize = 2_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeKind {
@@ -90,6 +100,20 @@ impl Node {
         if self.kind == NodeKind::File {
             if self.digest.is_none() {
                 return Err(format!("file {} has no digest", self.path_lossy()));
+            }
+            if self.chunks.is_empty() && self.size > u64::from(MAX_CHUNK) {
+                return Err(format!(
+                    "file {}: {} bytes in one chunk, over the limit of {MAX_CHUNK} bytes a chunk",
+                    self.path_lossy(),
+                    self.size
+                ));
+            }
+            if let Some(c) = self.chunks.iter().find(|c| c.1 > MAX_CHUNK) {
+                return Err(format!(
+                    "file {}: a chunk of {} bytes, over the limit of {MAX_CHUNK} bytes a chunk",
+                    self.path_lossy(),
+                    c.1
+                ));
             }
             let total: u64 = self.chunk_list().iter().map(|c| c.1 as u64).sum();
             if total != self.size {
@@ -199,6 +223,15 @@ impl GenRecord {
     }
 
     pub fn decode(b: &[u8], what: &str) -> Result<Self> {
+        if b.len() > MAX_RECORD_BYTES {
+            return Err(corrupt(
+                what,
+                format!(
+                    "{} bytes, over the limit of {MAX_RECORD_BYTES} bytes a record",
+                    b.len()
+                ),
+            ));
+        }
         if b.len() < 40 || &b[..8] != GEN_MAGIC {
             return Err(corrupt(what, "not a generation record (bad magic)"));
         }
@@ -206,7 +239,36 @@ impl GenRecord {
         if Sha256::digest(body)[..] != sum[..] {
             return Err(corrupt(what, "checksum mismatch"));
         }
-        ciborium::from_reader(&body[8..]).map_err(|e| corrupt(what, e.to_string()))
+        let rec: GenRecord =
+            ciborium::from_reader(&body[8..]).map_err(|e| corrupt(what, e.to_string()))?;
+        rec.check_sizes().map_err(|why| corrupt(what, why))?;
+        Ok(rec)
+    }
+
+    /// The sizes a record claims, checked before anything allocates by them: the file
+    /// list within [`MAX_MANIFEST_BYTES`], each of its chunks within the archive's
+    /// largest chunk, and the chunks adding up to the list's length.
+    fn check_sizes(&self) -> std::result::Result<(), String> {
+        if self.manifest_len > MAX_MANIFEST_BYTES {
+            return Err(format!(
+                "a file list of {} bytes, over the limit of {MAX_MANIFEST_BYTES} bytes",
+                self.manifest_len
+            ));
+        }
+        if let Some(c) = self.manifest_chunks.iter().find(|c| c.1 > MAX_CHUNK) {
+            return Err(format!(
+                "a file-list chunk of {} bytes, over the limit of {MAX_CHUNK} bytes a chunk",
+                c.1
+            ));
+        }
+        let total: u64 = self.manifest_chunks.iter().map(|c| u64::from(c.1)).sum();
+        if total != self.manifest_len {
+            return Err(format!(
+                "file-list chunks add up to {total} bytes, the record says {}",
+                self.manifest_len
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -235,11 +297,29 @@ pub fn encode_manifest(nodes: &[Node]) -> Result<Vec<u8>> {
 }
 
 pub fn decode_manifest(b: &[u8], what: &str) -> Result<Vec<Node>> {
+    if b.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(corrupt(
+            what,
+            format!(
+                "{} bytes, over the limit of {MAX_MANIFEST_BYTES} bytes a file list",
+                b.len()
+            ),
+        ));
+    }
     if b.len() < 8 || &b[..8] != MANIFEST_MAGIC {
         return Err(corrupt(what, "not a manifest (bad magic)"));
     }
     let nodes: Vec<Node> =
         ciborium::from_reader(&b[8..]).map_err(|e| corrupt(what, e.to_string()))?;
+    if nodes.len() > MAX_NODES {
+        return Err(corrupt(
+            what,
+            format!(
+                "{} entries, over the limit of {MAX_NODES} entries a file list",
+                nodes.len()
+            ),
+        ));
+    }
     validate_list(&nodes).map_err(|why| corrupt(what, why))?;
     Ok(nodes)
 }
@@ -275,13 +355,65 @@ mod tests {
             stats: GenStats::default(),
             manifest_len: 10,
             manifest_digest: FileDigest::of(b"m"),
-            manifest_chunks: vec![ChunkRef(ChunkId::of(b"m"), 1)],
+            manifest_chunks: vec![ChunkRef(ChunkId::of(b"m"), 10)],
         };
         let mut b = r.encode().unwrap();
         assert_eq!(GenRecord::decode(&b, "g").unwrap(), r);
         b[12] ^= 1;
         assert!(GenRecord::decode(&b, "g").is_err());
         assert_eq!(parse_gen_key(&gen_key(&r.source, r.seq)), Some(r.id()));
+    }
+
+    #[test]
+    fn record_sizes_are_bounded() {
+        let r = GenRecord {
+            source: SourceName::new("db").unwrap(),
+            seq: Seq(3),
+            epoch: Epoch(2),
+            taken_at_ns: 5,
+            committed_at_ns: 6,
+            label: None,
+            stats: GenStats::default(),
+            manifest_len: 10,
+            manifest_digest: FileDigest::of(b"m"),
+            manifest_chunks: vec![ChunkRef(ChunkId::of(b"m"), 10)],
+        };
+        assert!(GenRecord::decode(&r.encode().unwrap(), "g").is_ok());
+        let bad = |f: &dyn Fn(&mut GenRecord)| {
+            let mut x = r.clone();
+            f(&mut x);
+            GenRecord::decode(&x.encode().unwrap(), "g")
+                .unwrap_err()
+                .to_string()
+        };
+        let e = bad(&|x| x.label = Some("x".repeat(MAX_RECORD_BYTES)));
+        assert!(
+            e.contains("over the limit of 1048576 bytes a record"),
+            "{e}"
+        );
+        let e = bad(&|x| x.manifest_len = 1 << 40);
+        assert!(e.contains("over the limit of 134217728 bytes"), "{e}");
+        let e = bad(&|x| {
+            x.manifest_len = u64::from(MAX_CHUNK) + 1;
+            x.manifest_chunks = vec![ChunkRef(ChunkId::of(b"m"), MAX_CHUNK + 1)];
+        });
+        assert!(e.contains("over the limit of 1048576 bytes a chunk"), "{e}");
+        let e = bad(&|x| x.manifest_len = 11);
+        assert!(e.contains("add up to 10 bytes"), "{e}");
+    }
+
+    #[test]
+    fn chunks_over_the_largest_are_refused() {
+        let mut one = file("a", b"");
+        one.size = u64::from(MAX_CHUNK) + 1;
+        one.digest = Some(FileDigest::of(b"x"));
+        let e = one.validate().unwrap_err();
+        assert!(e.contains("in one chunk, over the limit"), "{e}");
+        let mut many = one.clone();
+        many.size = u64::from(u32::MAX);
+        many.chunks = vec![ChunkRef(ChunkId::of(b"x"), u32::MAX)];
+        let e = many.validate().unwrap_err();
+        assert!(e.contains("a chunk of 4294967295 bytes"), "{e}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::chunker::Features;
+use crate::chunker::{Features, MAX_CHUNK};
 use crate::error::{corrupt, Result};
 use crate::id::{ChunkId, PackId};
 
@@ -211,7 +211,9 @@ pub fn parse_trailer(trailer: &[u8], f: &Footer, pack_size: u64, what: &str) -> 
     if Some(trailer.len()) != f.trailer_len() {
         return Err(corrupt(what, "trailer length does not match the footer"));
     }
-    let data_end = pack_size - (trailer.len() + FOOTER_LEN) as u64;
+    let data_end = pack_size
+        .checked_sub((trailer.len() + FOOTER_LEN) as u64)
+        .ok_or_else(|| corrupt(what, "trailer larger than the pack"))?;
     let (fixed, extra) = trailer.split_at(f.entries * ENTRY_LEN);
     let mut extra = extra.chunks_exact(32);
     let mut out = Vec::with_capacity(f.entries);
@@ -223,6 +225,15 @@ pub fn parse_trailer(trailer: &[u8], f: &Footer, pack_size: u64, what: &str) -> 
                 .next()
                 .ok_or_else(|| corrupt(what, format!("entry {i}: bases missing")))?;
             e.bases.push(ChunkId(b.try_into().unwrap_or([0; 32])));
+        }
+        if e.raw_len > MAX_CHUNK {
+            return Err(corrupt(
+                what,
+                format!(
+                    "entry {i}: plain length {} over the limit of {MAX_CHUNK} bytes a chunk",
+                    e.raw_len
+                ),
+            ));
         }
         if (e.offset as u64) < MAGIC.len() as u64
             || e.offset as u64 + e.stored_len as u64 > data_end
@@ -277,5 +288,33 @@ mod tests {
         bad[70] ^= 1;
         assert!(parse_trailer(&bad, &f, size, "p").is_err());
         assert_eq!(id_from_key(&key(&id)), Some(id));
+    }
+
+    #[test]
+    fn an_entry_claiming_more_than_a_chunk_is_refused() {
+        let mut w = PackWriter::new();
+        let mut e = entry(b"a", vec![]);
+        e.raw_len = MAX_CHUNK + 1;
+        w.add(e, b"AAAA");
+        let (_, bytes, _) = w.finish();
+        let f = parse_footer(&bytes[bytes.len() - FOOTER_LEN..], "p").unwrap();
+        let t0 = bytes.len() - FOOTER_LEN - f.trailer_len().unwrap();
+        let err = parse_trailer(
+            &bytes[t0..bytes.len() - FOOTER_LEN],
+            &f,
+            bytes.len() as u64,
+            "p",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("over the limit of 1048576"),
+            "{err}"
+        );
+        // A pack size smaller than its trailer is an error, not an underflow.
+        let err = parse_trailer(&bytes[t0..bytes.len() - FOOTER_LEN], &f, 3, "p").unwrap_err();
+        assert!(err.to_string().contains("larger than the pack"), "{err}");
+        // And the decoder refuses the claim before allocating by it.
+        let err = crate::codec::decode(b"", None, MAX_CHUNK as usize + 1).unwrap_err();
+        assert!(err.to_string().contains("over the limit"), "{err}");
     }
 }

@@ -24,6 +24,10 @@ use crate::pack::{self, Entry, PackWriter};
 /// Most blobs one request asks for.
 pub const MAX_BLOBS_PER_REQUEST: usize = 64;
 
+/// Largest pack one transfer round carries (a body read from the wire): 64 blobs of at
+/// most one 1 MiB chunk each, as stored, fit many times over.
+pub const MAX_PACK_BYTES: usize = 256 << 20;
+
 impl Archive {
     /// The record of a generation, as stored (what a receiver starts from).
     pub fn record_bytes(&self, gen: &GenId) -> Result<Vec<u8>> {
@@ -185,9 +189,20 @@ impl Incoming {
                     received: &self.received,
                     spool: &self.spool,
                 };
-                let mut raw = Vec::with_capacity(self.record.manifest_len as usize);
+                // The record's sizes were checked when it was decoded.
+                let cap = self.record.manifest_len.min(manifest::MAX_MANIFEST_BYTES);
+                let mut raw = Vec::with_capacity(usize::try_from(cap).unwrap_or(0));
                 for c in &self.record.manifest_chunks {
-                    raw.extend_from_slice(&decode_from(&ov, &ar.cache, &c.0, 0)?);
+                    let d = decode_from(&ov, &ar.cache, &c.0, 0)?;
+                    // Each piece has the length the record claims (which add up to
+                    // at most the list limit), or the list stops here.
+                    if d.len() != c.1 as usize {
+                        return Err(corrupt(
+                            format!("received file list of {}", self.record.id()),
+                            format!("a chunk of {} bytes, the record says {}", d.len(), c.1),
+                        ));
+                    }
+                    raw.extend_from_slice(&d);
                 }
                 raw
             };
@@ -226,6 +241,15 @@ impl Incoming {
     pub fn add_pack(&mut self, bytes: &[u8]) -> Result<usize> {
         self.bytes_received += bytes.len() as u64;
         let what = "received pack";
+        if bytes.len() > MAX_PACK_BYTES {
+            return Err(corrupt(
+                what,
+                format!(
+                    "{} bytes, over the limit of {MAX_PACK_BYTES} bytes a pack",
+                    bytes.len()
+                ),
+            ));
+        }
         let min = pack::MAGIC.len() + pack::FOOTER_LEN;
         if bytes.len() < min || &bytes[..8] != pack::MAGIC {
             return Err(corrupt(what, "not a pack"));
@@ -242,9 +266,11 @@ impl Incoming {
             if !self.asked.remove(&e.id) {
                 continue;
             }
-            let at = self
-                .spool
-                .put(&bytes[e.offset as usize..(e.offset + e.stored_len) as usize])?;
+            let (start, end) = (e.offset as usize, e.offset as usize + e.stored_len as usize);
+            let payload = bytes
+                .get(start..end)
+                .ok_or_else(|| corrupt(what, "an entry points outside the pack"))?;
+            let at = self.spool.put(payload)?;
             self.received.insert(e.id, (e, at));
             n += 1;
         }

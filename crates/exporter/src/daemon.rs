@@ -452,7 +452,7 @@ async fn blobs(State(app): State<Arc<App>>, body: Bytes) -> Result<Bytes, ApiErr
 }
 
 fn router(app: &Arc<App>) -> Result<Router> {
-    Ok(Router::new()
+    let api = Router::new()
         .merge(crate::ha::routes())
         .route("/v1/status", get(status))
         .route("/v1/run", post(run_now))
@@ -460,7 +460,9 @@ fn router(app: &Arc<App>) -> Result<Router> {
         .route("/v1/generations/{source}/{seq}", get(generation))
         .route("/v1/blobs", post(blobs))
         .with_state(app.clone())
-        .merge(app.metrics.router())
+        .merge(app.metrics.router());
+    // Every body here is small: JSON, or at most 64 chunk ids.
+    Ok(wire::server::limit_body(api, wire::server::MAX_JSON_BODY)
         .layer(wire::require_token(app.cfg.server.token_set()?)))
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use archive::transfer::Incoming;
 use archive::{Archive, ChunkId, GenId, Seq, SourceName};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::Extension;
 use axum::{Json, Router};
@@ -512,18 +512,29 @@ pub async fn serve(cfg: Config) -> Result<()> {
     app.set_status(|_| {});
     tokio::spawn(drop_abandoned_transfers(app.clone()));
     crate::coordinator::startup_hello(&app).await;
-    let api = Router::new()
-        .route("/v1/status", get(status))
+    use wire::server::{limit_body, MAX_BINARY_BODY, MAX_JSON_BODY};
+    // Per route: a record (offer), a pack (blobs), small JSON or nothing (the rest).
+    let offer_route = Router::new()
         .route("/v1/receive/{source}/{seq}/offer", post(offer))
+        .with_state(app.clone());
+    let blobs_route = Router::new()
         .route("/v1/receive/{source}/{seq}/blobs", post(blobs))
+        .with_state(app.clone());
+    let json = Router::new()
+        .route("/v1/status", get(status))
         .route("/v1/receive/{source}/{seq}/commit", post(commit))
-        .layer(DefaultBodyLimit::max(256 << 20))
         .with_state(app.clone())
         .merge(crate::takeover::api_routes(&app))
-        .merge(app.metrics.router())
+        .merge(app.metrics.router());
+    let api = limit_body(offer_route, archive::manifest::MAX_RECORD_BYTES)
+        .merge(limit_body(blobs_route, MAX_BINARY_BODY))
+        .merge(limit_body(json, MAX_JSON_BODY))
         .layer(wire::require_token(tokens))
         // The takeover page: outside the token layer (the password protects the action).
-        .merge(crate::takeover::page_routes(&app));
+        .merge(limit_body(
+            crate::takeover::page_routes(&app),
+            MAX_JSON_BODY,
+        ));
     let server = wire::server::bind(listen, tls.as_ref()).await?;
     tracing::info!("importer listening on {}", server.url());
     let stop = app.takeover.shutdown.clone();

@@ -136,7 +136,10 @@ async fn pull(app: &Arc<App>, src: &SourceConfig, n: &Notify) -> Result<GenRecor
         .client(Duration::from_secs(600))
         .map_err(|e| anyhow!("{e}"))?;
     let rec = client
-        .get_bytes(&format!("/v1/generations/{}/{}", n.source, n.seq))
+        .get_bytes_max(
+            &format!("/v1/generations/{}/{}", n.source, n.seq),
+            archive::manifest::MAX_RECORD_BYTES,
+        )
         .await
         .map_err(|e| anyhow!("{e}"))?;
     let received = app.metrics.counter_with(
@@ -202,7 +205,7 @@ async fn pull(app: &Arc<App>, src: &SourceConfig, n: &Notify) -> Result<GenRecor
         }
         let body: Vec<u8> = need.iter().flat_map(|id| id.0).collect();
         let pack = client
-            .post_bytes("/v1/blobs", body)
+            .post_bytes_max("/v1/blobs", body, archive::transfer::MAX_PACK_BYTES)
             .await
             .map_err(|e| anyhow!("{e}"))?;
         received.add(pack.len() as u64);
@@ -607,7 +610,8 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
         .route("/v1/transactions/{tx}", get(transaction))
         .merge(crate::ha_api::routes())
         .with_state(app.clone())
-        .merge(app.metrics.router())
+        .merge(app.metrics.router());
+    let api = wire::server::limit_body(api, wire::server::MAX_JSON_BODY)
         .layer(wire::require_token(tokens));
     let srv = wire::server::bind(server.listen, tls.as_ref()).await?;
     tracing::info!("pbs listening on {}", srv.url());

@@ -67,6 +67,9 @@ pub(crate) fn start_jobs(app: &Arc<App>) {
 
 use wire::api::{ApplyResult, Need};
 
+/// Most bytes of a clone's JSON answer read during a push.
+const MAX_REPLY: usize = 1 << 20;
+
 async fn push(app: &Arc<App>, imp: &config::ImporterConfig, gen: &GenId) -> Result<()> {
     let client = imp
         .peer()
@@ -87,7 +90,7 @@ async fn push(app: &Arc<App>, imp: &config::ImporterConfig, gen: &GenId) -> Resu
     let base = format!("/v1/receive/{}/{}", gen.source, gen.seq);
     sent.add(rec.len() as u64);
     let reply = client
-        .post_bytes(&format!("{base}/offer"), rec)
+        .post_bytes_max(&format!("{base}/offer"), rec, MAX_REPLY)
         .await
         .map_err(|e| anyhow!("{e}"))?;
     let mut need: Need = serde_json::from_slice(&reply).context("importer's answer to offer")?;
@@ -110,14 +113,14 @@ async fn push(app: &Arc<App>, imp: &config::ImporterConfig, gen: &GenId) -> Resu
         .await?;
         sent.add(pack.len() as u64);
         let reply = client
-            .post_bytes(&format!("{base}/blobs"), pack)
+            .post_bytes_max(&format!("{base}/blobs"), pack, MAX_REPLY)
             .await
             .map_err(|e| anyhow!("{e}"))?;
         need = serde_json::from_slice(&reply).context("importer's answer to blobs")?;
     }
     let _ = need.have;
     let reply = client
-        .post_bytes(&format!("{base}/commit"), Vec::new())
+        .post_bytes_max(&format!("{base}/commit"), Vec::new(), MAX_REPLY)
         .await
         .map_err(|e| anyhow!("{e}"))?;
     let r: ApplyResult = serde_json::from_slice(&reply).context("importer's answer to commit")?;

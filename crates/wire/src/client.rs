@@ -35,6 +35,10 @@ const MAX_MESSAGE: usize = 500;
 /// Most bytes of an error answer read to find its message.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
+/// Most bytes of a JSON answer ([`Client::get_json`], [`Client::post_json`]): a node list
+/// or a status is a few KiB.
+pub const MAX_JSON_ANSWER: usize = 16 << 20;
+
 /// A failed exchange with a peer. Never contains the token.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -94,6 +98,16 @@ pub enum WireError {
         /// The server's message (its `error` field, or its text), shortened.
         message: String,
     },
+    /// The answer is larger than the caller accepts (read no further than the limit).
+    #[error("{method} {url}: the answer is over the limit of {limit} bytes")]
+    TooLarge {
+        /// Request method.
+        method: Method,
+        /// Full URL.
+        url: String,
+        /// The most bytes accepted.
+        limit: usize,
+    },
     /// The answer arrived but its body is not what was expected (bad JSON).
     #[error("{method} {url}: bad response body: {reason}")]
     Decode {
@@ -123,7 +137,10 @@ impl WireError {
                 true
             }
             WireError::Status { status, .. } => status.is_server_error(),
-            WireError::Setup { .. } | WireError::Ca { .. } | WireError::Decode { .. } => false,
+            WireError::Setup { .. }
+            | WireError::Ca { .. }
+            | WireError::Decode { .. }
+            | WireError::TooLarge { .. } => false,
         }
     }
 }
@@ -391,10 +408,7 @@ impl Client {
             .send(request.header(ACCEPT, "application/json"))
             .await?;
         let url = response.url().to_string();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| classify(&method, &url, e))?;
+        let body = read_max(response, &method, MAX_JSON_ANSWER).await?;
         let parsed = if body.iter().all(u8::is_ascii_whitespace) {
             // An empty answer reads as `null`: fine for `()` and `Option<_>`.
             serde_json::from_slice(b"null")
@@ -440,6 +454,28 @@ impl Client {
         self.fetch_bytes(Method::POST, rb).await
     }
 
+    /// [`Client::get_bytes`], refusing an answer over `limit` bytes
+    /// ([`WireError::TooLarge`]) without reading more than that.
+    pub async fn get_bytes_max(&self, path: &str, limit: usize) -> Result<Bytes, WireError> {
+        self.fetch_bytes_max(Method::GET, self.request(Method::GET, path), limit)
+            .await
+    }
+
+    /// [`Client::post_bytes`], refusing an answer over `limit` bytes
+    /// ([`WireError::TooLarge`]) without reading more than that.
+    pub async fn post_bytes_max(
+        &self,
+        path: &str,
+        body: impl Into<Bytes>,
+        limit: usize,
+    ) -> Result<Bytes, WireError> {
+        let rb = self
+            .request(Method::POST, path)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(body.into());
+        self.fetch_bytes_max(Method::POST, rb, limit).await
+    }
+
     async fn fetch_bytes(
         &self,
         method: Method,
@@ -452,6 +488,46 @@ impl Client {
             .await
             .map_err(|e| classify(&method, &url, e))
     }
+
+    async fn fetch_bytes_max(
+        &self,
+        method: Method,
+        request: reqwest::RequestBuilder,
+        limit: usize,
+    ) -> Result<Bytes, WireError> {
+        let response = self.send(request).await?;
+        read_max(response, &method, limit).await
+    }
+}
+
+/// Reads a whole answer body, refusing ([`WireError::TooLarge`]) one over `limit` bytes
+/// without reading more than that.
+async fn read_max(
+    mut response: reqwest::Response,
+    method: &Method,
+    limit: usize,
+) -> Result<Bytes, WireError> {
+    let url = response.url().to_string();
+    let too_large = |url: &str| WireError::TooLarge {
+        method: method.clone(),
+        url: url.to_string(),
+        limit,
+    };
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large(&url));
+    }
+    let mut body = Vec::new();
+    while let Some(piece) = response
+        .chunk()
+        .await
+        .map_err(|e| classify(method, &url, e))?
+    {
+        if body.len() + piece.len() > limit {
+            return Err(too_large(&url));
+        }
+        body.extend_from_slice(&piece);
+    }
+    Ok(Bytes::from(body))
 }
 
 /// Exponential backoff for [`retry`]: waits `initial`, then twice as long each time, at
