@@ -1,9 +1,8 @@
-//! The JSON request bodies the daemons deserialize that live in a library crate
-//! (`wire::ha`): hello, takeover, switchover, rejoin, promote, and the role file and
-//! verdict a node reads back. The first byte picks the type, the rest is the body. A
-//! body that parses must serialize and parse again to the same value. (`Notify`, the
-//! importer's `Need`/`ApplyResult` and the takeover page's form live in the binary
-//! crates and are not reached here.)
+//! The JSON bodies the daemons deserialize (`wire::ha`, `wire::api`): hello, takeover,
+//! switchover, rejoin, promote, the role file and verdict a node reads back, and the
+//! notify, transaction, need and apply bodies. The first byte picks the type, the rest
+//! is the body. A body that parses must serialize and parse again to the same value.
+//! (The takeover page's form lives in the importer binary and is not reached here.)
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -26,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&pick, body)) = data.split_first() else {
         return;
     };
-    match pick % 7 {
+    match pick % 11 {
         0 => round_trip::<Hello>(body),
         1 => {
             // TakeoverRequest's Debug hides the password; compare fields by hand.
@@ -40,6 +39,10 @@ fuzz_target!(|data: &[u8]| {
         3 => round_trip::<RejoinRequest>(body),
         4 => round_trip::<PromoteRequest>(body),
         5 => round_trip::<RoleFile>(body),
+        6 => round_trip::<wire::api::Notify>(body),
+        7 => round_trip::<wire::api::TxState>(body),
+        8 => round_trip::<wire::api::Need>(body),
+        9 => round_trip::<wire::api::ApplyResult>(body),
         _ => round_trip::<Verdict>(body),
     }
     if let Ok(s) = std::str::from_utf8(body) {
