@@ -156,17 +156,15 @@ fn refuse_older(app: &App, gen: &GenId) -> Result<(), ApiError> {
     };
     let newer = held
         .generation
-        .rsplit_once('/')
-        .filter(|(src, _)| *src == gen.source.as_str())
-        .and_then(|(_, n)| n.parse::<u64>().ok())
-        .filter(|&n| n > gen.seq.0);
-    match newer {
-        Some(_) => Err(ApiError::conflict(format!(
+        .parse::<GenId>()
+        .is_ok_and(|h| h.source == gen.source && h.seq > gen.seq);
+    if newer {
+        return Err(ApiError::conflict(format!(
             "{gen} is older than {}, which this clone holds: a clone never moves back",
             held.generation
-        ))),
-        None => Ok(()),
+        )));
     }
+    Ok(())
 }
 
 fn hexes(ids: &[ChunkId]) -> Vec<String> {

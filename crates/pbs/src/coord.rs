@@ -140,7 +140,7 @@ fn conflict(msg: impl Into<String>) -> ApiError {
 
 /// The sequence number of `SOURCE/SEQ`.
 fn seq_of(gen: &str) -> Option<u64> {
-    gen.rsplit_once('/').and_then(|(_, s)| s.parse().ok())
+    gen.parse::<archive::GenId>().ok().map(|g| g.seq.0)
 }
 
 impl Coordinator {
@@ -534,11 +534,8 @@ impl Coordinator {
             if n.status != NodeStatus::Rejoining {
                 return Ok(false);
             }
-            let (have, want) = (seq_of(gen), seq_of(latest));
-            if have.is_none()
-                || have != want
-                || gen.rsplit_once('/').map(|g| g.0) != latest.rsplit_once('/').map(|l| l.0)
-            {
+            let have = gen.parse::<archive::GenId>().ok();
+            if have.is_none() || have != latest.parse().ok() {
                 tracing::info!(
                     node,
                     gen,

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::coord::NewClone;
 
+use archive::GenId;
 use axum::http::StatusCode;
 use wire::ha::{NodeStatus, PromoteRequest, SwitchoverResult, TakeoverRequest};
 use wire::server::ApiError;
@@ -40,11 +41,6 @@ fn message(e: &wire::WireError) -> String {
         wire::WireError::Status { message, .. } => message.clone(),
         other => other.to_string(),
     }
-}
-
-fn seq_of(gen: &str) -> Option<(String, u64)> {
-    let (s, n) = gen.rsplit_once('/')?;
-    Some((s.to_string(), n.parse().ok()?))
 }
 
 /// Tells clone `node` that the coordinator granted it MAIN at `epoch`.
@@ -115,8 +111,9 @@ pub(crate) async fn switchover(app: &Arc<App>, to: &str) -> Result<SwitchoverRes
         .as_str()
         .map(str::to_string)
         .ok_or_else(|| conflict(format!("the main {main} answered no final generation")))?;
-    let (want_src, want_seq) =
-        seq_of(&gen).ok_or_else(|| conflict(format!("bad final generation {gen:?}")))?;
+    let want: GenId = gen
+        .parse()
+        .map_err(|e| conflict(format!("the main {main} answered a bad final generation: {e}")))?;
     tracing::warn!(generation = %gen, to, "switchover: waiting for the target to verify the final generation");
     let end = Instant::now() + wait;
     loop {
@@ -132,8 +129,8 @@ pub(crate) async fn switchover(app: &Arc<App>, to: &str) -> Result<SwitchoverRes
             .last_good
             .as_ref()
             .and_then(|e| e.generation.as_deref())
-            .and_then(seq_of);
-        if good.is_some_and(|(src, n)| src == want_src && n >= want_seq) {
+            .and_then(|g| g.parse::<GenId>().ok());
+        if good.is_some_and(|g| g.source == want.source && g.seq >= want.seq) {
             break;
         }
         if let Some(f) = s
