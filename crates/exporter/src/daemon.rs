@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use archive::{Archive, ChunkId, Epoch, GenId, IngestOptions, Seq, SourceName};
+use wire::phase::{RunPhase, TxPhase};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -23,8 +24,7 @@ use crate::Config;
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct RunState {
     pub tx: String,
-    /// running, exported, committed, failed.
-    pub state: String,
+    pub state: RunPhase,
     /// The snapshot in the outbox (`SOURCE/SEQ`).
     pub generation: Option<String>,
     /// The generation the PBS committed it as.
@@ -80,10 +80,10 @@ impl App {
             .insert(r.tx.clone(), r.clone());
         let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
         s.last_run = Some(r.clone());
-        s.running = (r.state == "running" || r.state == "exported").then(|| r.tx.clone());
-        match r.state.as_str() {
-            "committed" => s.last_success = Some(r.clone()),
-            "failed" => s.last_failure = Some(r.clone()),
+        s.running = matches!(r.state, RunPhase::Running | RunPhase::Exported).then(|| r.tx.clone());
+        match r.state {
+            RunPhase::Committed => s.last_success = Some(r.clone()),
+            RunPhase::Failed => s.last_failure = Some(r.clone()),
             _ => {}
         }
         if let Err(e) = wire::write_json_atomic(&status_path(&self.cfg), &*s) {
@@ -121,7 +121,7 @@ async fn export(app: Arc<App>, tx: String) -> RunState {
     let _one = app.export_lock.lock().await;
     let mut run = RunState {
         tx: tx.clone(),
-        state: "running".into(),
+        state: RunPhase::Running,
         started_at: now_rfc3339(),
         ..Default::default()
     };
@@ -136,7 +136,7 @@ async fn export(app: Arc<App>, tx: String) -> RunState {
         app.metrics
             .counter("pullback_failures_total", "Export runs that failed")
             .inc();
-        run.state = "failed".into();
+        run.state = RunPhase::Failed;
         run.error = Some(format!("{e:#}"));
     }
     app.set_run(&run);
@@ -217,11 +217,11 @@ async fn export_steps(app: &Arc<App>, run: &mut RunState) -> Result<()> {
     let rec = committed.ok_or(last_err)?;
     run.generation = Some(rec.id().to_string());
     run.bytes = rec.stats.bytes;
-    run.state = "exported".into();
+    run.state = RunPhase::Exported;
     app.set_run(run);
     tracing::info!(tx = %run.tx, generation = %rec.id(), "exported; notifying");
     notify_and_wait(app, run, rec.seq, epoch).await?;
-    run.state = "committed".into();
+    run.state = RunPhase::Committed;
     app.metrics
         .counter("pullback_generations_total", "Exports committed by a PBS")
         .inc();
@@ -263,7 +263,7 @@ struct Notify<'a> {
 
 #[derive(Deserialize)]
 struct TxState {
-    state: String,
+    state: TxPhase,
     generation: Option<String>,
     error: Option<String>,
 }
@@ -319,12 +319,12 @@ async fn notify_and_wait(app: &Arc<App>, run: &mut RunState, seq: Seq, epoch: u6
                 .get_json::<TxState>(&format!("/v1/transactions/{}", run.tx))
                 .await
             {
-                Ok(t) if t.state == "committed" => {
+                Ok(t) if t.state == TxPhase::Committed => {
                     run.committed_as = t.generation;
                     run.committed_by = Some(name);
                     return Ok(());
                 }
-                Ok(t) if t.state == "failed" => failures.push(format!(
+                Ok(t) if t.state == TxPhase::Failed => failures.push(format!(
                     "{name}: {}",
                     t.error.unwrap_or_else(|| "failed".into())
                 )),
@@ -373,7 +373,7 @@ fn start(app: &Arc<App>) -> String {
     let tx = app.new_tx();
     let run = RunState {
         tx: tx.clone(),
-        state: "running".into(),
+        state: RunPhase::Running,
         started_at: now_rfc3339(),
         ..Default::default()
     };
@@ -493,7 +493,7 @@ pub(crate) fn new_app(cfg: Config) -> Result<Arc<App>> {
     };
     if let Some(tx) = st.running.take() {
         if let Some(r) = st.last_run.as_mut().filter(|r| r.tx == tx) {
-            r.state = "failed".into();
+            r.state = RunPhase::Failed;
             r.error = Some("interrupted by a restart of the exporter".into());
             st.last_failure = Some(r.clone());
         }
@@ -601,7 +601,7 @@ fn local_client(cfg: &Config) -> Result<wire::Client> {
 fn report(r: &RunState, json: bool) -> Result<ExitCode> {
     if json {
         wire::outln!("{}", serde_json::to_string_pretty(r)?)?;
-    } else if r.state == "committed" {
+    } else if r.state == RunPhase::Committed {
         wire::outln!(
             "export {} committed as {} by {}",
             r.tx,
@@ -618,7 +618,7 @@ fn report(r: &RunState, json: bool) -> Result<ExitCode> {
             eprintln!("--- hook log (end) ---\n{}", r.log_tail.trim_end());
         }
     }
-    Ok(if r.state == "committed" {
+    Ok(if r.state == RunPhase::Committed {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -648,7 +648,7 @@ pub async fn run_cli(cfg: Config, json: bool) -> Result<ExitCode> {
                 if let Some(b) = &bar {
                     b.set_message(format!("{} {}", r.tx, r.state));
                 }
-                if r.state == "committed" || r.state == "failed" {
+                if matches!(r.state, RunPhase::Committed | RunPhase::Failed) {
                     break r;
                 }
             }

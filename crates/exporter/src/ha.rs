@@ -229,7 +229,7 @@ async fn final_export(app: &Arc<App>) -> Result<serde_json::Value, ApiError> {
     );
     run_demote_hook(app, h.epoch).await;
     let run = crate::daemon::export_now(app.clone()).await;
-    if run.state != "committed" {
+    if run.state != wire::phase::RunPhase::Committed {
         return Err(ApiError::conflict(format!(
             "the final export {} failed: {}",
             run.tx,

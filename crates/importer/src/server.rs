@@ -40,8 +40,8 @@ pub struct Failure {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Status {
     pub name: String,
-    pub role: String,
-    pub status: String,
+    pub role: wire::ha::Role,
+    pub status: wire::ha::NodeStatus,
     pub epoch: u64,
     /// The copy in the restore folder.
     pub last_valid: Option<Applied>,
@@ -506,8 +506,8 @@ pub async fn serve(cfg: Config) -> Result<()> {
         st.epoch = st.epoch.max(rf.epoch);
     }
     st.name = cfg.name.clone();
-    st.role = "BACKUP".into();
-    st.status = "Follower".into();
+    st.role = wire::ha::Role::Backup;
+    st.status = wire::ha::NodeStatus::Follower;
     st.importing = None;
     let store = Archive::open_or_init(&cfg.store)?;
     let tokens = cfg.server.token_set()?;

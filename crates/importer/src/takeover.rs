@@ -231,8 +231,8 @@ async fn promote(app: &Arc<App>, epoch: u64) -> Result<u64, Refusal> {
     .map_err(|e| ApiError::internal(format!("cannot write the role file: {e}")))?;
     app.takeover.promoted.store(true, Ordering::SeqCst);
     app.set_status(|s| {
-        s.role = Role::Main.to_string();
-        s.status = "Leader".into();
+        s.role = Role::Main;
+        s.status = wire::ha::NodeStatus::Leader;
         s.epoch = v.epoch;
     });
     crate::coordinator::confirm_promotion(app, v.epoch).await;
@@ -476,7 +476,7 @@ async fn render(app: &App, result: Option<(StatusCode, String)>) -> String {
             esc(&format!("{} at {}: {}", f.generation, f.at, f.reason)),
         );
     }
-    row("Role", esc(&st.role));
+    row("Role", st.role.to_string());
     row("Epoch", st.epoch.to_string());
     h.push_str("</table><h2>Nodes</h2>");
     match nodes {
@@ -486,7 +486,7 @@ async fn render(app: &App, result: Option<(StatusCode, String)>) -> String {
                 h.push_str(&format!(
                     "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                     esc(&n.name),
-                    esc(&n.kind),
+                    n.kind,
                     n.role,
                     n.status,
                     n.epoch,

@@ -41,8 +41,8 @@ use archive::{Epoch, EpochError};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use wire::ha::{
-    CloneNeeded, Hello, NodeStatus, NodeView, PendingPromotion, Role, TakeoverRecord,
-    TakeoverRequest, Verdict,
+    CloneNeeded, Hello, NodeKind, NodeStatus, NodeView, PendingPromotion, Role, TakeoverBy,
+    TakeoverRecord, TakeoverRequest, Verdict,
 };
 use wire::server::ApiError;
 use wire::PeerConfig;
@@ -56,8 +56,7 @@ mod pending;
 /// One node as the coordinator keeps it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NodeState {
-    /// `exporter` or `importer`.
-    pub kind: String,
+    pub kind: NodeKind,
     pub role: Role,
     pub status: NodeStatus,
     pub last_seen: Option<String>,
@@ -112,9 +111,6 @@ pub fn state_path(state_dir: &Path) -> PathBuf {
     state_dir.join("coordinator.json")
 }
 
-pub const EXPORTER: &str = "exporter";
-pub const IMPORTER: &str = "importer";
-
 /// The coordinator of a running PBS.
 pub struct Coordinator {
     path: PathBuf,
@@ -162,7 +158,7 @@ impl Coordinator {
                 sp.push(p.clone());
             }
             st.nodes.entry(name).or_insert_with(|| NodeState {
-                kind: EXPORTER.into(),
+                kind: NodeKind::Exporter,
                 ..Default::default()
             });
         }
@@ -185,7 +181,7 @@ impl Coordinator {
                 tracing::info!(node = %i.name, "a new clone is configured: no clone needed any more");
             }
             let n = st.nodes.entry(i.name.clone()).or_insert_with(|| NodeState {
-                kind: IMPORTER.into(),
+                kind: NodeKind::Importer,
                 ..Default::default()
             });
             if st.main.as_deref() == Some(i.name.as_str())
@@ -267,7 +263,7 @@ impl Coordinator {
                 n.status = NodeStatus::Broken;
             } else if n.status == NodeStatus::Rejoining {
                 n.role = Role::Backup;
-            } else if is_main || (main_free && n.kind == EXPORTER) {
+            } else if is_main || (main_free && n.kind == NodeKind::Exporter) {
                 pending::confirm(&mut st.pending_promotion, h);
                 n.role = Role::Main;
                 n.status = NodeStatus::Leader;
@@ -463,18 +459,14 @@ impl Coordinator {
                 (NewClone::Needed(needed), what)
             }
         };
-        let by = req
-            .by
-            .as_deref()
-            .filter(|b| matches!(*b, "page" | "auto"))
-            .unwrap_or("api");
+        let by = TakeoverBy::of_request(req.by.as_deref());
         st.takeovers.push(TakeoverRecord {
             at,
             node: req.node.clone(),
             old_main: old,
             epoch: st.epoch,
             forced: req.force,
-            by: by.to_string(),
+            by,
             new_clone: what,
         });
         let extra = st.takeovers.len().saturating_sub(KEEP_TAKEOVERS);
@@ -663,14 +655,14 @@ pub fn views(st: &CoordState, server: &ServerStatus) -> Vec<NodeView> {
             // rejoined as a clone, once it has one); a main's: the last it published.
             let verified = verified_generation(server, name);
             let is_main = st.main.as_deref() == Some(name.as_str());
-            let generation = if n.kind == IMPORTER || (!is_main && verified.is_some()) {
+            let generation = if n.kind == NodeKind::Importer || (!is_main && verified.is_some()) {
                 verified
             } else {
                 n.last_generation.clone()
             };
             NodeView {
                 name: name.clone(),
-                kind: n.kind.clone(),
+                kind: n.kind,
                 role: n.role,
                 status: n.status,
                 epoch: st.epoch,
@@ -701,7 +693,7 @@ pub fn dashboard(st: &CoordState, nodes: &[NodeView], report: &serde_json::Value
         h.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{st}\">{st}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             e(&n.name),
-            e(&n.kind),
+            n.kind,
             n.role,
             n.epoch,
             e(n.generation.as_deref().unwrap_or("-")),
@@ -738,7 +730,7 @@ pub fn dashboard(st: &CoordState, nodes: &[NodeView], report: &serde_json::Value
             e(t.old_main.as_deref().unwrap_or("-")),
             t.epoch,
             if t.forced { "<b>forced</b>" } else { "no" },
-            e(&t.by),
+            t.by,
             e(&t.new_clone),
         ));
     }
@@ -1042,9 +1034,9 @@ disabled = true
                 t.old_main.as_deref(),
                 t.epoch,
                 t.forced,
-                t.by.as_str()
+                t.by
             ),
-            ("c1", Some("main1"), 1, false, "page")
+            ("c1", Some("main1"), 1, false, TakeoverBy::Page)
         );
         assert_eq!(t.new_clone, "spare c2 activated");
         // Durable: a restart keeps c2 activated (not Spare again).

@@ -21,6 +21,7 @@ use wire::{Metrics, Peer};
 
 use crate::config::{self, Config, SourceConfig};
 use crate::coord::Coordinator;
+use wire::phase::TxPhase;
 
 /// What an exporter sends when a generation is ready.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -41,8 +42,7 @@ pub struct Notify {
 pub struct TxState {
     pub tx: String,
     pub source: String,
-    /// queued, pulling, committed, failed.
-    pub state: String,
+    pub state: TxPhase,
     pub generation: Option<String>,
     pub error: Option<String>,
     pub at: String,
@@ -488,13 +488,13 @@ async fn worker(app: Arc<App>, name: String, mut rx: mpsc::UnboundedReceiver<Not
         let Some(src) = app.source(&name) else {
             continue;
         };
-        if app.tx(&n.tx).is_some_and(|t| t.state == "committed") {
+        if app.tx(&n.tx).is_some_and(|t| t.state == TxPhase::Committed) {
             continue;
         }
         let mut tx = TxState {
             tx: n.tx.clone(),
             source: name.clone(),
-            state: "pulling".into(),
+            state: TxPhase::Pulling,
             generation: None,
             error: None,
             at: now_rfc3339(),
@@ -557,7 +557,7 @@ async fn worker(app: Arc<App>, name: String, mut rx: mpsc::UnboundedReceiver<Not
                     .inc();
                 let node = n.node.as_deref().unwrap_or(&src.exporter.name);
                 app.coord.set_generation(node, &gen.to_string());
-                tx.state = "committed".into();
+                tx.state = TxPhase::Committed;
                 tx.generation = Some(gen.to_string());
                 tx.at = now_rfc3339();
                 app.set_tx(tx);
@@ -578,7 +578,7 @@ async fn worker(app: Arc<App>, name: String, mut rx: mpsc::UnboundedReceiver<Not
                         &[("peer", &src.exporter.name)],
                     )
                     .inc();
-                tx.state = "failed".into();
+                tx.state = TxPhase::Failed;
                 tx.error = Some(format!("{e:#}"));
                 tx.at = now_rfc3339();
                 app.set_tx(tx);
@@ -637,7 +637,7 @@ async fn notify(
     let t = TxState {
         tx: n.tx.clone(),
         source: n.source.clone(),
-        state: "queued".into(),
+        state: TxPhase::Queued,
         generation: None,
         error: None,
         at: now_rfc3339(),
@@ -844,8 +844,8 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
     // Transactions cut short by a restart failed; the exporter notifies again.
     app.update(|s| {
         for t in s.transactions.iter_mut() {
-            if t.state == "queued" || t.state == "pulling" {
-                t.state = "failed".into();
+            if t.state.is_open() {
+                t.state = TxPhase::Failed;
                 t.error = Some("interrupted by a restart of the PBS".into());
             }
         }

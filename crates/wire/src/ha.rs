@@ -95,6 +95,44 @@ impl fmt::Display for NodeStatus {
     }
 }
 
+crate::phase::wire_enum! {
+    /// What a node of the coordinator runs.
+    pub enum NodeKind {
+        /// A source's main node (its exporter).
+        Exporter = "exporter",
+        /// A clone (an importer).
+        Importer = "importer",
+    }
+}
+
+impl Default for NodeKind {
+    fn default() -> Self {
+        NodeKind::Exporter
+    }
+}
+
+crate::phase::wire_enum! {
+    /// How a takeover was asked for (the coordinator's takeover history).
+    pub enum TakeoverBy {
+        /// The clone's takeover page.
+        Page = "page",
+        /// The clone's `POST /v1/takeover`, the seeds' `change=MAIN`, or a direct call.
+        Api = "api",
+        /// The PBS's automatic failover.
+        Auto = "auto",
+    }
+}
+
+impl TakeoverBy {
+    /// A request's `by`: `page` and `auto` as given, anything else (or nothing) `api`.
+    pub fn of_request(by: Option<&str>) -> TakeoverBy {
+        match by.and_then(|b| b.parse().ok()) {
+            Some(b) => b,
+            None => TakeoverBy::Api,
+        }
+    }
+}
+
 /// The status an exporter shows when no coordinator confirmed it (a warning).
 pub const SINGLE_NODE: &str = "Leader (single node)";
 
@@ -218,7 +256,7 @@ pub struct TakeoverRecord {
     /// Whether the gates were skipped (`force`).
     pub forced: bool,
     /// `page`, `api` or `auto` (automatic failover).
-    pub by: String,
+    pub by: TakeoverBy,
     /// What was done about the lost clone: `spare NAME activated`, `on_clone_needed hook`,
     /// or `clone needed`.
     #[serde(default)]
@@ -292,7 +330,7 @@ pub struct NodeView {
     /// Node name.
     pub name: String,
     /// `exporter` (a source's main node) or `importer` (a clone).
-    pub kind: String,
+    pub kind: NodeKind,
     /// Its role.
     pub role: Role,
     /// Its status.

@@ -31,6 +31,7 @@ pub mod config;
 pub mod ha;
 pub mod hook;
 pub mod metrics;
+pub mod phase;
 pub mod server;
 pub mod state;
 
