@@ -8,6 +8,7 @@ mod coordinator;
 mod guard;
 mod server;
 mod takeover;
+mod takeover_page;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

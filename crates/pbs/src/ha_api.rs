@@ -151,5 +151,5 @@ async fn nodes(State(app): State<Arc<App>>) -> Json<Vec<NodeView>> {
 async fn dashboard(State(app): State<Arc<App>>) -> Result<Html<String>, ApiError> {
     let report = crate::daemon::status(State(app.clone())).await?.0;
     let st = app.coord.snapshot();
-    Ok(Html(coord::dashboard(&st, &views(&app), &report)))
+    Ok(Html(crate::dashboard::render(&st, &views(&app), &report)))
 }

@@ -4,6 +4,7 @@ mod archive_cmd;
 mod config;
 mod coord;
 mod daemon;
+mod dashboard;
 mod failover;
 mod grant;
 mod ha_api;

@@ -343,28 +343,12 @@ pub struct NodeView {
     pub last_seen: Option<String>,
 }
 
-/// Escapes text for HTML element content and attribute values.
-pub fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn roles_and_escape() {
+    fn roles() {
         assert_eq!(Role::parse("MAIN"), Some(Role::Main));
         assert_eq!(Role::parse("main"), None);
         assert_eq!(
@@ -374,10 +358,6 @@ mod tests {
             })
             .unwrap_or_default(),
             r#"{"role":"MAIN","epoch":3}"#
-        );
-        assert_eq!(
-            html_escape("<a href=\"x\">&'"),
-            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
         );
     }
 }
