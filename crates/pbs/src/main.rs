@@ -5,6 +5,7 @@ mod config;
 mod coord;
 mod daemon;
 mod dashboard;
+mod effects;
 mod failover;
 mod grant;
 mod ha_api;
