@@ -246,7 +246,10 @@ mod tests {
         assert_eq!(g.to_string(), "pg-main_1.x/12");
         for bad in ["db", "db/", "/3", "db/x", "db/-1", "a/b/3", ".x/3", "db/3/"] {
             let e = bad.parse::<GenId>().err();
-            assert!(e.as_deref().is_some_and(|e| e.contains(bad)), "{bad:?}: {e:?}");
+            assert!(
+                e.as_deref().is_some_and(|e| e.contains(bad)),
+                "{bad:?}: {e:?}"
+            );
         }
     }
 

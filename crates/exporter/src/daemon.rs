@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use archive::{Archive, ChunkId, Epoch, GenId, IngestOptions, Seq, SourceName};
-use wire::phase::{RunPhase, TxPhase};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use wire::phase::{RunPhase, TxPhase};
 use wire::server::ApiError;
 use wire::{Metrics, Peer};
 

@@ -416,7 +416,10 @@ async fn render(app: &App, result: Option<(StatusCode, String)>) -> String {
         status: &st,
         nodes: &nodes,
         result: result.as_ref(),
-        window: st.last_valid.as_ref().map(|v| crate::takeover_page::data_loss_window(&v.taken_at)),
+        window: st
+            .last_valid
+            .as_ref()
+            .map(|v| crate::takeover_page::data_loss_window(&v.taken_at)),
         form_token: &app.takeover.guard.form_token(),
     })
 }

@@ -116,7 +116,14 @@ mod tests {
     use crate::server::{Applied, Failure};
     use wire::ha::{NodeKind, NodeStatus, Role};
 
-    fn views() -> Vec<(Status, Result<Vec<NodeView>, String>, Option<(StatusCode, String)>)> {
+    /// A clone's status, the coordinator's nodes, the answer to a POST.
+    type Case = (
+        Status,
+        Result<Vec<NodeView>, String>,
+        Option<(StatusCode, String)>,
+    );
+
+    fn views() -> Vec<Case> {
         let full = Status {
             name: "c<1>".into(),
             role: Role::Backup,
@@ -137,27 +144,48 @@ mod tests {
             last_log: "line 1\n<script>\n\n".into(),
             last_import_ok: Some(false),
         };
-        let nodes = vec![NodeView {
-            name: "main&1".into(),
-            kind: NodeKind::Exporter,
-            role: Role::Main,
-            status: NodeStatus::Leader,
-            epoch: 4,
-            generation: Some("db/3".into()),
-            last_seen: None,
-        }, NodeView {
-            name: "c<1>".into(),
-            kind: NodeKind::Importer,
-            role: Role::Backup,
-            status: NodeStatus::Follower,
-            epoch: 4,
-            generation: None,
-            last_seen: None,
-        }];
+        let nodes = vec![
+            NodeView {
+                name: "main&1".into(),
+                kind: NodeKind::Exporter,
+                role: Role::Main,
+                status: NodeStatus::Leader,
+                epoch: 4,
+                generation: Some("db/3".into()),
+                last_seen: None,
+            },
+            NodeView {
+                name: "c<1>".into(),
+                kind: NodeKind::Importer,
+                role: Role::Backup,
+                status: NodeStatus::Follower,
+                epoch: 4,
+                generation: None,
+                last_seen: None,
+            },
+        ];
         vec![
-            (full, Ok(nodes), Some((StatusCode::CONFLICT, "Takeover refused: a <b> & \"c\"".into()))),
-            (Status::default(), Err("no [coordinator] <configured>".into()), None),
-            (Status { last_valid: None, ..Default::default() }, Ok(vec![]), Some((StatusCode::OK, "Takeover done".into()))),
+            (
+                full,
+                Ok(nodes),
+                Some((
+                    StatusCode::CONFLICT,
+                    "Takeover refused: a <b> & \"c\"".into(),
+                )),
+            ),
+            (
+                Status::default(),
+                Err("no [coordinator] <configured>".into()),
+                None,
+            ),
+            (
+                Status {
+                    last_valid: None,
+                    ..Default::default()
+                },
+                Ok(vec![]),
+                Some((StatusCode::OK, "Takeover done".into())),
+            ),
         ]
     }
 
@@ -169,7 +197,10 @@ mod tests {
             status: st,
             nodes,
             result: result.as_ref(),
-            window: st.last_valid.as_ref().map(|_| "1 h 02 min 03 s".to_string()),
+            window: st
+                .last_valid
+                .as_ref()
+                .map(|_| "1 h 02 min 03 s".to_string()),
             form_token: "tok123",
         })
     }

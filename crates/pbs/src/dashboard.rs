@@ -91,7 +91,10 @@ mod tests {
             outcome: None,
             ok: None,
         });
-        for (i, by) in [TakeoverBy::Page, TakeoverBy::Api, TakeoverBy::Auto].into_iter().enumerate() {
+        for (i, by) in [TakeoverBy::Page, TakeoverBy::Api, TakeoverBy::Auto]
+            .into_iter()
+            .enumerate()
+        {
             st.takeovers.push(TakeoverRecord {
                 at: format!("2026-01-0{}T00:00:00Z", i + 1),
                 node: "c<1>".into(),

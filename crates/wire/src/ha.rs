@@ -99,15 +99,10 @@ crate::phase::wire_enum! {
     /// What a node of the coordinator runs.
     pub enum NodeKind {
         /// A source's main node (its exporter).
+        #[default]
         Exporter = "exporter",
         /// A clone (an importer).
         Importer = "importer",
-    }
-}
-
-impl Default for NodeKind {
-    fn default() -> Self {
-        NodeKind::Exporter
     }
 }
 
@@ -117,6 +112,7 @@ crate::phase::wire_enum! {
         /// The clone's takeover page.
         Page = "page",
         /// The clone's `POST /v1/takeover`, the seeds' `change=MAIN`, or a direct call.
+        #[default]
         Api = "api",
         /// The PBS's automatic failover.
         Auto = "auto",

@@ -35,7 +35,11 @@ mod tests {
 
     #[test]
     fn pages_escape_what_they_are_given() {
-        let p = page("a<b", "td{x:1}", html! { p { ("<i>&\"") } (header_row(&["k<"])) });
+        let p = page(
+            "a<b",
+            "td{x:1}",
+            html! { p { ("<i>&\"") } (header_row(&["k<"])) },
+        );
         assert_eq!(
             p,
             "<!doctype html><html><head><meta charset=\"utf-8\"><title>a&lt;b</title>\

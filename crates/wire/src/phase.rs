@@ -2,11 +2,12 @@
 //! enums: each variant is serialized as the exact string `FORMAT.md` lists, so the wire
 //! format is the same as when these were strings; an unknown name is refused when read.
 
-/// An enum whose variants are written as the given strings (serde, `Display`, `FromStr`).
+/// An enum whose variants are written as the given strings (serde, `Display`, `FromStr`);
+/// one variant is marked `#[default]`.
 macro_rules! wire_enum {
     ($(#[$m:meta])* pub enum $t:ident { $($(#[$vm:meta])* $v:ident = $s:literal,)+ }) => {
         $(#[$m])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
         pub enum $t {
             $($(#[$vm])* #[serde(rename = $s)] $v,)+
         }
@@ -50,6 +51,7 @@ wire_enum! {
     /// Where the PBS is with one notification (`POST /v1/notify`, `GET /v1/transactions/{tx}`).
     pub enum TxPhase {
         /// Accepted, waiting for the source's pull worker.
+        #[default]
         Queued = "queued",
         /// The PBS is pulling the generation from the exporter.
         Pulling = "pulling",
@@ -57,12 +59,6 @@ wire_enum! {
         Committed = "committed",
         /// The pull or the commit failed (`error` says why).
         Failed = "failed",
-    }
-}
-
-impl Default for TxPhase {
-    fn default() -> Self {
-        TxPhase::Queued
     }
 }
 
@@ -77,6 +73,7 @@ wire_enum! {
     /// Where an exporter is with one export (`GET /v1/runs/{tx}`, its `status.json`).
     pub enum RunPhase {
         /// The export hook is running.
+        #[default]
         Running = "running",
         /// In the outbox, waiting for a PBS to commit it.
         Exported = "exported",
@@ -84,12 +81,6 @@ wire_enum! {
         Committed = "committed",
         /// The hook or every PBS failed (`error` says why).
         Failed = "failed",
-    }
-}
-
-impl Default for RunPhase {
-    fn default() -> Self {
-        RunPhase::Running
     }
 }
 
@@ -113,6 +104,8 @@ mod tests {
             ["running", "exported", "committed", "failed"]
         );
         assert!(serde_json::from_str::<RunPhase>("\"Committed\"").is_err());
-        assert!("done".parse::<TxPhase>().is_err_and(|e| e.contains("queued")));
+        assert!("done"
+            .parse::<TxPhase>()
+            .is_err_and(|e| e.contains("queued")));
     }
 }
