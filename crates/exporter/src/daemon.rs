@@ -40,8 +40,8 @@ pub struct RunState {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Status {
     pub source: String,
-    pub role: String,
-    pub status: String,
+    pub role: wire::ha::Role,
+    pub status: wire::ha::ShownStatus,
     pub epoch: u64,
     pub running: Option<String>,
     pub last_run: Option<RunState>,
@@ -483,8 +483,8 @@ pub(crate) fn new_app(cfg: Config) -> Result<Arc<App>> {
     st.source = cfg.source.clone();
     // Every node starts as BACKUP; only the coordinator makes it MAIN.
     let rf = wire::ha::RoleFile::load(&cfg.state_dir)?;
-    st.role = wire::ha::Role::Backup.to_string();
-    st.status = wire::ha::SINGLE_NODE.into();
+    st.role = wire::ha::Role::Backup;
+    st.status = wire::ha::ShownStatus::SingleNode;
     st.epoch = rf.map_or(cfg.epoch, |r| r.epoch);
     let ha = crate::ha::HaState {
         role: wire::ha::Role::Backup,

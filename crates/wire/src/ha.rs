@@ -61,37 +61,62 @@ impl fmt::Display for Role {
     }
 }
 
-/// A node's status as people see it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-pub enum NodeStatus {
-    /// The main at the current epoch.
-    Leader,
-    /// A clone, eligible for takeover (or an exporter node waiting for a grant).
-    #[default]
-    Follower,
-    /// A clone excluded from takeover by configuration.
-    Disabled,
-    /// A fenced former main, quarantined until an operator rejoins it.
-    Broken,
-    /// Rejoined by an operator: a clone again once it has restored and verified the latest
-    /// generation; until then never MAIN, never notifies, never eligible.
-    Rejoining,
-    /// A configured spare clone (`spare = true`): nothing is pushed to it and it is not
-    /// eligible, until a takeover activates it (then a Follower, pushed the latest
-    /// generation at once).
-    Spare,
+crate::phase::wire_enum! {
+    /// A node's status as people see it.
+    pub enum NodeStatus {
+        /// The main at the current epoch.
+        Leader = "Leader",
+        /// A clone, eligible for takeover (or an exporter node waiting for a grant).
+        #[default]
+        Follower = "Follower",
+        /// A clone excluded from takeover by configuration.
+        Disabled = "Disabled",
+        /// A fenced former main, quarantined until an operator rejoins it.
+        Broken = "Broken",
+        /// Rejoined by an operator: a clone again once it has restored and verified the
+        /// latest generation; until then never MAIN, never notifies, never eligible.
+        Rejoining = "Rejoining",
+        /// A configured spare clone (`spare = true`): nothing is pushed to it and it is not
+        /// eligible, until a takeover activates it (then a Follower, pushed the latest
+        /// generation at once).
+        Spare = "Spare",
+    }
 }
 
-impl fmt::Display for NodeStatus {
+/// What an exporter shows as its status (`status.json`, `GET /v1/status`): what the
+/// coordinator said, or [`SINGLE_NODE`] while no coordinator confirmed it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ShownStatus {
+    /// The status the coordinator gave this node.
+    Coordinated(NodeStatus),
+    /// No coordinator confirmed this node (a warning): [`SINGLE_NODE`].
+    #[default]
+    SingleNode,
+}
+
+impl fmt::Display for ShownStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            NodeStatus::Leader => "Leader",
-            NodeStatus::Follower => "Follower",
-            NodeStatus::Disabled => "Disabled",
-            NodeStatus::Broken => "Broken",
-            NodeStatus::Rejoining => "Rejoining",
-            NodeStatus::Spare => "Spare",
-        })
+        match self {
+            ShownStatus::Coordinated(s) => f.write_str(s.as_str()),
+            ShownStatus::SingleNode => f.write_str(SINGLE_NODE),
+        }
+    }
+}
+
+impl From<ShownStatus> for String {
+    fn from(s: ShownStatus) -> String {
+        s.to_string()
+    }
+}
+
+impl TryFrom<String> for ShownStatus {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s == SINGLE_NODE {
+            return Ok(ShownStatus::SingleNode);
+        }
+        s.parse().map(ShownStatus::Coordinated)
     }
 }
 
@@ -347,6 +372,14 @@ mod tests {
     fn roles() {
         assert_eq!(Role::parse("MAIN"), Some(Role::Main));
         assert_eq!(Role::parse("main"), None);
+        for (s, json) in [
+            (ShownStatus::SingleNode, "\"Leader (single node)\""),
+            (ShownStatus::Coordinated(NodeStatus::Broken), "\"Broken\""),
+        ] {
+            assert_eq!(serde_json::to_string(&s).unwrap_or_default(), json);
+            assert_eq!(serde_json::from_str::<ShownStatus>(json).ok(), Some(s));
+        }
+        assert!(serde_json::from_str::<ShownStatus>("\"broken\"").is_err());
         assert_eq!(
             serde_json::to_string(&RoleFile {
                 role: Role::Main,
