@@ -204,6 +204,24 @@ impl fmt::Display for GenId {
     }
 }
 
+/// Parses `SOURCE/SEQ` (what [`GenId`]'s `Display` writes): a valid source name, one `/`,
+/// a decimal sequence number.
+impl FromStr for GenId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (source, seq) = s
+            .split_once('/')
+            .ok_or_else(|| format!("bad generation {s:?}: expected SOURCE/SEQ"))?;
+        let seq = seq
+            .parse::<u64>()
+            .map_err(|e| format!("bad generation {s:?}: the sequence number {seq:?} {e}"))?;
+        Ok(GenId {
+            source: SourceName::new(source).map_err(|e| format!("bad generation {s:?}: {e}"))?,
+            seq: Seq(seq),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +247,20 @@ mod tests {
             Epoch::check(u64::MAX, 4),
             Err(EpochError::Ahead { .. })
         ));
+    }
+
+    #[test]
+    fn gen_ids_parse_what_they_print() {
+        let g: GenId = "pg-main_1.x/12".parse().expect("parses");
+        assert_eq!((g.source.as_str(), g.seq), ("pg-main_1.x", Seq(12)));
+        assert_eq!(g.to_string(), "pg-main_1.x/12");
+        for bad in ["db", "db/", "/3", "db/x", "db/-1", "a/b/3", ".x/3", "db/3/"] {
+            let e = bad.parse::<GenId>().err();
+            assert!(
+                e.as_deref().is_some_and(|e| e.contains(bad)),
+                "{bad:?}: {e:?}"
+            );
+        }
     }
 
     #[test]

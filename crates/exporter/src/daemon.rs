@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use wire::phase::{RunPhase, TxPhase};
 use wire::server::ApiError;
 use wire::{Metrics, Peer};
 
@@ -23,8 +24,7 @@ use crate::Config;
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct RunState {
     pub tx: String,
-    /// running, exported, committed, failed.
-    pub state: String,
+    pub state: RunPhase,
     /// The snapshot in the outbox (`SOURCE/SEQ`).
     pub generation: Option<String>,
     /// The generation the PBS committed it as.
@@ -44,8 +44,8 @@ pub struct RunState {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Status {
     pub source: String,
-    pub role: String,
-    pub status: String,
+    pub role: wire::ha::Role,
+    pub status: wire::ha::ShownStatus,
     pub epoch: u64,
     pub running: Option<String>,
     pub last_run: Option<RunState>,
@@ -84,10 +84,10 @@ impl App {
             .insert(r.tx.clone(), r.clone());
         let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
         s.last_run = Some(r.clone());
-        s.running = (r.state == "running" || r.state == "exported").then(|| r.tx.clone());
-        match r.state.as_str() {
-            "committed" => s.last_success = Some(r.clone()),
-            "failed" => s.last_failure = Some(r.clone()),
+        s.running = matches!(r.state, RunPhase::Running | RunPhase::Exported).then(|| r.tx.clone());
+        match r.state {
+            RunPhase::Committed => s.last_success = Some(r.clone()),
+            RunPhase::Failed => s.last_failure = Some(r.clone()),
             _ => {}
         }
         if let Err(e) = wire::write_json_atomic(&status_path(&self.cfg), &*s) {
@@ -125,7 +125,7 @@ async fn export(app: Arc<App>, tx: String) -> RunState {
     let _one = app.export_lock.lock().await;
     let mut run = RunState {
         tx: tx.clone(),
-        state: "running".into(),
+        state: RunPhase::Running,
         started_at: now_rfc3339(),
         ..Default::default()
     };
@@ -140,7 +140,7 @@ async fn export(app: Arc<App>, tx: String) -> RunState {
         app.metrics
             .counter("pullback_failures_total", "Export runs that failed")
             .inc();
-        run.state = "failed".into();
+        run.state = RunPhase::Failed;
         run.error = Some(format!("{e:#}"));
     }
     app.set_run(&run);
@@ -222,11 +222,11 @@ async fn export_steps(app: &Arc<App>, run: &mut RunState) -> Result<()> {
     let rec = committed.ok_or(last_err)?;
     run.generation = Some(rec.id().to_string());
     run.bytes = rec.stats.bytes;
-    run.state = "exported".into();
+    run.state = RunPhase::Exported;
     app.set_run(run);
     tracing::info!(tx = %run.tx, generation = %rec.id(), "exported; notifying");
     notify_and_wait(app, run, rec.seq, epoch).await?;
-    run.state = "committed".into();
+    run.state = RunPhase::Committed;
     app.metrics
         .counter("pullback_generations_total", "Exports committed by a PBS")
         .inc();
@@ -308,12 +308,12 @@ async fn notify_and_wait(app: &Arc<App>, run: &mut RunState, seq: Seq, epoch: u6
                 .get_json::<wire::api::TxState>(&format!("/v1/transactions/{}", run.tx))
                 .await
             {
-                Ok(t) if t.state == "committed" => {
+                Ok(t) if t.state == TxPhase::Committed => {
                     run.committed_as = t.generation;
                     run.committed_by = Some(name);
                     return Ok(());
                 }
-                Ok(t) if t.state == "failed" => failures.push(format!(
+                Ok(t) if t.state == TxPhase::Failed => failures.push(format!(
                     "{name}: {}",
                     t.error.unwrap_or_else(|| "failed".into())
                 )),
@@ -362,7 +362,7 @@ fn start(app: &Arc<App>) -> String {
     let tx = app.new_tx();
     let run = RunState {
         tx: tx.clone(),
-        state: "running".into(),
+        state: RunPhase::Running,
         started_at: now_rfc3339(),
         ..Default::default()
     };
@@ -474,8 +474,8 @@ pub(crate) fn new_app(cfg: Config) -> Result<Arc<App>> {
     st.source = cfg.source.clone();
     // Every node starts as BACKUP; only the coordinator makes it MAIN.
     let rf = wire::ha::RoleFile::load(&cfg.state_dir)?;
-    st.role = wire::ha::Role::Backup.to_string();
-    st.status = wire::ha::SINGLE_NODE.into();
+    st.role = wire::ha::Role::Backup;
+    st.status = wire::ha::ShownStatus::SingleNode;
     st.epoch = rf.map_or(cfg.epoch, |r| r.epoch);
     let ha = crate::ha::HaState {
         role: wire::ha::Role::Backup,
@@ -484,7 +484,7 @@ pub(crate) fn new_app(cfg: Config) -> Result<Arc<App>> {
     };
     if let Some(tx) = st.running.take() {
         if let Some(r) = st.last_run.as_mut().filter(|r| r.tx == tx) {
-            r.state = "failed".into();
+            r.state = RunPhase::Failed;
             r.error = Some("interrupted by a restart of the exporter".into());
             st.last_failure = Some(r.clone());
         }
@@ -597,7 +597,7 @@ fn report(r: &RunState, json: bool) -> Result<ExitCode> {
     }
     if json {
         wire::outln!("{}", serde_json::to_string_pretty(r)?)?;
-    } else if r.state == "committed" {
+    } else if r.state == RunPhase::Committed {
         wire::outln!(
             "export {} committed as {} by {}",
             r.tx,
@@ -614,7 +614,7 @@ fn report(r: &RunState, json: bool) -> Result<ExitCode> {
             eprintln!("--- hook log (end) ---\n{}", r.log_tail.trim_end());
         }
     }
-    Ok(if r.state == "committed" {
+    Ok(if r.state == RunPhase::Committed {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -644,7 +644,7 @@ pub async fn run_cli(cfg: Config, json: bool) -> Result<ExitCode> {
                 if let Some(b) = &bar {
                     b.set_message(format!("{} {}", r.tx, r.state));
                 }
-                if r.state == "committed" || r.state == "failed" {
+                if matches!(r.state, RunPhase::Committed | RunPhase::Failed) {
                     break r;
                 }
             }

@@ -24,7 +24,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
-use wire::ha::{Hello, NodeStatus, Role, RoleFile, Verdict, SINGLE_NODE};
+use wire::ha::{Hello, NodeStatus, Role, RoleFile, ShownStatus, Verdict, SINGLE_NODE};
 use wire::server::ApiError;
 
 use crate::daemon::{status_path, App};
@@ -51,7 +51,7 @@ fn role_file(app: &App) -> Result<RoleFile> {
 }
 
 /// Updates the in-memory role and the status file.
-fn set(app: &App, role: Role, epoch: u64, status: &str, confirmed: bool) {
+fn set(app: &App, role: Role, epoch: u64, status: ShownStatus, confirmed: bool) {
     {
         let mut h = app.ha.lock().unwrap_or_else(|p| p.into_inner());
         h.role = role;
@@ -59,9 +59,9 @@ fn set(app: &App, role: Role, epoch: u64, status: &str, confirmed: bool) {
         h.confirmed = h.confirmed || confirmed;
     }
     let mut s = app.status.lock().unwrap_or_else(|p| p.into_inner());
-    s.role = role.to_string();
+    s.role = role;
     s.epoch = epoch;
-    s.status = status.to_string();
+    s.status = status;
     if let Err(e) = wire::write_json_atomic(&status_path(&app.cfg), &*s) {
         tracing::error!("cannot save status: {e}");
     }
@@ -107,7 +107,13 @@ pub async fn check_role(app: &Arc<App>) -> Result<u64> {
                 granted.save(&app.cfg.state_dir)?;
                 tracing::info!(epoch = v.epoch, "the coordinator granted MAIN");
             }
-            set(app, Role::Main, v.epoch, "Leader", true);
+            set(
+                app,
+                Role::Main,
+                v.epoch,
+                ShownStatus::Coordinated(NodeStatus::Leader),
+                true,
+            );
             Ok(v.epoch)
         }
         Answer::Verdict(v) => {
@@ -132,7 +138,7 @@ pub async fn check_role(app: &Arc<App>) -> Result<u64> {
                 // Demoted earlier in this process: it stays what it was told.
                 bail!("no coordinator answered ({e}): not exporting (this node is BACKUP)")
             }
-            set(app, Role::Backup, h.epoch, SINGLE_NODE, false);
+            set(app, Role::Backup, h.epoch, ShownStatus::SingleNode, false);
             bail!("no coordinator answered ({e}): not exporting ({SINGLE_NODE})")
         }
     }
@@ -146,7 +152,8 @@ pub async fn startup_hello(app: &Arc<App>) -> Result<()> {
             tracing::warn!("{e:#}");
             let unconfirmed = !app.ha.lock().unwrap_or_else(|p| p.into_inner()).confirmed;
             if unconfirmed
-                && app.status.lock().unwrap_or_else(|p| p.into_inner()).status == SINGLE_NODE
+                && app.status.lock().unwrap_or_else(|p| p.into_inner()).status
+                    == ShownStatus::SingleNode
             {
                 let a = app.clone();
                 tokio::spawn(async move {
@@ -155,7 +162,7 @@ pub async fn startup_hello(app: &Arc<App>) -> Result<()> {
                         let r = check_role(&a).await;
                         let still_single =
                             a.status.lock().unwrap_or_else(|p| p.into_inner()).status
-                                == SINGLE_NODE;
+                                == ShownStatus::SingleNode;
                         if r.is_ok() || !still_single {
                             break;
                         }
@@ -184,7 +191,13 @@ pub async fn demote(app: &App, epoch: u64, status: NodeStatus) {
     if let Err(e) = backup.save(&app.cfg.state_dir) {
         tracing::error!("cannot write the role file: {e}");
     }
-    set(app, Role::Backup, keep, &status.to_string(), true);
+    set(
+        app,
+        Role::Backup,
+        keep,
+        ShownStatus::Coordinated(status),
+        true,
+    );
 }
 
 /// The demote hook (stops the software taking writes), logged; failures are logged only.
@@ -229,7 +242,7 @@ async fn final_export(app: &Arc<App>) -> Result<serde_json::Value, ApiError> {
     );
     run_demote_hook(app, h.epoch).await;
     let run = crate::daemon::export_now(app.clone()).await;
-    if run.state != "committed" {
+    if run.state != wire::phase::RunPhase::Committed {
         return Err(ApiError::conflict(format!(
             "the final export {} failed: {}",
             run.tx,
@@ -250,7 +263,7 @@ async fn final_export(app: &Arc<App>) -> Result<serde_json::Value, ApiError> {
         app,
         Role::Backup,
         keep,
-        &NodeStatus::Follower.to_string(),
+        ShownStatus::Coordinated(NodeStatus::Follower),
         true,
     );
     tracing::warn!(generation = ?run.committed_as, "switchover: final export committed; stepping down");

@@ -123,7 +123,7 @@ pub(crate) async fn startup_hello(app: &Arc<App>) {
         Ok(Some(v)) => {
             app.set_status(|s| {
                 s.epoch = s.epoch.max(v.epoch);
-                s.status = v.status.to_string();
+                s.status = v.status;
             });
             if v.role == Role::Main {
                 tracing::warn!(

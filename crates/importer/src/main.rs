@@ -7,7 +7,9 @@ mod apply;
 mod coordinator;
 mod guard;
 mod server;
+mod status;
 mod takeover;
+mod takeover_page;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -270,7 +272,7 @@ fn main() -> ExitCode {
                 rt.block_on(server::serve(cfg))?;
                 Ok(ExitCode::SUCCESS)
             }
-            Cmd::Status { json } => server::print_status(&cfg, json),
+            Cmd::Status { json } => status::print_status(&cfg, json),
             Cmd::HashPassword => takeover::hash_password_cli(),
             Cmd::Rejoin {
                 exporter_state,

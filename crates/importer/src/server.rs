@@ -1,7 +1,6 @@
 //! The importer daemon: receive endpoints, applying, status.
 
 use std::collections::HashMap;
-use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,48 +12,13 @@ use axum::routing::{get, post};
 use axum::Extension;
 use axum::{Json, Router};
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use wire::server::ApiError;
 use wire::{Metrics, Peer};
 
 use crate::apply::Applier;
 use crate::Config;
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Applied {
-    pub generation: String,
-    pub taken_at: String,
-    pub restored_at: String,
-    /// Restore checked and both hooks passed.
-    pub verified: bool,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Failure {
-    pub generation: String,
-    pub at: String,
-    pub reason: String,
-}
-
-/// What `GET /v1/status` and `importer status` show.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Status {
-    pub name: String,
-    pub role: String,
-    pub status: String,
-    pub epoch: u64,
-    /// The copy in the restore folder.
-    pub last_valid: Option<Applied>,
-    /// A generation being received or imported right now.
-    pub importing: Option<String>,
-    pub last_failure: Option<Failure>,
-    /// The end of the last import's hook log.
-    pub last_log: String,
-    /// Whether the last import (restore, import and verify hooks) passed; `None` before
-    /// the first one.
-    #[serde(default)]
-    pub last_import_ok: Option<bool>,
-}
+pub use crate::status::{Applied, Failure, Status};
 
 pub use wire::api::{ApplyResult, Need};
 
@@ -72,7 +36,7 @@ pub(crate) struct App {
 
 use wire::cli::{fmt_time as fmt_ns, now_rfc3339};
 
-fn status_path(cfg: &Config) -> std::path::PathBuf {
+pub(crate) fn status_path(cfg: &Config) -> std::path::PathBuf {
     cfg.state_dir.join("status.json")
 }
 
@@ -141,17 +105,15 @@ fn refuse_older(app: &App, gen: &GenId) -> Result<(), ApiError> {
     };
     let newer = held
         .generation
-        .rsplit_once('/')
-        .filter(|(src, _)| *src == gen.source.as_str())
-        .and_then(|(_, n)| n.parse::<u64>().ok())
-        .filter(|&n| n > gen.seq.0);
-    match newer {
-        Some(_) => Err(ApiError::conflict(format!(
+        .parse::<GenId>()
+        .is_ok_and(|h| h.source == gen.source && h.seq > gen.seq);
+    if newer {
+        return Err(ApiError::conflict(format!(
             "{gen} is older than {}, which this clone holds: a clone never moves back",
             held.generation
-        ))),
-        None => Ok(()),
+        )));
     }
+    Ok(())
 }
 
 fn hexes(ids: &[ChunkId]) -> Vec<String> {
@@ -493,8 +455,8 @@ pub async fn serve(cfg: Config) -> Result<()> {
         st.epoch = st.epoch.max(rf.epoch);
     }
     st.name = cfg.name.clone();
-    st.role = "BACKUP".into();
-    st.status = "Follower".into();
+    st.role = wire::ha::Role::Backup;
+    st.status = wire::ha::NodeStatus::Follower;
     st.importing = None;
     let store = Archive::open_or_init(&cfg.store)?;
     let tokens = cfg.server.token_set()?;
@@ -589,47 +551,4 @@ async fn drop_abandoned_transfers(app: Arc<App>) {
             });
         }
     }
-}
-
-pub fn print_status(cfg: &Config, json: bool) -> Result<ExitCode> {
-    let st: Option<Status> = wire::read_json(&status_path(cfg))?;
-    let Some(st) = st else {
-        wire::outln!(
-            "importer {}: never started (no {})",
-            cfg.name,
-            status_path(cfg).display()
-        )?;
-        return Ok(ExitCode::from(1));
-    };
-    if json {
-        wire::outln!("{}", serde_json::to_string_pretty(&st)?)?;
-    } else {
-        wire::outln!(
-            "importer {}  role {}  status {}  epoch {}",
-            st.name,
-            st.role,
-            st.status,
-            st.epoch
-        )?;
-        match &st.last_valid {
-            Some(v) => wire::outln!(
-                "last valid: {} taken {} restored {} verified {}",
-                v.generation,
-                v.taken_at,
-                v.restored_at,
-                v.verified
-            )?,
-            None => wire::outln!("last valid: none yet")?,
-        }
-        if let Some(i) = &st.importing {
-            wire::outln!("importing: {i}")?;
-        }
-        if let Some(f) = &st.last_failure {
-            wire::outln!("last failure: {} at {}: {}", f.generation, f.at, f.reason)?;
-            if !st.last_log.trim().is_empty() {
-                wire::outln!("--- last hook log (end) ---\n{}", st.last_log.trim_end())?;
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }

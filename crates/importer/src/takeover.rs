@@ -28,9 +28,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Form, Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
-use wire::ha::{
-    html_escape as esc, NodeView, PromoteRequest, Role, RoleFile, TakeoverRequest, Verdict,
-};
+use wire::ha::{NodeView, PromoteRequest, Role, RoleFile, TakeoverRequest, Verdict};
 use wire::server::ApiError;
 use wire::Peer;
 
@@ -231,8 +229,8 @@ async fn promote(app: &Arc<App>, epoch: u64) -> Result<u64, Refusal> {
     .map_err(|e| ApiError::internal(format!("cannot write the role file: {e}")))?;
     app.takeover.promoted.store(true, Ordering::SeqCst);
     app.set_status(|s| {
-        s.role = Role::Main.to_string();
-        s.status = "Leader".into();
+        s.role = Role::Main;
+        s.status = wire::ha::NodeStatus::Leader;
         s.epoch = v.epoch;
     });
     crate::coordinator::confirm_promotion(app, v.epoch).await;
@@ -410,105 +408,18 @@ async fn page_post(
     (code, Html(render(&app, Some((code, msg))).await))
 }
 
-fn data_loss_window(taken_at: &str) -> String {
-    let parsed =
-        time::OffsetDateTime::parse(taken_at, &time::format_description::well_known::Rfc3339);
-    match parsed {
-        Ok(t) => {
-            let secs = (time::OffsetDateTime::now_utc() - t).whole_seconds().max(0);
-            format!(
-                "{} h {:02} min {:02} s",
-                secs / 3600,
-                (secs / 60) % 60,
-                secs % 60
-            )
-        }
-        Err(_) => "unknown".into(),
-    }
-}
-
 async fn render(app: &App, result: Option<(StatusCode, String)>) -> String {
     let st = app.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let nodes = other_nodes(app).await;
-    let yes_no = |b: bool| if b { "yes" } else { "no" };
-    let mut h = String::from(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>pullback takeover</title>\
-         <style>body{font-family:sans-serif;margin:2em;max-width:60em}td,th{border:1px solid #999;padding:.3em .6em}\
-         table{border-collapse:collapse}pre{background:#eee;padding:1em;overflow:auto}\
-         .ok{color:#070}.bad{color:#b00}button{background:#c00;color:#fff;padding:.5em 1.5em;border:0}</style>\
-         </head><body>",
-    );
-    h.push_str(&format!("<h1>Takeover: clone {}</h1>", esc(&app.cfg.name)));
-    if let Some((code, msg)) = &result {
-        let class = if code.is_success() { "ok" } else { "bad" };
-        h.push_str(&format!(
-            "<p class=\"{class}\" id=\"result\"><b>{}</b></p>",
-            esc(msg)
-        ));
-    }
-    h.push_str("<table>");
-    let mut row = |k: &str, v: String| h.push_str(&format!("<tr><th>{k}</th><td>{v}</td></tr>"));
-    match &st.last_valid {
-        Some(v) => {
-            row("Last valid backup, data taken at", esc(&v.taken_at));
-            row("Generation", esc(&v.generation));
-            row("Restored at", esc(&v.restored_at));
-            row(
-                "Restore and verify passed",
-                yes_no(v.verified && st.last_import_ok != Some(false)).into(),
-            );
-            row(
-                "Data-loss window (now − taken at)",
-                esc(&data_loss_window(&v.taken_at)),
-            );
-        }
-        None => row("Last valid backup", "none yet".into()),
-    }
-    row(
-        "Import running",
-        st.importing
-            .as_deref()
-            .map_or("no".to_string(), |g| format!("yes ({})", esc(g))),
-    );
-    if let Some(f) = &st.last_failure {
-        row(
-            "Last failure",
-            esc(&format!("{} at {}: {}", f.generation, f.at, f.reason)),
-        );
-    }
-    row("Role", esc(&st.role));
-    row("Epoch", st.epoch.to_string());
-    h.push_str("</table><h2>Nodes</h2>");
-    match nodes {
-        Ok(list) => {
-            h.push_str("<table><tr><th>node</th><th>kind</th><th>role</th><th>status</th><th>epoch</th><th>generation</th></tr>");
-            for n in list {
-                h.push_str(&format!(
-                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                    esc(&n.name),
-                    esc(&n.kind),
-                    n.role,
-                    n.status,
-                    n.epoch,
-                    esc(n.generation.as_deref().unwrap_or("-"))
-                ));
-            }
-            h.push_str("</table>");
-        }
-        Err(e) => h.push_str(&format!("<p>coordinator not reachable: {}</p>", esc(&e))),
-    }
-    h.push_str(&format!(
-        "<h2>Import log (end)</h2><pre>{}</pre>",
-        esc(st.last_log.trim_end())
-    ));
-    h.push_str(&format!(
-        "<h2>Take over</h2><form method=\"post\" action=\"/takeover\">\
-         <input type=\"hidden\" name=\"form_token\" value=\"{}\">\
-         <label>Takeover password <input type=\"password\" name=\"password\" autocomplete=\"off\" required></label> \
-         <label><input type=\"checkbox\" name=\"force\" value=\"1\"> force (skip the verified-restore, running-import and newer-clone checks)</label> \
-         <button type=\"submit\">Take over</button></form>\
-         <p>The old main is fenced (Broken) and this clone becomes the main node.</p></body></html>\n",
-        app.takeover.guard.form_token()
-    ));
-    h
+    crate::takeover_page::render(&crate::takeover_page::View {
+        name: &app.cfg.name,
+        status: &st,
+        nodes: &nodes,
+        result: result.as_ref(),
+        window: st
+            .last_valid
+            .as_ref()
+            .map(|v| crate::takeover_page::data_loss_window(&v.taken_at)),
+        form_token: &app.takeover.guard.form_token(),
+    })
 }

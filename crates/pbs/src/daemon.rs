@@ -21,6 +21,7 @@ use wire::{Metrics, Peer};
 
 use crate::config::{self, Config, SourceConfig};
 use crate::coord::Coordinator;
+use wire::phase::TxPhase;
 
 pub use wire::api::{Notify, TxState};
 
@@ -230,13 +231,13 @@ async fn worker(app: Arc<App>, name: String, mut rx: mpsc::UnboundedReceiver<Not
         let Some(src) = app.source(&name) else {
             continue;
         };
-        if app.tx(&n.tx).is_some_and(|t| t.state == "committed") {
+        if app.tx(&n.tx).is_some_and(|t| t.state == TxPhase::Committed) {
             continue;
         }
         let mut tx = TxState {
             tx: n.tx.clone(),
             source: name.clone(),
-            state: "pulling".into(),
+            state: TxPhase::Pulling,
             generation: None,
             error: None,
             at: now_rfc3339(),
@@ -299,7 +300,7 @@ async fn worker(app: Arc<App>, name: String, mut rx: mpsc::UnboundedReceiver<Not
                     .inc();
                 let node = n.node.as_deref().unwrap_or(&src.exporter.name);
                 app.coord.set_generation(node, &gen.to_string());
-                tx.state = "committed".into();
+                tx.state = TxPhase::Committed;
                 tx.generation = Some(gen.to_string());
                 tx.at = now_rfc3339();
                 app.set_tx(tx);
@@ -322,7 +323,7 @@ async fn worker(app: Arc<App>, name: String, mut rx: mpsc::UnboundedReceiver<Not
                         &[("peer", &src.exporter.name)],
                     )
                     .inc();
-                tx.state = "failed".into();
+                tx.state = TxPhase::Failed;
                 tx.error = Some(format!("{e:#}"));
                 tx.at = now_rfc3339();
                 app.set_tx(tx);
@@ -381,7 +382,7 @@ async fn notify(
     let t = TxState {
         tx: n.tx.clone(),
         source: n.source.clone(),
-        state: "queued".into(),
+        state: TxPhase::Queued,
         generation: None,
         error: None,
         at: now_rfc3339(),
@@ -588,8 +589,8 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
     // Transactions cut short by a restart failed; the exporter notifies again.
     app.update(|s| {
         for t in s.transactions.iter_mut() {
-            if t.state == "queued" || t.state == "pulling" {
-                t.state = "failed".into();
+            if t.state.is_open() {
+                t.state = TxPhase::Failed;
                 t.error = Some("interrupted by a restart of the PBS".into());
             }
         }

@@ -23,10 +23,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::coord::NewClone;
+use crate::coord::GrantKind;
 
+use archive::GenId;
 use axum::http::StatusCode;
-use wire::ha::{NodeStatus, PromoteRequest, SwitchoverResult, TakeoverRequest};
+use wire::ha::{CloneNeeded, PromoteRequest, SwitchoverResult, TakeoverRequest};
 use wire::server::ApiError;
 
 use crate::daemon::App;
@@ -40,11 +41,6 @@ fn message(e: &wire::WireError) -> String {
         wire::WireError::Status { message, .. } => message.clone(),
         other => other.to_string(),
     }
-}
-
-fn seq_of(gen: &str) -> Option<(String, u64)> {
-    let (s, n) = gen.rsplit_once('/')?;
-    Some((s.to_string(), n.parse().ok()?))
 }
 
 /// Tells clone `node` that the coordinator granted it MAIN at `epoch`.
@@ -115,8 +111,11 @@ pub(crate) async fn switchover(app: &Arc<App>, to: &str) -> Result<SwitchoverRes
         .as_str()
         .map(str::to_string)
         .ok_or_else(|| conflict(format!("the main {main} answered no final generation")))?;
-    let (want_src, want_seq) =
-        seq_of(&gen).ok_or_else(|| conflict(format!("bad final generation {gen:?}")))?;
+    let want: GenId = gen.parse().map_err(|e| {
+        conflict(format!(
+            "the main {main} answered a bad final generation: {e}"
+        ))
+    })?;
     tracing::warn!(generation = %gen, to, "switchover: waiting for the target to verify the final generation");
     let end = Instant::now() + wait;
     loop {
@@ -132,8 +131,8 @@ pub(crate) async fn switchover(app: &Arc<App>, to: &str) -> Result<SwitchoverRes
             .last_good
             .as_ref()
             .and_then(|e| e.generation.as_deref())
-            .and_then(seq_of);
-        if good.is_some_and(|(src, n)| src == want_src && n >= want_seq) {
+            .and_then(|g| g.parse::<GenId>().ok());
+        if good.is_some_and(|g| g.source == want.source && g.seq >= want.seq) {
             break;
         }
         if let Some(f) = s
@@ -162,14 +161,15 @@ pub(crate) async fn switchover(app: &Arc<App>, to: &str) -> Result<SwitchoverRes
         password: None,
     };
     let a = app.clone();
-    let g = tokio::task::spawn_blocking(move || {
+    let (g, effects) = tokio::task::spawn_blocking(move || {
         let server = a.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        a.coord.grant(&req, &server, NodeStatus::Follower)
+        a.coord.grant(&req, &server, GrantKind::Switchover)
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
     let (v, old) = (g.verdict, g.old);
-    promote_clone(app, to, v.epoch).await?;
+    // The promotion of `to` (the old main stepped down already).
+    crate::effects::run(app, effects).await?;
     tracing::warn!(to, epoch = v.epoch, generation = %gen, "switchover done");
     Ok(SwitchoverResult {
         main: to.to_string(),
@@ -257,25 +257,24 @@ pub(crate) async fn auto_failover(app: Arc<App>) {
         let a = app.clone();
         let granted = tokio::task::spawn_blocking(move || {
             let server = a.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            a.coord.grant(&req, &server, NodeStatus::Broken)
+            a.coord
+                .grant(&req, &server, GrantKind::Takeover { promote: true })
         })
         .await;
         match granted {
-            Ok(Ok(g)) => {
+            Ok(Ok((g, effects))) => {
                 let (v, old) = (g.verdict, g.old);
                 tracing::warn!(node = %best, epoch = v.epoch, old_main = ?old, "automatic failover: MAIN granted");
-                if let Some(old) = old {
-                    app.coord.tell_to_step_down(&old);
-                }
-                new_clone(&app, g.new_clone);
-                if let Err(e) = promote_clone(&app, &best, v.epoch).await {
+                // The old main told to step down, a new clone asked for, the clone promoted.
+                if let Err(e) = crate::effects::run(&app, effects).await {
                     tracing::error!("automatic failover: {}", e.message);
                 }
             }
             Ok(Err(e)) => {
-                if e.message != last_refusal {
-                    tracing::warn!("automatic failover refused: {}", e.message);
-                    last_refusal = e.message;
+                let e = e.to_string();
+                if e != last_refusal {
+                    tracing::warn!("automatic failover refused: {e}");
+                    last_refusal = e;
                 }
             }
             Err(e) => tracing::error!("automatic failover: {e}"),
@@ -286,17 +285,9 @@ pub(crate) async fn auto_failover(app: Arc<App>) {
 /// How long the `on_clone_needed` hook may run.
 const CLONE_HOOK_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// After a takeover: push the latest generation to the spare the grant activated, or run
-/// the `on_clone_needed` hook (in the background) and record its outcome.
-pub(crate) fn new_clone(app: &Arc<App>, what: NewClone) {
-    let needed = match what {
-        NewClone::Nothing => return,
-        NewClone::Spare(node) => {
-            crate::daemon::push_latest(app, &node);
-            return;
-        }
-        NewClone::Needed(n) => n,
-    };
+/// After a takeover that found no spare: run the `on_clone_needed` hook, if configured
+/// (in the background), and record its outcome.
+pub(crate) fn run_clone_hook(app: &Arc<App>, needed: CloneNeeded) {
     let Some(hook) = app.cfg.failover.on_clone_needed.clone() else {
         return;
     };

@@ -1,21 +1,43 @@
 //! The coordinator's HTTP API (`/v1/ha/...`) and the dashboard (`GET /`), all behind the
-//! token layer like every other route of the PBS.
+//! token layer like every other route of the PBS. The coordinator's refusals become HTTP
+//! answers here: an unknown node 404, a peer speaking for another node 403, every other
+//! refusal 409 with its reason.
 
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::Html;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use wire::ha::{
-    Hello, NodeStatus, NodeView, RejoinRequest, SwitchoverRequest, SwitchoverResult,
-    TakeoverRequest, Verdict,
+    Hello, NodeView, RejoinRequest, SwitchoverRequest, SwitchoverResult, TakeoverRequest, Verdict,
 };
 use wire::server::ApiError;
 use wire::Peer;
 
-use crate::coord;
+use crate::coord::{self, CoordError, GrantKind, Refusal};
 use crate::daemon::App;
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> ApiError {
+        let status = match r {
+            Refusal::UnknownNode(_) => StatusCode::NOT_FOUND,
+            Refusal::MayNotSpeakFor { .. } => StatusCode::FORBIDDEN,
+            _ => StatusCode::CONFLICT,
+        };
+        ApiError::new(status, r.to_string())
+    }
+}
+
+impl From<CoordError> for ApiError {
+    fn from(e: CoordError) -> ApiError {
+        match e {
+            CoordError::Refused(r) => r.into(),
+            e @ CoordError::Save(_) => ApiError::internal(e.to_string()),
+        }
+    }
+}
 
 pub(crate) fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -33,7 +55,7 @@ fn admin_only(peer: &Peer, what: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::new(
-            axum::http::StatusCode::FORBIDDEN,
+            StatusCode::FORBIDDEN,
             format!("peer {} may not {what} (only admin)", peer.0),
         ))
     }
@@ -64,8 +86,8 @@ async fn rejoin(
     admin_only(&peer, "rejoin a node")?;
     let a = app.clone();
     let node = req.node.clone();
-    blocking(move || a.coord.rejoin(&node)).await?;
-    crate::daemon::push_latest(&app, &req.node);
+    let effects = blocking(move || a.coord.rejoin(&node)).await?;
+    crate::effects::run(&app, effects).await?;
     views(&app)
         .into_iter()
         .find(|n| n.name == req.node)
@@ -74,11 +96,11 @@ async fn rejoin(
 }
 
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+    f: impl FnOnce() -> Result<T, CoordError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
+    Ok(tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
+        .map_err(|e| ApiError::internal(format!("worker failed: {e}")))??)
 }
 
 async fn hello(
@@ -88,12 +110,9 @@ async fn hello(
 ) -> Result<Json<Verdict>, ApiError> {
     app.coord.check_peer(&peer.0, &h.node)?;
     let a = app.clone();
-    let node = h.node.clone();
-    let v = blocking(move || a.coord.hello(&h)).await?;
-    // A rejoining clone that (re)starts: restore the latest generation there.
-    if v.status == NodeStatus::Rejoining {
-        crate::daemon::push_latest(&app, &node);
-    }
+    let (v, effects) = blocking(move || a.coord.hello(&h)).await?;
+    // A rejoining clone that (re)starts: the latest generation is pushed there.
+    crate::effects::run(&app, effects).await?;
     Ok(Json(v))
 }
 
@@ -102,13 +121,12 @@ async fn takeover(
     Extension(peer): Extension<Peer>,
     Json(req): Json<TakeoverRequest>,
 ) -> Result<Json<Verdict>, ApiError> {
-    app.coord.check_peer(&peer.0, &req.node).map_err(|e| {
-        if e.status == axum::http::StatusCode::NOT_FOUND {
-            ApiError::conflict(format!("unknown node {:?}: not a clone", req.node))
-        } else {
-            e
-        }
-    })?;
+    app.coord
+        .check_peer(&peer.0, &req.node)
+        .map_err(|r| match r {
+            Refusal::UnknownNode(n) => Refusal::UnknownClone(n),
+            r => r,
+        })?;
     crate::grant::authorize(&app, &peer.0, &req).await?;
     // Only the automatic failover is recorded as `auto`.
     let mut req = req;
@@ -116,26 +134,24 @@ async fn takeover(
     if req.by.as_deref() != Some("page") {
         req.by = Some("api".into());
     }
-    let req_node = req.node.clone();
+    // With the admin token the clone did not ask: the PBS promotes it (a clone's own
+    // request promotes on the answer).
+    let kind = GrantKind::Takeover {
+        promote: peer.0 == "admin",
+    };
     let a = app.clone();
-    let g = blocking(move || {
+    let (g, effects) = blocking(move || {
         let server = a.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        a.coord.takeover(&req, &server)
+        a.coord.grant(&req, &server, kind)
     })
     .await?;
-    if let Some(old) = g.old {
-        app.coord.tell_to_step_down(&old);
-    }
-    crate::failover::new_clone(&app, g.new_clone);
-    if peer.0 == "admin" {
-        // The clone did not ask: promote it (a clone's own request promotes on the answer).
-        let (a, node, epoch) = (app.clone(), req_node, g.verdict.epoch);
-        tokio::spawn(async move {
-            if let Err(e) = crate::failover::promote_clone(&a, &node, epoch).await {
-                tracing::error!("{}", e.message);
-            }
-        });
-    }
+    // The old main told to step down, a new clone asked for, the promotion: after the answer.
+    let a = app.clone();
+    tokio::spawn(async move {
+        if let Err(e) = crate::effects::run(&a, effects).await {
+            tracing::error!("{}", e.message);
+        }
+    });
     Ok(Json(g.verdict))
 }
 
@@ -151,5 +167,5 @@ async fn nodes(State(app): State<Arc<App>>) -> Json<Vec<NodeView>> {
 async fn dashboard(State(app): State<Arc<App>>) -> Result<Html<String>, ApiError> {
     let report = crate::daemon::status(State(app.clone())).await?.0;
     let st = app.coord.snapshot();
-    Ok(Html(coord::dashboard(&st, &views(&app), &report)))
+    Ok(Html(crate::dashboard::render(&st, &views(&app), &report)))
 }

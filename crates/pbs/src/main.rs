@@ -4,6 +4,8 @@ mod archive_cmd;
 mod config;
 mod coord;
 mod daemon;
+mod dashboard;
+mod effects;
 mod failover;
 mod grant;
 mod ha_api;

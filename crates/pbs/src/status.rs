@@ -168,8 +168,8 @@ fn behind(
     let good = s.last_good.as_ref().and_then(|e| e.generation.clone());
     let source = good
         .as_deref()
-        .and_then(|g| g.rsplit_once('/'))
-        .map(|(src, _)| src.to_string());
+        .and_then(|g| g.parse::<archive::GenId>().ok())
+        .map(|g| g.source.as_str().to_string());
     // A clone that never got anything is behind every source that has a generation.
     let newest = match &source {
         Some(src) => newest_of.get(src)?,

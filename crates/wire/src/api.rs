@@ -29,7 +29,7 @@ pub struct TxState {
     /// The source's name.
     pub source: String,
     /// queued, pulling, committed, failed.
-    pub state: String,
+    pub state: crate::phase::TxPhase,
     /// The generation committed (`SOURCE/SEQ`), once committed.
     pub generation: Option<String>,
     /// Why it failed.

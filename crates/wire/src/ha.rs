@@ -61,37 +61,96 @@ impl fmt::Display for Role {
     }
 }
 
-/// A node's status as people see it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-pub enum NodeStatus {
-    /// The main at the current epoch.
-    Leader,
-    /// A clone, eligible for takeover (or an exporter node waiting for a grant).
-    #[default]
-    Follower,
-    /// A clone excluded from takeover by configuration.
-    Disabled,
-    /// A fenced former main, quarantined until an operator rejoins it.
-    Broken,
-    /// Rejoined by an operator: a clone again once it has restored and verified the latest
-    /// generation; until then never MAIN, never notifies, never eligible.
-    Rejoining,
-    /// A configured spare clone (`spare = true`): nothing is pushed to it and it is not
-    /// eligible, until a takeover activates it (then a Follower, pushed the latest
-    /// generation at once).
-    Spare,
+crate::phase::wire_enum! {
+    /// A node's status as people see it.
+    pub enum NodeStatus {
+        /// The main at the current epoch.
+        Leader = "Leader",
+        /// A clone, eligible for takeover (or an exporter node waiting for a grant).
+        #[default]
+        Follower = "Follower",
+        /// A clone excluded from takeover by configuration.
+        Disabled = "Disabled",
+        /// A fenced former main, quarantined until an operator rejoins it.
+        Broken = "Broken",
+        /// Rejoined by an operator: a clone again once it has restored and verified the
+        /// latest generation; until then never MAIN, never notifies, never eligible.
+        Rejoining = "Rejoining",
+        /// A configured spare clone (`spare = true`): nothing is pushed to it and it is not
+        /// eligible, until a takeover activates it (then a Follower, pushed the latest
+        /// generation at once).
+        Spare = "Spare",
+    }
 }
 
-impl fmt::Display for NodeStatus {
+/// What an exporter shows as its status (`status.json`, `GET /v1/status`): what the
+/// coordinator said, or [`SINGLE_NODE`] while no coordinator confirmed it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ShownStatus {
+    /// The status the coordinator gave this node.
+    Coordinated(NodeStatus),
+    /// No coordinator confirmed this node (a warning): [`SINGLE_NODE`].
+    #[default]
+    SingleNode,
+}
+
+impl fmt::Display for ShownStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            NodeStatus::Leader => "Leader",
-            NodeStatus::Follower => "Follower",
-            NodeStatus::Disabled => "Disabled",
-            NodeStatus::Broken => "Broken",
-            NodeStatus::Rejoining => "Rejoining",
-            NodeStatus::Spare => "Spare",
-        })
+        match self {
+            ShownStatus::Coordinated(s) => f.write_str(s.as_str()),
+            ShownStatus::SingleNode => f.write_str(SINGLE_NODE),
+        }
+    }
+}
+
+impl From<ShownStatus> for String {
+    fn from(s: ShownStatus) -> String {
+        s.to_string()
+    }
+}
+
+impl TryFrom<String> for ShownStatus {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s == SINGLE_NODE {
+            return Ok(ShownStatus::SingleNode);
+        }
+        s.parse().map(ShownStatus::Coordinated)
+    }
+}
+
+crate::phase::wire_enum! {
+    /// What a node of the coordinator runs.
+    pub enum NodeKind {
+        /// A source's main node (its exporter).
+        #[default]
+        Exporter = "exporter",
+        /// A clone (an importer).
+        Importer = "importer",
+    }
+}
+
+crate::phase::wire_enum! {
+    /// How a takeover was asked for (the coordinator's takeover history).
+    pub enum TakeoverBy {
+        /// The clone's takeover page.
+        Page = "page",
+        /// The clone's `POST /v1/takeover`, the seeds' `change=MAIN`, or a direct call.
+        #[default]
+        Api = "api",
+        /// The PBS's automatic failover.
+        Auto = "auto",
+    }
+}
+
+impl TakeoverBy {
+    /// A request's `by`: `page` and `auto` as given, anything else (or nothing) `api`.
+    pub fn of_request(by: Option<&str>) -> TakeoverBy {
+        match by.and_then(|b| b.parse().ok()) {
+            Some(b) => b,
+            None => TakeoverBy::Api,
+        }
     }
 }
 
@@ -218,7 +277,7 @@ pub struct TakeoverRecord {
     /// Whether the gates were skipped (`force`).
     pub forced: bool,
     /// `page`, `api` or `auto` (automatic failover).
-    pub by: String,
+    pub by: TakeoverBy,
     /// What was done about the lost clone: `spare NAME activated`, `on_clone_needed hook`,
     /// or `clone needed`.
     #[serde(default)]
@@ -292,7 +351,7 @@ pub struct NodeView {
     /// Node name.
     pub name: String,
     /// `exporter` (a source's main node) or `importer` (a clone).
-    pub kind: String,
+    pub kind: NodeKind,
     /// Its role.
     pub role: Role,
     /// Its status.
@@ -305,30 +364,22 @@ pub struct NodeView {
     pub last_seen: Option<String>,
 }
 
-/// Escapes text for HTML element content and attribute values.
-pub fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn roles_and_escape() {
+    fn roles() {
         assert_eq!(Role::parse("MAIN"), Some(Role::Main));
         assert_eq!(Role::parse("main"), None);
+        for (s, json) in [
+            (ShownStatus::SingleNode, "\"Leader (single node)\""),
+            (ShownStatus::Coordinated(NodeStatus::Broken), "\"Broken\""),
+        ] {
+            assert_eq!(serde_json::to_string(&s).unwrap_or_default(), json);
+            assert_eq!(serde_json::from_str::<ShownStatus>(json).ok(), Some(s));
+        }
+        assert!(serde_json::from_str::<ShownStatus>("\"broken\"").is_err());
         assert_eq!(
             serde_json::to_string(&RoleFile {
                 role: Role::Main,
@@ -336,10 +387,6 @@ mod tests {
             })
             .unwrap_or_default(),
             r#"{"role":"MAIN","epoch":3}"#
-        );
-        assert_eq!(
-            html_escape("<a href=\"x\">&'"),
-            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
         );
     }
 }

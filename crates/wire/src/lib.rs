@@ -31,7 +31,9 @@ pub mod client;
 pub mod config;
 pub mod ha;
 pub mod hook;
+pub mod html;
 pub mod metrics;
+pub mod phase;
 pub mod server;
 pub mod state;
 

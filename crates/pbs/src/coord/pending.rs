@@ -46,7 +46,7 @@ impl Coordinator {
     /// Records a retried promotion of `node` at `epoch` and why it failed (`None`: the
     /// clone accepted; its hello as MAIN clears the grant).
     pub fn note_promotion_retry(&self, node: &str, epoch: u64, error: Option<String>) {
-        let r = self.change(|st| {
+        self.record(|st| {
             if let Some(p) = st
                 .pending_promotion
                 .as_mut()
@@ -55,11 +55,7 @@ impl Coordinator {
                 p.retries = p.retries.saturating_add(1);
                 p.last_error = error;
             }
-            Ok(())
-        });
-        if let Err(e) = r {
-            tracing::error!("{}", e.message);
-        }
+        })
     }
 }
 
@@ -120,13 +116,23 @@ token = "0123456789abcdeg"
             password: None,
         };
         let e = c
-            .takeover(&req, &Default::default())
-            .err()
-            .map(|e| (e.status, e.message));
+            .grant(
+                &req,
+                &Default::default(),
+                crate::coord::GrantKind::Takeover { promote: false },
+            )
+            .err();
         assert!(
-            e.as_ref()
-                .is_some_and(|(s, m)| s.as_u16() == 409 && m.contains("maximum")),
+            matches!(
+                e.as_ref().and_then(|e| e.refusal()),
+                Some(crate::coord::Refusal::EpochExhausted(_))
+            ),
             "{e:?}"
+        );
+        let api = wire::server::ApiError::from(e.expect("refused"));
+        assert!(
+            api.status.as_u16() == 409 && api.message.contains("maximum"),
+            "{api:?}"
         );
         let s = c.snapshot();
         assert_eq!(
