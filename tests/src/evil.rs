@@ -139,15 +139,6 @@ impl Crafted {
     }
 }
 
-/// A fake exporter on loopback: answers the PBS's pull with a crafted
-/// generation (`GET /v1/generations/S/N`, `POST /v1/blobs`), 404 otherwise.
-pub struct Impostor {
-    pub port: u16,
-    /// Requests answered with crafted data.
-    pub served: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-}
-
 fn read_request(s: &mut BufReader<TcpStream>) -> Option<(String, String, Vec<u8>)> {
     let mut line = String::new();
     s.read_line(&mut line).ok()?;
@@ -171,61 +162,32 @@ fn read_request(s: &mut BufReader<TcpStream>) -> Option<(String, String, Vec<u8>
     Some((method, path, body))
 }
 
-fn answer(mut s: &TcpStream, status: &str, body: &[u8]) {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = s.write_all(head.as_bytes());
-    let _ = s.write_all(body);
-}
+/// A fake exporter on loopback: answers the PBS's pull with a crafted
+/// generation (`GET /v1/generations/S/N`, `POST /v1/blobs`), 404 otherwise.
+pub struct Impostor;
 
 impl Impostor {
-    pub fn start(crafted: Arc<Mutex<Crafted>>) -> Impostor {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind the impostor");
-        let port = l.local_addr().expect("impostor address").port();
-        let served = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (served2, stop2) = (served.clone(), stop.clone());
-        thread::spawn(move || {
-            for c in l.incoming() {
-                if stop2.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(c) = c else { continue };
-                let mut r = BufReader::new(c.try_clone().expect("clone the socket"));
-                let Some((method, path, body)) = read_request(&mut r) else {
-                    continue;
-                };
-                let cr = crafted.lock().expect("crafted");
-                let seq = path
-                    .strip_prefix("/v1/generations/")
-                    .and_then(|rest| rest.rsplit('/').next())
-                    .and_then(|n| n.parse::<u64>().ok());
-                match (method.as_str(), seq, path.as_str()) {
-                    ("GET", Some(n), _) => {
-                        served2.fetch_add(1, Ordering::SeqCst);
-                        answer(&c, "200 OK", &cr.record_bytes(n));
-                    }
-                    ("POST", _, "/v1/blobs") => match cr.blobs(&body) {
-                        Some(pack) => {
-                            served2.fetch_add(1, Ordering::SeqCst);
-                            answer(&c, "200 OK", &pack);
-                        }
-                        None => answer(&c, "400 Bad Request", b"{\"error\":\"unknown blob\"}"),
-                    },
-                    _ => answer(&c, "404 Not Found", b"{\"error\":\"not here\"}"),
-                }
+    pub fn start(crafted: Arc<Mutex<Crafted>>) -> RawImpostor {
+        let reply = |status, body: &[u8]| RawReply {
+            status,
+            body: body.to_vec(),
+            zeros: 0,
+        };
+        RawImpostor::start(Arc::new(move |method: &str, path: &str, body: &[u8]| {
+            let cr = crafted.lock().expect("crafted");
+            let seq = path
+                .strip_prefix("/v1/generations/")
+                .and_then(|rest| rest.rsplit('/').next())
+                .and_then(|n| n.parse::<u64>().ok());
+            match (method, seq, path) {
+                ("GET", Some(n), _) => reply(200, &cr.record_bytes(n)),
+                ("POST", _, "/v1/blobs") => match cr.blobs(body) {
+                    Some(pack) => reply(200, &pack),
+                    None => reply(400, b"{\"error\":\"unknown blob\"}"),
+                },
+                _ => reply(404, b"{\"error\":\"not here\"}"),
             }
-        });
-        Impostor { port, served, stop }
-    }
-}
-
-impl Drop for Impostor {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        }))
     }
 }
 
