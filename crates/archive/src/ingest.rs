@@ -22,14 +22,15 @@ use crossbeam_channel::{bounded, Sender};
 use sha2::{Digest, Sha256};
 
 use crate::archive::{Archive, MAX_DEPTH};
-use crate::backend::{Backend, Staged};
 use crate::chunker::{self, Features};
 use crate::codec;
 use crate::commit::{Commit, Pins};
 use crate::error::{Error, IoContext, Result};
-use crate::id::{ChunkId, DigestSet, Epoch, FileDigest, PackId, SourceName};
+use crate::id::{ChunkId, DigestSet, Epoch, FileDigest, SourceName};
 use crate::manifest::{self, ChunkRef, GenRecord, GenStats, Node, NodeKind};
-use crate::pack::{self, BlobKind, Entry, PackWriter};
+use crate::pack::{self, Entry};
+pub(crate) use crate::sink::PackSink;
+use crate::walk::{ctime_ns, mtime_ns, walk, Item};
 
 /// Files up to this size are read whole by a worker; larger ones are streamed.
 const WHOLE_FILE_MAX: u64 = 4 << 20;
@@ -76,71 +77,6 @@ pub fn now_ns() -> i64 {
 }
 
 /// Nanoseconds since the epoch; times past 2262 (or before 1677) saturate.
-fn ns(secs: i64, nsec: i64) -> i64 {
-    secs.saturating_mul(1_000_000_000).saturating_add(nsec)
-}
-fn mtime_ns(m: &Metadata) -> i64 {
-    ns(m.mtime(), m.mtime_nsec())
-}
-fn ctime_ns(m: &Metadata) -> i64 {
-    ns(m.ctime(), m.ctime_nsec())
-}
-
-struct Item {
-    rel: Vec<u8>,
-    abs: PathBuf,
-    meta: Metadata,
-}
-
-fn walk(
-    root: &Path,
-    rel: &[u8],
-    ex: &globset::GlobSet,
-    out: &mut Vec<Item>,
-    warnings: &mut Vec<String>,
-) -> Result<()> {
-    let dir = if rel.is_empty() {
-        root.to_path_buf()
-    } else {
-        root.join(std::ffi::OsStr::from_bytes(rel))
-    };
-    let mut names: Vec<std::ffi::OsString> = fs::read_dir(&dir)
-        .at(&dir)?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<std::io::Result<_>>()
-        .at(&dir)?;
-    names.sort();
-    for name in names {
-        let mut r = rel.to_vec();
-        if !r.is_empty() {
-            r.push(b'/');
-        }
-        r.extend_from_slice(name.as_bytes());
-        if !ex.is_empty() && ex.is_match(std::ffi::OsStr::from_bytes(&r)) {
-            continue;
-        }
-        let abs = dir.join(&name);
-        let meta = fs::symlink_metadata(&abs).at(&abs)?;
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            out.push(Item {
-                rel: r.clone(),
-                abs,
-                meta,
-            });
-            walk(root, &r, ex, out, warnings)?;
-        } else if ft.is_file() || ft.is_symlink() {
-            out.push(Item { rel: r, abs, meta });
-        } else {
-            warnings.push(format!(
-                "{}: not a file, directory or symlink; left out",
-                abs.display()
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// A compressed chunk on its way into a pack.
 struct NewBlob {
     entry: Entry,
@@ -430,80 +366,6 @@ fn stream_large(
     }))
 }
 
-/// Writes blobs into packs, staged (written but not yet synced) until
-/// `publish` makes them all durable at once, before anything refers to them.
-pub(crate) struct PackSink<'a> {
-    backend: &'a dyn Backend,
-    writer: PackWriter,
-    pub packs: Vec<(PackId, u64, Vec<Entry>)>,
-    staged: Vec<(Staged, String)>,
-    pub added_bytes: u64,
-    pub blobs: u64,
-    pub deltas: u64,
-}
-
-impl<'a> PackSink<'a> {
-    pub fn new(backend: &'a dyn Backend) -> Self {
-        PackSink {
-            backend,
-            writer: PackWriter::new(),
-            packs: Vec::new(),
-            staged: Vec::new(),
-            added_bytes: 0,
-            blobs: 0,
-            deltas: 0,
-        }
-    }
-
-    pub fn add(&mut self, e: Entry, payload: &[u8]) -> Result<()> {
-        self.blobs += 1;
-        if e.kind() == BlobKind::Delta {
-            self.deltas += 1;
-        }
-        self.writer.add(e, payload);
-        if self.writer.is_full() {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn add_blob(&mut self, b: NewBlob) -> Result<()> {
-        self.add(b.entry, &b.payload)
-    }
-
-    pub fn flush(&mut self) -> Result<()> {
-        if self.writer.is_empty() {
-            return Ok(());
-        }
-        let w = std::mem::take(&mut self.writer);
-        let (id, bytes, entries) = w.finish();
-        let staged = self.backend.stage(&bytes)?;
-        self.staged.push((staged, pack::key(&id)));
-        self.added_bytes += bytes.len() as u64;
-        self.packs.push((id, bytes.len() as u64, entries));
-        Ok(())
-    }
-
-    /// Flush, then make every staged pack durable and visible.
-    pub fn publish(&mut self) -> Result<()> {
-        self.flush()?;
-        for (staged, key) in std::mem::take(&mut self.staged) {
-            let r = self.backend.publish(&staged, &key);
-            self.backend.discard(staged);
-            r?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for PackSink<'_> {
-    fn drop(&mut self) {
-        for (staged, _) in self.staged.drain(..) {
-            self.backend.discard(staged);
-        }
-    }
-}
-
 impl Archive {
     /// Commit the directory `dir` as the next generation of `source`.
     pub fn ingest(
@@ -643,7 +505,7 @@ impl Archive {
             let (r, b) = ctx.process(&mbytes[o..o + l], None)?;
             manifest_chunks.push(r);
             if let Some(b) = b {
-                sink.add_blob(b)?;
+                sink.add(b.entry, &b.payload)?;
             }
         }
         sink.flush()?;
@@ -761,7 +623,7 @@ impl Archive {
                         blobs,
                     } => {
                         for b in blobs {
-                            sink.add_blob(b)?;
+                            sink.add(b.entry, &b.payload)?;
                         }
                         let n = &mut nodes[fi];
                         n.digest = Some(digest);
@@ -775,7 +637,7 @@ impl Archive {
                     }
                     Done::Chunk { fi, ci, r, blob } => {
                         if let Some(b) = blob {
-                            sink.add_blob(b)?;
+                            sink.add(b.entry, &b.payload)?;
                         }
                         let v = partial.entry(fi).or_default();
                         if v.len() <= ci {

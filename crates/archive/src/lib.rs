@@ -23,8 +23,10 @@ pub use manifest::{GenRecord, Node, NodeKind};
 pub mod gc;
 pub mod prune;
 pub mod restore;
+mod sink;
 pub mod transfer;
 pub mod verify;
+mod walk;
 
 /// Make the C allocator hand large buffers back to the system as soon as they
 /// are freed (glibc otherwise raises its mmap threshold after the first free

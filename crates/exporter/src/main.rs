@@ -3,6 +3,7 @@
 //! (file list, modes, per-file SHA-256; deltas against the previous export),
 //! notifies every PBS and serves the snapshot read-only to them.
 
+mod cli;
 mod daemon;
 mod ha;
 
@@ -176,8 +177,8 @@ fn main() -> ExitCode {
         let rt = tokio::runtime::Runtime::new()?;
         match cli.cmd {
             Cmd::Serve => rt.block_on(daemon::serve(cfg)).map(|_| ExitCode::SUCCESS),
-            Cmd::Run { json } => rt.block_on(daemon::run_cli(cfg, json)),
-            Cmd::Status { json } => rt.block_on(daemon::status_cli(cfg, json)),
+            Cmd::Run { json } => rt.block_on(cli::run_cli(cfg, json)),
+            Cmd::Status { json } => rt.block_on(cli::status_cli(cfg, json)),
         }
     })();
     wire::cli::exit("exporter", r)

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use archive::prune::Retention;
 use archive::transfer::Incoming;
 use archive::{Archive, Epoch, GenRecord, SourceName};
 use axum::extract::{Path, State};
@@ -19,7 +18,7 @@ use tokio::sync::mpsc;
 use wire::server::ApiError;
 use wire::{Metrics, Peer};
 
-use crate::config::{self, Config, SourceConfig};
+use crate::config::{Config, SourceConfig};
 use crate::coord::Coordinator;
 use wire::phase::TxPhase;
 
@@ -420,126 +419,6 @@ pub(crate) async fn status(
     Ok(Json(v.json))
 }
 
-// ---------------------------------------------------------------- housekeeping
-
-async fn schedule(app: &Arc<App>) -> Result<Option<tokio_cron_scheduler::JobScheduler>> {
-    use tokio_cron_scheduler::{Job, JobScheduler};
-    let sc = &app.cfg.schedule;
-    if sc.prune.is_none() && sc.verify.is_none() {
-        return Ok(None);
-    }
-    let sched = JobScheduler::new()
-        .await
-        .map_err(|e| anyhow!("scheduler: {e}"))?;
-    if let Some(expr) = &sc.prune {
-        let r = &app.cfg.retention;
-        let pol = Retention {
-            keep_last: r.keep_last,
-            keep_hourly: r.keep_hourly,
-            keep_daily: r.keep_daily,
-            keep_weekly: r.keep_weekly,
-            keep_monthly: r.keep_monthly,
-        };
-        if pol.is_empty() {
-            bail!("[schedule] prune is set but [retention] keeps nothing: add keep_* rules");
-        }
-        let a = app.clone();
-        let job = Job::new_async(
-            config::cron6(expr, "schedule.prune")?.as_str(),
-            move |_, _| {
-                let a = a.clone();
-                let pol = pol.clone();
-                Box::pin(async move {
-                    let b = a.clone();
-                    let r = blocking(move || {
-                        let ar = &b.archive;
-                        let plan = ar.prune_plan(&pol)?;
-                        let n = ar.apply_prune(&plan)?;
-                        let gc = ar.gc_plan(true)?;
-                        let freed = ar.gc(&gc, true)?;
-                        Ok(format!("removed {n} generations, freed {freed} bytes"))
-                    })
-                    .await;
-                    let detail = r.unwrap_or_else(|e| format!("failed: {e:#}"));
-                    tracing::info!("scheduled prune: {detail}");
-                    a.update(|s| {
-                        s.last_prune = Some(Event {
-                            at: now_rfc3339(),
-                            generation: None,
-                            detail,
-                        })
-                    });
-                })
-            },
-        )
-        .map_err(|e| anyhow!("schedule.prune = {expr:?}: {e}"))?;
-        sched
-            .add(job)
-            .await
-            .map_err(|e| anyhow!("scheduler: {e}"))?;
-    }
-    if let Some(expr) = &sc.verify {
-        let full = sc.verify_full;
-        let a = app.clone();
-        let job = Job::new_async(
-            config::cron6(expr, "schedule.verify")?.as_str(),
-            move |_, _| {
-                let a = a.clone();
-                Box::pin(async move {
-                    let b = a.clone();
-                    let r = blocking(move || {
-                        let ar = &b.archive;
-                        Ok(ar.verify(full)?)
-                    })
-                    .await;
-                    let detail = match r {
-                        Ok(rep) if rep.is_clean() => {
-                            format!("clean: {} generations", rep.generations)
-                        }
-                        Ok(rep) => {
-                            b_metrics_fail(&a);
-                            format!(
-                                "{} problems: {}",
-                                rep.problems.len(),
-                                rep.problems
-                                    .iter()
-                                    .map(|p| format!("{} ({})", p.object, p.what))
-                                    .collect::<Vec<_>>()
-                                    .join("; ")
-                            )
-                        }
-                        Err(e) => format!("failed: {e:#}"),
-                    };
-                    tracing::info!("scheduled verify: {detail}");
-                    a.update(|s| {
-                        s.last_verify = Some(Event {
-                            at: now_rfc3339(),
-                            generation: None,
-                            detail,
-                        })
-                    });
-                })
-            },
-        )
-        .map_err(|e| anyhow!("schedule.verify = {expr:?}: {e}"))?;
-        sched
-            .add(job)
-            .await
-            .map_err(|e| anyhow!("scheduler: {e}"))?;
-    }
-    sched.start().await.map_err(|e| anyhow!("scheduler: {e}"))?;
-    Ok(Some(sched))
-}
-
-fn b_metrics_fail(app: &App) {
-    app.metrics
-        .counter(
-            "pullback_verify_problems_total",
-            "Scheduled verifies that found damage",
-        )
-        .inc();
-}
-
 pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
     let server = cfg
         .server
@@ -600,7 +479,7 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
     }
     crate::push::start_jobs(&app);
     tokio::spawn(crate::push::catch_up(app.clone()));
-    let _sched = schedule(&app).await?;
+    let _sched = crate::housekeeping::schedule(&app).await?;
     tokio::spawn(crate::grant::retry_promotions(app.clone()));
     if app.cfg.failover.auto {
         tokio::spawn(crate::failover::auto_failover(app.clone()));

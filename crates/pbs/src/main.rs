@@ -9,6 +9,7 @@ mod effects;
 mod failover;
 mod grant;
 mod ha_api;
+mod housekeeping;
 mod push;
 mod status;
 
