@@ -41,6 +41,24 @@ pub(crate) fn status_path(cfg: &Config) -> std::path::PathBuf {
 }
 
 impl App {
+    /// Only this clone's PBS (the token peer named by `[coordinator] name`, `pbs` when
+    /// there is none) may `what`: push generations, promote. The clone's admin token
+    /// can read its status, never feed or promote it.
+    pub(crate) fn require_pbs(&self, peer: &Peer, what: &str) -> Result<(), ApiError> {
+        let pbs = self
+            .cfg
+            .coordinator
+            .as_ref()
+            .map_or("pbs", |c| c.name.as_str());
+        if peer.0 != pbs {
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                format!("peer {} may not {what} (only its PBS, {pbs})", peer.0),
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn set_status(&self, f: impl FnOnce(&mut Status)) {
         let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut s);
@@ -74,26 +92,6 @@ fn gen_id(source: &str, seq: u64) -> Result<GenId, ApiError> {
         source: SourceName::new(source).map_err(ApiError::bad_request)?,
         seq: Seq(seq),
     })
-}
-
-/// Only the PBS pushes: the token peer named by `[coordinator] name` (`pbs` when there is
-/// no coordinator). The clone's admin token can read its status, never feed it.
-fn require_pbs(app: &App, peer: &Peer) -> Result<(), ApiError> {
-    let pbs = app
-        .cfg
-        .coordinator
-        .as_ref()
-        .map_or("pbs", |c| c.name.as_str());
-    if peer.0 != pbs {
-        return Err(ApiError::new(
-            axum::http::StatusCode::FORBIDDEN,
-            format!(
-                "peer {} may not push generations to this clone (only its PBS, {pbs})",
-                peer.0
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// A clone never moves back: a generation older than the one in the restore folder is
@@ -134,7 +132,7 @@ async fn offer(
     Path((source, seq)): Path<(String, u64)>,
     body: Bytes,
 ) -> Result<Json<Need>, ApiError> {
-    require_pbs(&app, &peer)?;
+    app.require_pbs(&peer, "push generations to this clone")?;
     let gen = gen_id(&source, seq)?;
     refuse_older(&app, &gen)?;
     app.takeover.refuse_if_promoted()?;
@@ -189,7 +187,7 @@ async fn blobs(
     Path((source, seq)): Path<(String, u64)>,
     body: Bytes,
 ) -> Result<Json<Need>, ApiError> {
-    require_pbs(&app, &peer)?;
+    app.require_pbs(&peer, "push generations to this clone")?;
     let gen = gen_id(&source, seq)?;
     app.metrics
         .counter(
@@ -239,7 +237,7 @@ async fn commit(
     Extension(peer): Extension<Peer>,
     Path((source, seq)): Path<(String, u64)>,
 ) -> Result<Json<ApplyResult>, ApiError> {
-    require_pbs(&app, &peer)?;
+    app.require_pbs(&peer, "push generations to this clone")?;
     let gen = gen_id(&source, seq)?;
     let _one = app.apply_lock.lock().await;
     refuse_older(&app, &gen)?;

@@ -306,16 +306,7 @@ async fn coordinator_promote(
     Extension(peer): Extension<Peer>,
     Json(req): Json<PromoteRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let coordinator = app.cfg.coordinator.as_ref().map(|c| c.name.as_str());
-    if coordinator != Some(peer.0.as_str()) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "peer {} may not promote this clone (only its [coordinator])",
-                peer.0
-            ),
-        ));
-    }
+    app.require_pbs(&peer, "promote this clone")?;
     let epoch = promote_granted(&app, req.epoch).await?;
     Ok(Json(serde_json::json!({ "role": "MAIN", "epoch": epoch })))
 }

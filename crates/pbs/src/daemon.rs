@@ -119,16 +119,9 @@ pub(crate) async fn blocking<T: Send + 'static>(
 
 /// A notification for data no newer than what the source already has at the same epoch
 /// (a replayed notification, an old outbox generation): refused, and not retried.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 struct NotNewer(String);
-
-impl std::fmt::Display for NotNewer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for NotNewer {}
 
 async fn pull(app: &Arc<App>, src: &SourceConfig, n: &Notify) -> Result<GenRecord> {
     let client = src
