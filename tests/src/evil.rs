@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
+use crate::cluster::{Cluster, Options, Who};
 use archive::manifest::{encode_manifest, ChunkRef, GenRecord, GenStats, Node, NodeKind};
 use archive::{Archive, ChunkId, Epoch, FileDigest, IngestOptions, Seq, SourceName};
 
@@ -265,4 +266,35 @@ impl Drop for RawImpostor {
 /// A path's bytes without its leading `/` (to put it under a `r -> /` link).
 pub fn below_root(p: &Path) -> Vec<u8> {
     p.as_os_str().as_bytes()[1..].to_vec()
+}
+
+/// A trio whose PBS pulls through a proxy (so that a test can point it at an
+/// [`Impostor`]), trying each pull once.
+pub fn proxied_cluster() -> Cluster {
+    Cluster::new(Options {
+        proxy: true,
+        pull_attempts: 1,
+        ..Options::default()
+    })
+}
+
+/// Point the PBS's pulls at a fake exporter serving `entries`, run the real exporter
+/// once and return what it said (the run must fail: the PBS refused the generation).
+pub fn pull_crafted(c: &Cluster, what: &str, entries: &[Craft<'_>]) -> String {
+    let crafted = Arc::new(Mutex::new(Crafted::new("files", 0, entries)));
+    let impostor = Impostor::start(crafted);
+    let proxy = c.proxy.as_ref().expect("the cluster has a proxy");
+    proxy.target.store(impostor.port, Ordering::SeqCst);
+    let r = c.exporter_run();
+    proxy.target.store(c.port(Who::Exporter), Ordering::SeqCst);
+    assert!(
+        impostor.served.load(Ordering::SeqCst) > 0,
+        "{what}: never pulled"
+    );
+    assert!(
+        !r.status.success(),
+        "{what}: the PBS committed it: {}",
+        r.stdout
+    );
+    format!("{}{}", r.stdout, r.stderr)
 }

@@ -5,10 +5,9 @@
 //! outside its target. Nothing outside is ever written, nothing stored is lost.
 
 use std::fs;
-use std::sync::{Arc, Mutex};
 
 use pullback_tests::cluster::{http, Cluster, Options, Who};
-use pullback_tests::evil::{below_root, Craft, Crafted, Impostor};
+use pullback_tests::evil::{below_root, proxied_cluster, pull_crafted, Craft, Crafted};
 use pullback_tests::{snapshot, Pbs};
 
 fn entries_in(dir: &std::path::Path) -> usize {
@@ -29,11 +28,7 @@ fn hex_ids(v: &serde_json::Value) -> Vec<u8> {
 
 #[test]
 fn a_file_list_through_a_symlink_is_refused_everywhere() {
-    let mut c = Cluster::new(Options {
-        proxy: true,
-        pull_attempts: 1,
-        ..Options::default()
-    });
+    let mut c = proxied_cluster();
     fs::write(c.src().join("keep.txt"), "generation one\n").unwrap();
     c.start_all();
     c.cycle(1);
@@ -79,25 +74,8 @@ fn a_file_list_through_a_symlink_is_refused_everywhere() {
 
     // Leg 1: the PBS pulls from a main that serves the crafted list.
     for (what, entries) in &tricks {
-        let crafted = Arc::new(Mutex::new(Crafted::new("files", 0, entries)));
-        let impostor = Impostor::start(crafted.clone());
-        c.proxy
-            .as_ref()
-            .unwrap()
-            .target
-            .store(impostor.port, std::sync::atomic::Ordering::SeqCst);
-        let r = c.exporter_run();
-        assert!(
-            !r.status.success(),
-            "{what}: the PBS committed it: {}",
-            r.stdout
-        );
-        let said = format!("{}{}", r.stdout, r.stderr);
+        let said = pull_crafted(&c, what, entries);
         assert!(said.contains("not a folder"), "{what}: {said}");
-        assert!(
-            impostor.served.load(std::sync::atomic::Ordering::SeqCst) > 0,
-            "{what}: never pulled"
-        );
         assert_eq!(entries_in(&outside), 0, "{what}: wrote outside");
         let list = c.archive().json(&["list"]);
         let gens: Vec<_> = list

@@ -9,11 +9,9 @@
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 
 use pullback_tests::cluster::{Cluster, Options, Who};
-use pullback_tests::evil::{Craft, Crafted, Impostor};
+use pullback_tests::evil::{proxied_cluster, pull_crafted, Craft, Crafted};
 use pullback_tests::{restore_snapshot, snapshot, Pbs, Tree};
 
 /// A folder outside every restore folder, holding one file, and its snapshot.
@@ -26,34 +24,9 @@ fn outside(c: &Cluster) -> (std::path::PathBuf, Tree) {
     (o, t)
 }
 
-/// Point the PBS's pulls at a fake exporter serving `entries`, run the real exporter
-/// once and return what it said (the run must fail: the PBS refused the generation).
-fn pull_crafted(c: &Cluster, what: &str, entries: &[Craft<'_>]) -> String {
-    let crafted = Arc::new(Mutex::new(Crafted::new("files", 0, entries)));
-    let impostor = Impostor::start(crafted);
-    let proxy = c.proxy.as_ref().expect("the cluster has a proxy");
-    proxy.target.store(impostor.port, Ordering::SeqCst);
-    let r = c.exporter_run();
-    proxy.target.store(c.port(Who::Exporter), Ordering::SeqCst);
-    assert!(
-        impostor.served.load(Ordering::SeqCst) > 0,
-        "{what}: never pulled"
-    );
-    assert!(
-        !r.status.success(),
-        "{what}: the PBS committed it: {}",
-        r.stdout
-    );
-    format!("{}{}", r.stdout, r.stderr)
-}
-
 #[test]
 fn unsafe_paths_are_refused_at_the_pull_and_at_restore_naming_the_path() {
-    let mut c = Cluster::new(Options {
-        proxy: true,
-        pull_attempts: 1,
-        ..Options::default()
-    });
+    let mut c = proxied_cluster();
     fs::write(c.src().join("keep.txt"), "generation one\n").unwrap();
     c.start_all();
     c.cycle(1);
@@ -164,11 +137,7 @@ fn absolute_symlinks_are_restored_as_links_and_never_followed() {
 
 #[test]
 fn a_folder_replaced_by_a_link_to_outside_never_leads_a_write_outside() {
-    let mut c = Cluster::new(Options {
-        proxy: true,
-        pull_attempts: 1,
-        ..Options::default()
-    });
+    let mut c = proxied_cluster();
     let (out, out_before) = outside(&c);
     let src = c.src();
     fs::create_dir(src.join("d")).unwrap();
