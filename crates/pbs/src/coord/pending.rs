@@ -89,12 +89,8 @@ mod tests {
 
     #[test]
     fn a_grant_at_the_maximum_epoch_is_refused_and_changes_nothing() {
-        let dir = std::env::temp_dir().join(format!(
-            "pullback-pending-test-{}-{}",
-            std::process::id(),
-            archive::ingest::now_ns()
-        ));
-        std::fs::create_dir_all(&dir).expect("tmp");
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path();
         let cfg: crate::config::Config = toml::from_str(
             r#"
 [[source]]
@@ -107,7 +103,7 @@ token = "0123456789abcdeg"
 "#,
         )
         .expect("config");
-        let c = Coordinator::open(&cfg, &dir, u64::MAX).expect("open");
+        let c = Coordinator::open(&cfg, dir, u64::MAX).expect("open");
         let req = wire::ha::TakeoverRequest {
             node: "c1".into(),
             force: true,
@@ -139,6 +135,5 @@ token = "0123456789abcdeg"
             (s.epoch, s.main, s.pending_promotion),
             (u64::MAX, None, None)
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -66,13 +66,9 @@ fn req(node: &str, force: bool, epoch: Option<u64>) -> TakeoverRequest {
 
 #[test]
 fn hello_grants_then_takeover_fences() {
-    let dir = std::env::temp_dir().join(format!(
-        "pullback-coord-test-{}-{}",
-        std::process::id(),
-        archive::ingest::now_ns()
-    ));
-    std::fs::create_dir_all(&dir).expect("tmp");
-    let c = Coordinator::open(&cfg(), &dir, 4).expect("open");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let c = Coordinator::open(&cfg(), dir, 4).expect("open");
     let hello = |node: &str, role: Role, epoch: u64| {
         c.hello(&Hello {
             node: node.into(),
@@ -135,7 +131,7 @@ fn hello_grants_then_takeover_fences() {
         (Role::Main, 5, Some("main1"))
     );
     // Durable: a new coordinator on the same folder sees the same thing.
-    let again = Coordinator::open(&cfg(), &dir, 0).expect("reopen");
+    let again = Coordinator::open(&cfg(), dir, 0).expect("reopen");
     let s = again.snapshot();
     assert_eq!((s.epoch, s.main.as_deref()), (5, Some("c1")));
     assert_eq!(s.nodes["main1"].status, NodeStatus::Broken);
@@ -159,18 +155,13 @@ fn hello_grants_then_takeover_fences() {
     assert!(again.check_notify("c1", 5).is_ok());
     // A second takeover by the same node: already MAIN.
     assert!(takeover(&again, &req("c1", false, None), &st).is_err());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn switchover_keeps_the_old_main_a_follower_and_rejoin_waits_for_the_latest() {
-    let dir = std::env::temp_dir().join(format!(
-        "pullback-coord-test2-{}-{}",
-        std::process::id(),
-        archive::ingest::now_ns()
-    ));
-    std::fs::create_dir_all(&dir).expect("tmp");
-    let c = Coordinator::open(&cfg(), &dir, 0).expect("open");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let c = Coordinator::open(&cfg(), dir, 0).expect("open");
     let hello = |node: &str, role: Role, epoch: u64| {
         c.hello(&Hello {
             node: node.into(),
@@ -229,23 +220,18 @@ fn switchover_keeps_the_old_main_a_follower_and_rejoin_waits_for_the_latest() {
     assert_eq!(c.snapshot().nodes["c2"].status, NodeStatus::Follower);
     // Durable across a restart.
     c.rejoin("c2").expect("rejoin again");
-    let again = Coordinator::open(&cfg(), &dir, 0).expect("reopen");
+    let again = Coordinator::open(&cfg(), dir, 0).expect("reopen");
     assert!(again.is_rejoining("c2"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_takeover_activates_the_first_spare_durably_then_asks_for_a_clone() {
-    let dir = std::env::temp_dir().join(format!(
-        "pullback-coord-test3-{}-{}",
-        std::process::id(),
-        archive::ingest::now_ns()
-    ));
-    std::fs::create_dir_all(&dir).expect("tmp");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
     let mut conf = cfg();
     conf.importers[1].spare = true; // c2
     conf.importers[2].spare = true; // off (also disabled)
-    let c = Coordinator::open(&conf, &dir, 0).expect("open");
+    let c = Coordinator::open(&conf, dir, 0).expect("open");
     let s = c.snapshot();
     assert_eq!(s.nodes["c2"].status, NodeStatus::Spare);
     assert_eq!(s.nodes["off"].status, NodeStatus::Spare);
@@ -286,13 +272,13 @@ fn a_takeover_activates_the_first_spare_durably_then_asks_for_a_clone() {
     );
     assert_eq!(t.new_clone, "spare c2 activated");
     // Durable: a restart keeps c2 activated (not Spare again).
-    let c = Coordinator::open(&conf, &dir, 0).expect("reopen");
+    let c = Coordinator::open(&conf, dir, 0).expect("reopen");
     assert_eq!(c.snapshot().nodes["c2"].status, NodeStatus::Follower);
     // Next takeover (forced, by c2): the next spare, the Disabled one.
     let g = takeover(&c, &req("c2", true, None), &st).expect("takeover 2");
     assert_eq!(g.new_clone, NewClone::Spare("off".into()));
     assert_eq!(c.snapshot().nodes["off"].status, NodeStatus::Disabled);
-    let again = Coordinator::open(&conf, &dir, 0).expect("reopen");
+    let again = Coordinator::open(&conf, dir, 0).expect("reopen");
     assert_eq!(again.snapshot().nodes["off"].status, NodeStatus::Disabled);
     // No spare left: a clone is needed (no hook configured), recorded.
     again.rejoin("c1").expect("rejoin");
@@ -333,10 +319,9 @@ fn a_takeover_activates_the_first_spare_durably_then_asks_for_a_clone() {
         }
     }
     assert_eq!(again.snapshot().takeovers.len(), KEEP_TAKEOVERS);
-    let _ = std::fs::remove_dir_all(&dir);
 
     // A spare rejoined by an operator stays a clone after a restart.
-    let dir = dir.with_extension("rejoin");
+    let dir = dir.join("rejoin");
     std::fs::create_dir_all(&dir).expect("tmp");
     let c = Coordinator::open(&conf, &dir, 0).expect("open");
     assert_eq!(c.snapshot().nodes["c2"].status, NodeStatus::Spare);
@@ -344,5 +329,4 @@ fn a_takeover_activates_the_first_spare_durably_then_asks_for_a_clone() {
     assert!(c.finish_rejoin("c2", "db/3", "db/3"));
     let again = Coordinator::open(&conf, &dir, 0).expect("reopen");
     assert_eq!(again.snapshot().nodes["c2"].status, NodeStatus::Follower);
-    let _ = std::fs::remove_dir_all(&dir);
 }
