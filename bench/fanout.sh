@@ -11,17 +11,8 @@
 #                MAIN to one exporter node.)
 # Knobs: BIN (folder with exporter, pbs, importer; default: cargo build --release).
 set -euo pipefail
-W=$(realpath -m "${1:?usage: $0 WORKDIR}")
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-D=$W/data
-say() { printf '[fanout %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-for v in 1 2; do
-  [[ -s $D/pgtext_v$v/dump.sql ]] || { say "no $D/pgtext_v$v/dump.sql: run bench.sh $W first (DATASETS=pgtext)"; exit 1; }
-done
-if [[ -z ${BIN:-} ]]; then
-  (cd "$ROOT" && cargo build --release -q -p pbs -p exporter -p importer)
-  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
-fi
+NAME=fanout
+. "$(dirname "$0")/pgtext-setup.sh"
 F=$W/fanout
 PIDS=()
 stop_all() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; PIDS=(); }

@@ -5,17 +5,8 @@
 # then v2; rsync's bytes for the same v1 -> v2 update measured in the same run.
 # Knobs: BIN (folder with exporter, pbs, importer; default: cargo build --release).
 set -euo pipefail
-W=$(realpath -m "${1:?usage: $0 WORKDIR}")
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-D=$W/data
-say() { printf '[pipeline %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-for v in 1 2; do
-  [[ -s $D/pgtext_v$v/dump.sql ]] || { say "no $D/pgtext_v$v/dump.sql: run bench.sh $W first (DATASETS=pgtext)"; exit 1; }
-done
-if [[ -z ${BIN:-} ]]; then
-  (cd "$ROOT" && cargo build --release -q -p pbs -p exporter -p importer)
-  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
-fi
+NAME=pipeline
+. "$(dirname "$0")/pgtext-setup.sh"
 P=$W/pipeline
 rm -rf "$P"; mkdir -p "$P/src" "$P/hooks"
 PIDS=()
