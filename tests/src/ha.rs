@@ -101,3 +101,15 @@ pub fn page_post(port: u16, form: &str) -> HttpResponse {
     )
     .expect("POST /takeover")
 }
+
+/// `POST /v1/takeover` on importer `i` with the admin token and the password.
+pub fn takeover_api(c: &Cluster, i: usize, password: &str, force: bool) -> HttpResponse {
+    let body = serde_json::json!({ "password": password, "force": force }).to_string();
+    request(
+        c.port(Who::Importer(i)),
+        "POST",
+        "/v1/takeover",
+        Some(&c.tokens.admin),
+        body.as_bytes(),
+    )
+}

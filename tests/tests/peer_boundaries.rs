@@ -12,7 +12,7 @@ use std::thread;
 
 use pullback_tests::cluster::{http, wait_for, write_script, Cluster, HttpResponse, Options, Who};
 use pullback_tests::ha::{
-    form_token, node_row, page_post, password_hash as hash, request, PASSWORD,
+    form_token, node_row, page_post, password_hash as hash, request, takeover_api, PASSWORD,
 };
 use pullback_tests::{write, Pbs};
 use serde_json::json;
@@ -47,6 +47,19 @@ fn record_at_epoch(dir: &std::path::Path, seq: u64, epoch: u64) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------- epochs (issue 10)
+
+/// clone0 is MAIN at epoch 1 in its role file, and the coordinator holds no pending
+/// promotion (it was confirmed). Returns `pbs status`.
+fn assert_promoted_at_1(c: &Cluster) -> serde_json::Value {
+    let rf = c.role_file(Who::Importer(0)).expect("role file");
+    assert_eq!(
+        (rf["role"].as_str(), rf["epoch"].as_u64()),
+        (Some("MAIN"), Some(1))
+    );
+    let (_, st) = c.pbs_status();
+    assert!(st["pending_promotion"].is_null(), "{st}");
+    st
+}
 
 #[test]
 fn an_epoch_from_the_wire_other_than_the_coordinators_is_refused_and_changes_nothing() {
@@ -155,14 +168,8 @@ fn a_promote_needs_the_coordinators_grant_at_exactly_its_epoch() {
     let r = c.run(Who::Pbs, &["switchover", "--to", "clone0"]);
     assert!(r.status.success(), "switchover: {}{}", r.stdout, r.stderr);
     assert_eq!(c.wait_exit(Who::Importer(0)).code(), Some(0));
-    let rf = c.role_file(Who::Importer(0)).expect("role file");
-    assert_eq!(
-        (rf["role"].as_str(), rf["epoch"].as_u64()),
-        (Some("MAIN"), Some(1))
-    );
     // The promotion was confirmed: nothing pending at the coordinator.
-    let (_, st) = c.pbs_status();
-    assert!(st["pending_promotion"].is_null(), "{st}");
+    assert_promoted_at_1(&c);
 }
 
 // ---------------------------------------------------------------- takeover at the coordinator (issue 12 item 2)
@@ -172,17 +179,6 @@ fn pw_options() -> Options {
         takeover_hash: Some(hash(PASSWORD)),
         ..Options::default()
     }
-}
-
-fn takeover_api(c: &Cluster, i: usize, password: &str, force: bool) -> HttpResponse {
-    let body = json!({ "password": password, "force": force }).to_string();
-    request(
-        c.port(Who::Importer(i)),
-        "POST",
-        "/v1/takeover",
-        Some(&c.tokens.admin),
-        body.as_bytes(),
-    )
 }
 
 #[test]
@@ -230,13 +226,7 @@ fn a_takeover_at_the_coordinator_needs_the_password_not_only_the_clone_token() {
     let r = takeover_api(&c, 0, PASSWORD, true);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(c.wait_exit(Who::Importer(0)).code(), Some(0));
-    let rf = c.role_file(Who::Importer(0)).expect("role file");
-    assert_eq!(
-        (rf["role"].as_str(), rf["epoch"].as_u64()),
-        (Some("MAIN"), Some(1))
-    );
-    let (_, st) = c.pbs_status();
-    assert!(st["pending_promotion"].is_null(), "{st}");
+    let st = assert_promoted_at_1(&c);
     assert_eq!(st["main"], "clone0", "{st}");
 }
 
@@ -315,15 +305,9 @@ fn a_grant_whose_promotion_did_not_happen_stays_pending_and_the_clone_promotes_o
         .status()
         .expect("importer serve");
     assert_eq!(status.code(), Some(0));
-    let rf = c.role_file(Who::Importer(0)).expect("role file");
-    assert_eq!(
-        (rf["role"].as_str(), rf["epoch"].as_u64()),
-        (Some("MAIN"), Some(1))
-    );
     let m = fs::read_to_string(&marker).expect("the promote hook ran");
     assert!(m.contains("epoch=1"), "{m}");
-    let (_, st) = c.pbs_status();
-    assert!(st["pending_promotion"].is_null(), "{st}");
+    assert_promoted_at_1(&c);
 }
 
 #[test]
@@ -345,13 +329,7 @@ fn a_takeover_granted_with_the_pbs_admin_token_is_promoted_by_the_pbs() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(c.wait_exit(Who::Importer(0)).code(), Some(0));
-    let rf = c.role_file(Who::Importer(0)).expect("role file");
-    assert_eq!(
-        (rf["role"].as_str(), rf["epoch"].as_u64()),
-        (Some("MAIN"), Some(1))
-    );
-    let (_, st) = c.pbs_status();
-    assert!(st["pending_promotion"].is_null(), "{st}");
+    assert_promoted_at_1(&c);
 }
 
 // ---------------------------------------------------------------- password guessing (issue 12 item 6)

@@ -13,18 +13,7 @@ use pullback_tests::cluster::{
 use pullback_tests::write;
 use serde_json::json;
 
-use pullback_tests::ha::{node_row, password_hash as hash, request, PASSWORD};
-
-fn takeover_api(c: &Cluster, i: usize, password: &str, force: bool) -> HttpResponse {
-    let body = json!({ "password": password, "force": force }).to_string();
-    request(
-        c.port(Who::Importer(i)),
-        "POST",
-        "/v1/takeover",
-        Some(&c.tokens.admin),
-        body.as_bytes(),
-    )
-}
+use pullback_tests::ha::{node_row, password_hash as hash, request, takeover_api, PASSWORD};
 
 fn takeover_page(c: &Cluster, i: usize, form: &str) -> HttpResponse {
     pullback_tests::ha::page_post(c.port(Who::Importer(i)), form)
