@@ -30,7 +30,9 @@ trio() {
   chmod +x "$P/hooks/export"
   {
     printf 'state_dir = "%s/pbs"\n[archive]\npath = "%s/pbs/archive"\n[server]\nlisten = "127.0.0.1:%s"\n' "$P" "$P" "$PORT"
-    printf 'tokens = [{ peer = "exporter", token = "%s" }, { peer = "admin", token = "%s" }]\n' "$T_N" "$T_ADMIN"
+    printf 'tokens = [{ peer = "exporter", token = "%s" }, { peer = "admin", token = "%s" }' "$T_N" "$T_ADMIN"
+    for i in $(seq "$n"); do printf ', { peer = "clone%s", token = "bench-clone-token-%08d" }' "$i" "$i"; done
+    printf ']\n'
     printf '[[source]]\nname = "pgtext"\nexporter = { name = "exporter", url = "http://127.0.0.1:%s", token = "%s" }\n' $((PORT + 1)) "$T_PULL"
     for i in $(seq "$n"); do
       printf '[[importer]]\nname = "clone%s"\nurl = "http://127.0.0.1:%s"\ntoken = "bench-push-token-%08d"\n' "$i" $((PORT + 1 + i)) "$i"
@@ -39,8 +41,8 @@ trio() {
   printf 'source = "pgtext"\nbackup_dir = "%s/exporter/backup"\nstate_dir = "%s/exporter"\nschedule = "off"\n[hooks]\nexport = "%s/hooks/export"\n[server]\nlisten = "127.0.0.1:%s"\ntokens = [{ peer = "pbs", token = "%s" }, { peer = "admin", token = "%s" }]\n[[pbs]]\nname = "pbs"\nurl = "http://127.0.0.1:%s"\ntoken = "%s"\n' \
     "$P" "$P" "$P" $((PORT + 1)) "$T_PULL" "$T_ADMIN" "$PORT" "$T_N" >"$P/exporter.toml"
   for i in $(seq "$n"); do
-    printf 'name = "clone%s"\nstore = "%s/clone%s/store"\nrestore_dir = "%s/clone%s/restore"\nstate_dir = "%s/clone%s"\n[server]\nlisten = "127.0.0.1:%s"\ntokens = [{ peer = "pbs", token = "bench-push-token-%08d" }, { peer = "admin", token = "%s" }]\n' \
-      "$i" "$P" "$i" "$P" "$i" "$P" "$i" $((PORT + 1 + i)) "$i" "$T_ADMIN" >"$P/importer$i.toml"
+    printf 'name = "clone%s"\nstore = "%s/clone%s/store"\nrestore_dir = "%s/clone%s/restore"\nstate_dir = "%s/clone%s"\n[server]\nlisten = "127.0.0.1:%s"\ntokens = [{ peer = "pbs", token = "bench-push-token-%08d" }, { peer = "admin", token = "%s" }]\n[coordinator]\nname = "pbs"\nurl = "http://127.0.0.1:%s"\ntoken = "bench-clone-token-%08d"\n' \
+      "$i" "$P" "$i" "$P" "$i" "$P" "$i" $((PORT + 1 + i)) "$i" "$T_ADMIN" "$PORT" "$i" >"$P/importer$i.toml"
   done
   export PULLBACK_LOG=warn
   "$BIN/pbs" --config "$P/pbs.toml" serve 2>"$P/pbs.log" & PIDS+=($!)

@@ -13,7 +13,7 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 PORT=${PORT_BASE:-27800}
-T_ADMIN=bench-admin-token-000000 T_N=bench-notify-token-00000 T_PULL=bench-pull-token-0000000 T_PUSH=bench-push-token-0000000
+T_ADMIN=bench-admin-token-000000 T_N=bench-notify-token-00000 T_PULL=bench-pull-token-0000000 T_PUSH=bench-push-token-0000000 T_CLONE=bench-clone-token-000000
 
 # The export hook writes a new dump file, as pg_dump would.
 cat >"$P/hooks/export" <<SH
@@ -29,7 +29,7 @@ state_dir = "$P/pbs"
 path = "$P/pbs/archive"
 [server]
 listen = "127.0.0.1:$PORT"
-tokens = [{ peer = "exporter", token = "$T_N" }, { peer = "admin", token = "$T_ADMIN" }]
+tokens = [{ peer = "exporter", token = "$T_N" }, { peer = "clone", token = "$T_CLONE" }, { peer = "admin", token = "$T_ADMIN" }]
 [[source]]
 name = "pgtext"
 exporter = { name = "exporter", url = "http://127.0.0.1:$((PORT + 1))", token = "$T_PULL" }
@@ -54,12 +54,17 @@ url = "http://127.0.0.1:$PORT"
 token = "$T_N"
 TOML
 cat >"$P/importer.toml" <<TOML
+name = "clone"
 store = "$P/clone/store"
 restore_dir = "$P/clone/restore"
 state_dir = "$P/clone"
 [server]
 listen = "127.0.0.1:$((PORT + 2))"
 tokens = [{ peer = "pbs", token = "$T_PUSH" }, { peer = "admin", token = "$T_ADMIN" }]
+[coordinator]
+name = "pbs"
+url = "http://127.0.0.1:$PORT"
+token = "$T_CLONE"
 TOML
 export PULLBACK_LOG=warn
 "$BIN/pbs" --config "$P/pbs.toml" serve 2>"$P/pbs.log" & PIDS+=($!)

@@ -12,7 +12,7 @@ trap cleanup EXIT
 say() { printf '\n== %s\n' "$*"; }
 P_PBS=${DEMO_PORT_BASE:-17800}; P_EXP=$((P_PBS + 1)); P_IMP=$((P_PBS + 2))
 T_NOTIFY=demo-exporter-notifies-pbs T_PULL=demo-pbs-reads-the-exporter
-T_PUSH=demo-pbs-pushes-to-the-clone T_ADMIN=demo-admin-token-0123
+T_PUSH=demo-pbs-pushes-to-the-clone T_CLONE=demo-clone-pulls-from-the-pbs T_ADMIN=demo-admin-token-0123
 
 say "sample directory $W/src"
 mkdir -p "$W/src/docs" "$W/src/data" "$W/src/empty-dir"
@@ -35,7 +35,7 @@ path = "$W/pbs/archive"
 keep_last = 10
 [server]
 listen = "127.0.0.1:$P_PBS"
-tokens = [{ peer = "exporter", token = "$T_NOTIFY" }, { peer = "admin", token = "$T_ADMIN" }]
+tokens = [{ peer = "exporter", token = "$T_NOTIFY" }, { peer = "clone1", token = "$T_CLONE" }, { peer = "admin", token = "$T_ADMIN" }]
 [[source]]
 name = "demo"
 max_age_secs = 3600
@@ -71,6 +71,10 @@ verify = "$HOOKS/verify"
 [server]
 listen = "127.0.0.1:$P_IMP"
 tokens = [{ peer = "pbs", token = "$T_PUSH" }, { peer = "admin", token = "$T_ADMIN" }]
+[coordinator]
+name = "pbs"
+url = "http://127.0.0.1:$P_PBS"
+token = "$T_CLONE"
 TOML
 
 say "start pbs, importer and exporter on 127.0.0.1:$P_PBS-$P_IMP"

@@ -414,6 +414,9 @@ pub struct Options {
     pub max_age_secs: u64,
     /// Put a [`Proxy`] between the PBS and the exporter.
     pub proxy: bool,
+    /// Put a [`Proxy`] between the clones and the PBS (what they pull from and say hello
+    /// to): `Cluster::pbs_proxy`.
+    pub pbs_proxy: bool,
     /// `[takeover] password_hash` of every importer (an argon2 PHC string).
     pub takeover_hash: Option<String>,
     /// The exporter's `hooks.demote`.
@@ -439,6 +442,7 @@ impl Default for Options {
             pull_attempts: 2,
             max_age_secs: 86_400,
             proxy: false,
+            pbs_proxy: false,
             takeover_hash: None,
             demote_hook: None,
             promote_hook: None,
@@ -554,6 +558,8 @@ pub struct Cluster {
     exporter: Option<Daemon>,
     importers: Vec<Option<Daemon>>,
     pub proxy: Option<Proxy>,
+    /// Between the clones and the PBS, when `Options::pbs_proxy`.
+    pub pbs_proxy: Option<Proxy>,
 }
 
 impl Cluster {
@@ -576,16 +582,19 @@ impl Cluster {
         };
         let exporter_port = PortHold::new();
         let proxy = opts.proxy.then(|| Proxy::start(exporter_port.port));
+        let pbs_port = PortHold::new();
+        let pbs_proxy = opts.pbs_proxy.then(|| Proxy::start(pbs_port.port));
         let c = Cluster {
             dir,
             tokens,
-            pbs_port: PortHold::new(),
+            pbs_port,
             exporter_port,
             importer_ports: (0..n).map(|_| PortHold::new()).collect(),
             pbs: None,
             exporter: None,
             importers: (0..n).map(|_| None).collect(),
             proxy,
+            pbs_proxy,
             opts,
         };
         c.write_configs();
@@ -659,6 +668,13 @@ impl Cluster {
         self.proxy
             .as_ref()
             .map_or(self.exporter_port.port, |p| p.port)
+    }
+
+    /// The PBS URL the clones use (through the PBS proxy if any).
+    fn clone_pbs_port(&self) -> u16 {
+        self.pbs_proxy
+            .as_ref()
+            .map_or(self.pbs_port.port, |p| p.port)
     }
 
     fn write_configs(&self) {
@@ -781,7 +797,8 @@ tokens = [{{ peer = "pbs", token = "{push}" }}, {{ peer = "admin", token = "{adm
             );
             imp.push_str(&format!(
                 "[coordinator]\nname = \"pbs\"\nurl = \"http://127.0.0.1:{}\"\ntoken = \"{}\"\n",
-                self.pbs_port.port, t.coord[i]
+                self.clone_pbs_port(),
+                t.coord[i]
             ));
             if let Some(h) = &o.takeover_hash {
                 imp.push_str(&format!("[takeover]\npassword_hash = \"{h}\"\n"));
@@ -832,6 +849,9 @@ tokens = [{{ peer = "pbs", token = "{push}" }}, {{ peer = "admin", token = "{adm
         }
         if let Some(p) = &self.proxy {
             p.target.store(self.exporter_port.port, Ordering::SeqCst);
+        }
+        if let Some(p) = &self.pbs_proxy {
+            p.target.store(self.pbs_port.port, Ordering::SeqCst);
         }
         self.write_configs();
         running.retain(|w| *w != also);

@@ -438,6 +438,7 @@ wait $pid
 const T_NOTIFY: &str = "db-test-exporter-notifies-pbs";
 const T_PULL: &str = "db-test-pbs-reads-the-exporter";
 const T_PUSH: &str = "db-test-pbs-pushes-to-the-clone";
+const T_CLONE: &str = "db-test-clone-pulls-from-the-pbs";
 pub const T_ADMIN: &str = "db-test-admin-token-0123";
 
 /// A free loopback port (bound to port 0, then released).
@@ -537,7 +538,7 @@ path = "{w}/pbs/archive"
 keep_last = 10
 [server]
 listen = "127.0.0.1:{pp}"
-tokens = [{{ peer = "exporter", token = "{T_NOTIFY}" }}, {{ peer = "admin", token = "{T_ADMIN}" }}]
+tokens = [{{ peer = "exporter", token = "{T_NOTIFY}" }}, {{ peer = "clone1", token = "{T_CLONE}" }}, {{ peer = "admin", token = "{T_ADMIN}" }}]
 [[source]]
 name = "{source}"
 exporter = {{ name = "exporter", url = "http://127.0.0.1:{pe}", token = "{T_PULL}" }}
@@ -587,6 +588,10 @@ timeout_secs = 120
 [server]
 listen = "127.0.0.1:{pi}"
 tokens = [{{ peer = "pbs", token = "{T_PUSH}" }}, {{ peer = "admin", token = "{T_ADMIN}" }}]
+[coordinator]
+name = "pbs"
+url = "http://127.0.0.1:{pp}"
+token = "{T_CLONE}"
 "#,
                     w = w.display(),
                     import = h("import"),

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use crate::cluster::{Cluster, Options, Who};
+use crate::cluster::{http, Cluster, HttpResponse, Options, Who};
 use archive::manifest::{encode_manifest, ChunkRef, GenRecord, GenStats, Node, NodeKind};
 use archive::{Archive, ChunkId, Epoch, FileDigest, IngestOptions, Seq, SourceName};
 
@@ -163,7 +163,7 @@ fn read_request(s: &mut BufReader<TcpStream>) -> Option<(String, String, Vec<u8>
     Some((method, path, body))
 }
 
-/// A fake exporter on loopback: answers the PBS's pull with a crafted
+/// A fake exporter (or a fake PBS) on loopback: answers a pull with a crafted
 /// generation (`GET /v1/generations/S/N`, `POST /v1/blobs`), 404 otherwise.
 pub struct Impostor;
 
@@ -268,11 +268,12 @@ pub fn below_root(p: &Path) -> Vec<u8> {
     p.as_os_str().as_bytes()[1..].to_vec()
 }
 
-/// A trio whose PBS pulls through a proxy (so that a test can point it at an
-/// [`Impostor`]), trying each pull once.
+/// A trio whose PBS pulls through a proxy and whose clone reaches its PBS through another
+/// (so that a test can point either at an [`Impostor`]), trying each pull once.
 pub fn proxied_cluster() -> Cluster {
     Cluster::new(Options {
         proxy: true,
+        pbs_proxy: true,
         pull_attempts: 1,
         ..Options::default()
     })
@@ -297,4 +298,32 @@ pub fn pull_crafted(c: &Cluster, what: &str, entries: &[Craft<'_>]) -> String {
         r.stdout
     );
     format!("{}{}", r.stdout, r.stderr)
+}
+
+/// Tell clone 0 (with its PBS's token) that generation `seq` is ready, while its PBS
+/// address leads to a fake PBS serving `entries`: the clone pulls the crafted generation.
+/// Returns the clone's answer.
+pub fn notify_crafted(c: &Cluster, what: &str, entries: &[Craft<'_>], seq: u64) -> HttpResponse {
+    let crafted = Arc::new(Mutex::new(Crafted::new("files", 0, entries)));
+    let impostor = Impostor::start(crafted);
+    let proxy = c.pbs_proxy.as_ref().expect("the cluster has a PBS proxy");
+    proxy.target.store(impostor.port, Ordering::SeqCst);
+    let auth = format!("token {}", c.tokens.push[0]);
+    let r = http(
+        c.port(Who::Importer(0)),
+        "POST",
+        "/v1/notify",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        format!(r#"{{"source":"files","seq":{seq},"tx":"crafted-{seq}","epoch":0}}"#).as_bytes(),
+    )
+    .expect("the clone answers");
+    proxy.target.store(c.port(Who::Pbs), Ordering::SeqCst);
+    assert!(
+        impostor.served.load(Ordering::SeqCst) > 0,
+        "{what}: the clone never pulled"
+    );
+    r
 }

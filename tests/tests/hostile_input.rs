@@ -31,6 +31,8 @@ enum Tok {
     Pull,
     /// The PBS's token at the clone.
     Push,
+    /// Clone 0's token at the PBS.
+    Clone,
 }
 
 enum Body {
@@ -283,6 +285,7 @@ fn generations(c: &Cluster) -> Vec<serde_json::Value> {
 fn hostile_input_is_refused_and_nothing_breaks() {
     let mut c = Cluster::new(Options {
         proxy: true,
+        pbs_proxy: true,
         pull_attempts: 1,
         exporter_attempts: 1,
         ..Options::default()
@@ -299,9 +302,7 @@ fn hostile_input_is_refused_and_nothing_breaks() {
     let max = u64::MAX;
     let over = "18446744073709551616";
     let notify = |j: &str| case("notify", pbs, "POST", "/v1/notify", Notify).json(j);
-    let rx = |source: &str, seq: &str, step: &str| format!("/v1/receive/{source}/{seq}/{step}");
-    let record_2mib = crafted.record_bytes_with(20, |r| r.label = Some("x".repeat(2 << 20)));
-    let record_huge_list = crafted.record_bytes_with(21, |r| r.manifest_len = 1 << 40);
+    let imp_notify = |j: &str| case("notify", imp, "POST", "/v1/notify", Push).json(j);
     let ids_65: Vec<u8> = (0..65u8).flat_map(|i| [i; 32]).collect();
     let cases = vec![
         // ---- PBS
@@ -418,6 +419,58 @@ fn hostile_input_is_refused_and_nothing_breaks() {
         case("metrics, 100 MB", pbs, "GET", "/metrics", Admin)
             .zeros(MB100)
             .expect(413, "limit"),
+        // What the clones pull.
+        case("generation", pbs, "GET", "/v1/generations/files/1", Clone),
+        case(
+            "generation as exporter",
+            pbs,
+            "GET",
+            "/v1/generations/files/1",
+            Notify,
+        )
+        .expect(403, "may not read"),
+        case("blobs as exporter", pbs, "POST", "/v1/blobs", Notify)
+            .raw(vec![7; 32])
+            .expect(403, "may not read"),
+        case(
+            "generation ../",
+            pbs,
+            "GET",
+            "/v1/generations/..%2Fetc/1",
+            Clone,
+        )
+        .expect(400, "source name"),
+        case(
+            "generation overflow",
+            pbs,
+            "GET",
+            &format!("/v1/generations/files/{over}"),
+            Clone,
+        )
+        .expect(400, ""),
+        case(
+            "generation unknown",
+            pbs,
+            "GET",
+            "/v1/generations/files/99",
+            Clone,
+        )
+        .expect(404, ""),
+        case("blobs not ids", pbs, "POST", "/v1/blobs", Clone)
+            .raw(vec![7; 33])
+            .expect(400, "32-byte"),
+        case("blobs none", pbs, "POST", "/v1/blobs", Clone)
+            .raw(Vec::new())
+            .expect(400, "32-byte"),
+        case("blobs 65 ids", pbs, "POST", "/v1/blobs", Clone)
+            .raw(ids_65.clone())
+            .expect(400, "at most 64"),
+        case("blobs unknown", pbs, "POST", "/v1/blobs", Clone)
+            .raw(vec![7; 32])
+            .expect(400, ""),
+        case("blobs, 100 MB", pbs, "POST", "/v1/blobs", Clone)
+            .zeros(MB100)
+            .expect(413, "limit"),
         // ---- exporter
         case("status", exp, "GET", "/v1/status", Admin),
         case(
@@ -506,123 +559,41 @@ fn hostile_input_is_refused_and_nothing_breaks() {
             .expect(431, ""),
         // ---- importer
         case("status", imp, "GET", "/v1/status", Admin),
-        case(
-            "offer garbage",
-            imp,
-            "POST",
-            &rx("files", "20", "offer"),
-            Push,
-        )
-        .raw(b"garbage".to_vec())
-        .expect(400, ""),
-        case(
-            "offer 2 MiB record",
-            imp,
-            "POST",
-            &rx("files", "20", "offer"),
-            Push,
-        )
-        .raw(record_2mib)
-        .expect(413, "limit"),
-        case(
-            "offer huge file list",
-            imp,
-            "POST",
-            &rx("files", "21", "offer"),
-            Push,
-        )
-        .raw(record_huge_list)
-        .expect(400, "limit"),
-        case(
-            "offer ../",
-            imp,
-            "POST",
-            &rx("..%2F..%2Fetc", "1", "offer"),
-            Push,
-        )
-        .raw(crafted.record_bytes(1))
-        .expect(400, "source name"),
-        case(
-            "offer NUL",
-            imp,
-            "POST",
-            &rx("files%00", "1", "offer"),
-            Push,
-        )
-        .expect(400, "source name"),
-        case(
-            "offer overflow",
-            imp,
-            "POST",
-            &rx("files", over, "offer"),
-            Push,
-        )
-        .expect(400, ""),
-        case(
-            "offer negative",
-            imp,
-            "POST",
-            &rx("files", "-1", "offer"),
-            Push,
-        )
-        .expect(400, ""),
-        case(
-            "offer as admin",
-            imp,
-            "POST",
-            &rx("files", "22", "offer"),
-            Admin,
-        )
-        .raw(crafted.record_bytes(22))
-        .expect(403, ""),
-        case(
-            "offer, chunked 2 MiB",
-            imp,
-            "POST",
-            &rx("files", "23", "offer"),
-            Push,
-        )
-        .chunked(2 << 20)
-        .expect(413, "limit of 1048576 bytes"),
-        case("blobs, chunked 1 MiB", exp, "POST", "/v1/blobs", Pull)
+        imp_notify("{not json").expect(400, ""),
+        imp_notify(r#"{"source":"files","seq":"1","tx":"t","epoch":0}"#).expect(422, ""),
+        imp_notify(&format!(
+            r#"{{"source":"files","seq":{over},"tx":"t","epoch":0}}"#
+        ))
+        .expect(422, ""),
+        imp_notify(r#"{"source":"files","seq":-1,"tx":"t","epoch":0}"#).expect(422, ""),
+        imp_notify(r#"{"source":"../../etc","seq":5,"tx":"t","epoch":0}"#)
+            .expect(400, "source name"),
+        imp_notify(r#"{"source":"files\u0000","seq":5,"tx":"t","epoch":0}"#)
+            .expect(400, "source name"),
+        imp_notify(r#"{"source":"files","seq":0,"tx":"t","epoch":0}"#)
+            .expect(409, "never moves back"),
+        imp_notify(&format!(
+            r#"{{"source":"files","seq":5,"tx":"t","epoch":{max}}}"#
+        ))
+        .expect(409, "epoch"),
+        // A generation its PBS does not have: the pull fails, the answer says so.
+        imp_notify(r#"{"source":"files","seq":99,"tx":"t","epoch":0}"#).expect(200, "404"),
+        case("notify as admin", imp, "POST", "/v1/notify", Admin)
+            .json(r#"{"source":"files","seq":5,"tx":"t","epoch":0}"#)
+            .expect(403, "only its PBS"),
+        imp_notify("")
             .chunked(1 << 20)
-            .expect(413, "limit"),
+            .expect(413, "limit of 65536 bytes"),
+        imp_notify("").zeros(MB100).expect(413, "limit"),
         case(
-            "offer, 100 MB",
+            "old offer route",
             imp,
             "POST",
-            &rx("files", "23", "offer"),
+            "/v1/receive/files/5/offer",
             Push,
         )
-        .zeros(MB100)
-        .expect(413, "limit"),
-        case(
-            "blobs, 300 MB",
-            imp,
-            "POST",
-            &rx("files", "23", "blobs"),
-            Push,
-        )
-        .zeros(300 << 20)
-        .expect(413, "limit"),
-        case(
-            "blobs, no transfer",
-            imp,
-            "POST",
-            &rx("files", "23", "blobs"),
-            Push,
-        )
-        .raw(vec![0; 64])
-        .expect(404, "offer it first"),
-        case(
-            "commit, 100 MB",
-            imp,
-            "POST",
-            &rx("files", "23", "commit"),
-            Push,
-        )
-        .zeros(MB100)
-        .expect(413, "limit"),
+        .raw(crafted.record_bytes(5))
+        .expect(404, ""),
         case("takeover garbage", imp, "POST", "/v1/takeover", Admin)
             .json("{\"password\":")
             .expect(400, ""),
@@ -666,6 +637,7 @@ fn hostile_input_is_refused_and_nothing_breaks() {
             Notify => Some(c.tokens.notify.clone()),
             Pull => Some(c.tokens.pull.clone()),
             Push => Some(c.tokens.push[0].clone()),
+            Clone => Some(c.tokens.coord[0].clone()),
         };
         let mut headers: Vec<(String, String)> = Vec::new();
         if let Some(t) = token {
@@ -724,7 +696,8 @@ fn hostile_input_is_refused_and_nothing_breaks() {
         }
     }
 
-    // ---- the PBS pulls from a fake exporter that serves oversized records and packs.
+    // ---- the PBS pulls from a fake exporter that serves oversized records and packs, and
+    // a clone pulls from a fake PBS that serves the same (one engine, the same bounds).
     let huge_raw = 512u32 << 20;
     // Each record is taken "now", newer than anything the PBS holds (else it is refused as
     // a replay before any size matters).
@@ -832,6 +805,35 @@ fn hostile_input_is_refused_and_nothing_breaks() {
             "{}: never pulled",
             pull.what
         );
+
+        let to_pbs = c.pbs_proxy.as_ref().expect("PBS proxy");
+        to_pbs
+            .target
+            .store(impostor.port, std::sync::atomic::Ordering::SeqCst);
+        let seq = 100 + impostor.served.load(std::sync::atomic::Ordering::SeqCst);
+        let auth = format!("token {}", c.tokens.push[0]);
+        let r = pullback_tests::cluster::http(
+            c.port(imp),
+            "POST",
+            "/v1/notify",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            format!(r#"{{"source":"files","seq":{seq},"tx":"t","epoch":0}}"#).as_bytes(),
+        )
+        .expect("the clone answers");
+        to_pbs
+            .target
+            .store(c.port(pbs), std::sync::atomic::Ordering::SeqCst);
+        let said = r.text();
+        let refused = r.status == 200 && r.json()["ok"] == false && said.contains(pull.says);
+        if !refused {
+            failed.push(format!(
+                "the clone's pull of {}: expected a failure naming {:?}: {} {said}",
+                pull.what, pull.says, r.status
+            ));
+        }
     }
 
     // Bounded memory: the peaks stay far below what the oversized input claimed.

@@ -502,22 +502,17 @@ fn routes(source: &str) -> Vec<(Who, &'static str, String, Vec<u8>)> {
         (Who::Importer(0), "GET", "/v1/status".into(), vec![]),
         (Who::Importer(0), "GET", "/metrics".into(), vec![]),
         (
-            Who::Importer(0),
-            "POST",
-            format!("/v1/receive/{source}/2/offer"),
-            b"not a record".to_vec(),
+            Who::Pbs,
+            "GET",
+            format!("/v1/generations/{source}/1"),
+            vec![],
         ),
+        (Who::Pbs, "POST", "/v1/blobs".into(), vec![0; 32]),
         (
             Who::Importer(0),
             "POST",
-            format!("/v1/receive/{source}/2/blobs"),
-            vec![],
-        ),
-        (
-            Who::Importer(0),
-            "POST",
-            format!("/v1/receive/{source}/2/commit"),
-            vec![],
+            "/v1/notify".into(),
+            format!(r#"{{"source":"{source}","seq":2,"tx":"evil-2","epoch":0}}"#).into_bytes(),
         ),
     ]
 }

@@ -63,40 +63,43 @@ fn a_clone_is_fed_only_by_its_pbs_and_never_moves_back() {
     let c = two_generations();
     let before = snapshot(&c.restore_dir(0));
     let port = c.port(Who::Importer(0));
-    let rec1 = fs::read(
-        c.path()
-            .join("pbs/archive/gens/files/00000000000000000001.gen"),
-    )
-    .unwrap();
+    let notify1 = br#"{"source":"files","seq":1,"tx":"again","epoch":0}"#;
+    let json = ("Content-Type", "application/json");
 
     // The clone's admin token cannot feed it.
     let admin = format!("token {}", c.tokens.admin);
-    for step in ["offer", "blobs", "commit"] {
-        let r = http(
-            port,
-            "POST",
-            &format!("/v1/receive/files/1/{step}"),
-            &[("Authorization", &admin)],
-            &rec1,
-        )
-        .unwrap();
-        assert_eq!(r.status, 403, "{step}: {}", r.text());
-        assert!(r.text().contains("only its PBS"), "{}", r.text());
-    }
+    let r = http(
+        port,
+        "POST",
+        "/v1/notify",
+        &[("Authorization", &admin), json],
+        notify1,
+    )
+    .unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("only its PBS"), "{}", r.text());
     // The PBS's own token cannot move it back either.
     let push = format!("token {}", c.tokens.push[0]);
-    for step in ["offer", "commit"] {
-        let r = http(
-            port,
-            "POST",
-            &format!("/v1/receive/files/1/{step}"),
-            &[("Authorization", &push)],
-            &rec1,
-        )
-        .unwrap();
-        assert_eq!(r.status, 409, "{step}: {}", r.text());
-        assert!(r.text().contains("never moves back"), "{}", r.text());
-    }
+    let r = http(
+        port,
+        "POST",
+        "/v1/notify",
+        &[("Authorization", &push), json],
+        notify1,
+    )
+    .unwrap();
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("never moves back"), "{}", r.text());
+    // The push routes of before are gone: nothing can be sent to a clone, only told.
+    let r = http(
+        port,
+        "POST",
+        "/v1/receive/files/3/offer",
+        &[("Authorization", &push)],
+        b"x",
+    )
+    .unwrap();
+    assert_eq!(r.status, 404, "{}", r.text());
     assert_eq!(snapshot(&c.restore_dir(0)), before);
     let st = c.importer_status(0);
     assert_eq!(st["last_valid"]["generation"], "files/2", "{st}");
@@ -112,9 +115,8 @@ fn a_clone_left_behind_by_the_pbs_is_reported_and_caught_up_after_a_restart() {
     c.start_all();
     c.cycle(1);
 
-    // A PBS that offers a generation and then stops driving the transfer
-    // (killed, cut off): the clone says "importing" only until its timeout.
-    let push = format!("token {}", c.tokens.push[0]);
+    // A PBS that stops answering in the middle of a clone's pull (hung, cut off): the
+    // clone says "importing" only until its timeout.
     fs::write(c.src().join("data.txt"), "new\n").unwrap();
     c.kill(Who::Importer(0));
     let r = c.export_ok(); // the PBS commits files/2; its push to the clone fails
@@ -125,27 +127,40 @@ fn a_clone_left_behind_by_the_pbs_is_reported_and_caught_up_after_a_restart() {
     });
     c.start(Who::Importer(0));
     let port = c.port(Who::Importer(0));
-    let rec2 = fs::read(
-        c.path()
-            .join("pbs/archive/gens/files/00000000000000000002.gen"),
-    )
-    .unwrap();
-    let r = http(
-        port,
-        "POST",
-        "/v1/receive/files/2/offer",
-        &[("Authorization", &push)],
-        &rec2,
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(c.importer_live(0).unwrap()["importing"], "files/2");
-    let st = wait_for("the abandoned transfer to be dropped", || {
-        let s = c.importer_live(0)?;
-        s["importing"].is_null().then_some(s)
+    let pbs_pid = c.pid(Who::Pbs).expect("the PBS runs").to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pbs_pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pbs_pid}");
+    };
+    signal("-STOP");
+    let push = format!("token {}", c.tokens.push[0]);
+    let told = std::thread::spawn(move || {
+        http(
+            port,
+            "POST",
+            "/v1/notify",
+            &[
+                ("Authorization", &push),
+                ("Content-Type", "application/json"),
+            ],
+            br#"{"source":"files","seq":2,"tx":"t2","epoch":0}"#,
+        )
+        .map(|r| (r.status, r.text()))
     });
+    wait_for("the clone to pull files/2", || {
+        (c.importer_live(0)?["importing"] == "files/2").then_some(())
+    });
+    let (status, said) = told.join().expect("the notify thread").expect("an answer");
+    signal("-CONT");
+    assert_eq!(status, 200, "{said}");
+    assert!(said.contains("\"ok\":false"), "{said}");
+    let st = c.importer_live(0).unwrap();
+    assert!(st["importing"].is_null(), "{st}");
     let why = st["last_failure"]["reason"].as_str().unwrap_or_default();
-    assert!(why.contains("stopped sending files/2"), "{st}");
+    assert!(why.contains("pulling files/2: the PBS"), "{st}");
     assert_eq!(st["last_valid"]["generation"], "files/1", "{st}");
 
     // `pbs status` says the clone is behind, and exits 1 (its last push failed).

@@ -65,7 +65,7 @@ path = "{ar}"
 listen = "127.0.0.1:{pp}"
 cert = "{pc}"
 key = "{pk}"
-tokens = [{{ peer = "exporter", token = "tls-notify-token-000000" }}, {{ peer = "admin", token = "{admin}" }}]
+tokens = [{{ peer = "exporter", token = "tls-notify-token-000000" }}, {{ peer = "clone", token = "tls-clone-token-0000000" }}, {{ peer = "admin", token = "{admin}" }}]
 [[source]]
 name = "files"
 attempts = 2
@@ -117,7 +117,8 @@ ca = "{pc}"
     fs::write(
         d.join("importer.toml"),
         format!(
-            r#"store = "{st}"
+            r#"name = "clone"
+store = "{st}"
 restore_dir = "{rd}"
 state_dir = "{sd}"
 [server]
@@ -125,7 +126,13 @@ listen = "127.0.0.1:{pi}"
 cert = "{ic}"
 key = "{ik}"
 tokens = [{{ peer = "pbs", token = "tls-push-token-00000000" }}, {{ peer = "admin", token = "{admin}" }}]
+[coordinator]
+name = "pbs"
+url = "https://127.0.0.1:{pp}"
+token = "tls-clone-token-0000000"
+ca = "{pc}"
 "#,
+            pc = p("pbs.pem"),
             st = p("clone/store"),
             rd = p("clone/restore"),
             sd = p("clone"),

@@ -6,12 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use archive::{Archive, ChunkId, Epoch, GenId, IngestOptions, Seq, SourceName};
+use archive::{Archive, Epoch, IngestOptions, Seq, SourceName};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use wire::phase::{RunPhase, TxPhase};
 use wire::server::ApiError;
@@ -401,64 +400,20 @@ async fn status(State(app): State<Arc<App>>) -> Json<Status> {
     Json(app.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
 }
 
-/// Read-only work on the outbox off the async threads; what it returns is
-/// counted as sent to the backup servers.
-async fn serve_outbox(
-    app: &Arc<App>,
-    f: impl FnOnce(&Archive) -> Result<Vec<u8>, ApiError> + Send + 'static,
-) -> Result<Bytes, ApiError> {
-    let a = app.clone();
-    let b = tokio::task::spawn_blocking(move || f(&a.outbox))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
-    app.metrics
-        .counter(
-            "pullback_bytes_sent_total",
-            "Bytes served to backup servers",
-        )
-        .add(b.len() as u64);
-    Ok(Bytes::from(b))
-}
-
-async fn generation(
-    State(app): State<Arc<App>>,
-    Path((source, seq)): Path<(String, u64)>,
-) -> Result<Bytes, ApiError> {
-    let gen = GenId {
-        source: SourceName::new(&source).map_err(ApiError::bad_request)?,
-        seq: Seq(seq),
-    };
-    serve_outbox(&app, move |ar| {
-        ar.record_bytes(&gen)
-            .map_err(|e| ApiError::not_found(e.to_string()))
-    })
-    .await
-}
-
-async fn blobs(State(app): State<Arc<App>>, body: Bytes) -> Result<Bytes, ApiError> {
-    if !body.len().is_multiple_of(32) {
-        return Err(ApiError::bad_request("the body must be 32-byte chunk ids"));
-    }
-    let ids: Vec<ChunkId> = body
-        .chunks_exact(32)
-        .map(|c| ChunkId(c.try_into().unwrap_or([0; 32])))
-        .collect();
-    serve_outbox(&app, move |ar| {
-        ar.export_blobs(&ids)
-            .map_err(|e| ApiError::bad_request(e.to_string()))
-    })
-    .await
-}
-
 pub(crate) fn router(app: &Arc<App>) -> Result<Router> {
     let api = Router::new()
         .merge(crate::ha::routes())
         .route("/v1/status", get(status))
         .route("/v1/run", post(run_now))
         .route("/v1/runs/{tx}", get(run_state))
-        .route("/v1/generations/{source}/{seq}", get(generation))
-        .route("/v1/blobs", post(blobs))
         .with_state(app.clone())
+        .merge(pull::routes(
+            app.outbox.clone(),
+            pull::anyone(app.metrics.counter(
+                "pullback_bytes_sent_total",
+                "Bytes served to backup servers",
+            )),
+        ))
         .merge(app.metrics.router());
     // Every body here is small: JSON, or at most 64 chunk ids.
     Ok(wire::server::limit_body(api, wire::server::MAX_JSON_BODY)

@@ -23,12 +23,11 @@ use wire::server::ApiError;
 
 use crate::server::App;
 
-/// One hello to the coordinator; `Ok(None)` when no `[coordinator]` is configured.
-pub(crate) async fn hello(app: &App, role: Role, epoch: u64) -> Result<Option<Verdict>, String> {
-    let Some(coord) = &app.cfg.coordinator else {
-        return Ok(None);
-    };
-    let c = coord
+/// One hello to the coordinator.
+pub(crate) async fn hello(app: &App, role: Role, epoch: u64) -> Result<Verdict, String> {
+    let c = app
+        .cfg
+        .coordinator
         .client(Duration::from_secs(10))
         .map_err(|e| e.to_string())?;
     let body = Hello {
@@ -38,7 +37,6 @@ pub(crate) async fn hello(app: &App, role: Role, epoch: u64) -> Result<Option<Ve
     };
     c.post_json::<_, Verdict>("/v1/ha/hello", &body)
         .await
-        .map(Some)
         .map_err(|e| e.to_string())
 }
 
@@ -49,7 +47,7 @@ fn known_epoch(app: &App) -> u64 {
 /// A pushed record at `epoch`: accepted when this clone already knows that epoch (or a
 /// newer one), or when the coordinator is at least there; refused with 409 when the
 /// coordinator is behind it (no coordinator granted that epoch), 503 when it cannot be
-/// asked. Without a `[coordinator]` there is no one to ask: accepted.
+/// asked.
 pub(crate) async fn check_record_epoch(app: &App, epoch: u64) -> Result<(), ApiError> {
     if epoch <= known_epoch(app) {
         return Ok(());
@@ -62,9 +60,6 @@ pub(crate) async fn check_record_epoch(app: &App, epoch: u64) -> Result<(), ApiE
                 format!("a record at epoch {epoch} (newer than this clone's): the coordinator could not confirm it: {e}"),
             )
         })?;
-    let Some(v) = v else {
-        return Ok(());
-    };
     app.set_status(|s| s.epoch = s.epoch.max(v.epoch));
     if epoch > v.epoch {
         return Err(ApiError::conflict(format!(
@@ -85,9 +80,6 @@ pub(crate) async fn check_promote(app: &App, epoch: u64) -> Result<(), ApiError>
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("cannot confirm the promotion with the coordinator: {e}"),
             )
-        })?
-        .ok_or_else(|| {
-            ApiError::conflict("no [coordinator] configured: nobody can confirm a promotion")
         })?;
     if v.role != Role::Main {
         return Err(ApiError::conflict(format!(
@@ -119,8 +111,7 @@ pub(crate) async fn confirm_promotion(app: &App, epoch: u64) {
 /// this clone MAIN (a promotion that did not happen before a crash or restart).
 pub(crate) async fn startup_hello(app: &Arc<App>) {
     match hello(app, Role::Backup, known_epoch(app)).await {
-        Ok(None) => {}
-        Ok(Some(v)) => {
+        Ok(v) => {
             app.set_status(|s| {
                 s.epoch = s.epoch.max(v.epoch);
                 s.status = v.status;

@@ -104,13 +104,16 @@ pub struct Config {
     /// Generations kept in the local store (at least 1).
     #[serde(default = "default_keep")]
     pub keep: u32,
-    /// A transfer with no request from the PBS for this long is dropped as a failure.
+    /// A pull from the PBS whose request gets no answer for this long fails (the clone
+    /// is told again of the newest generation when the PBS is back).
     #[serde(default = "default_receive_timeout")]
     pub receive_timeout_secs: u64,
     pub server: wire::ListenConfig,
-    /// The coordinator (a PBS): hello at start, takeover requests, other nodes' status.
-    /// The token is the one the PBS accepts for peer = this clone's name.
-    pub coordinator: Option<wire::PeerConfig>,
+    /// The PBS this clone belongs to: it pulls every generation from it, says hello at
+    /// start, asks it before it believes an epoch or a promotion, sends it takeover
+    /// requests. The token is the one the PBS accepts for peer = this clone's name; `name`
+    /// is the peer name the PBS uses here (the only peer that may notify or promote).
+    pub coordinator: wire::PeerConfig,
     #[serde(default)]
     pub takeover: TakeoverConfig,
 }
@@ -178,9 +181,7 @@ pub fn load_config(path: &Path) -> Result<Config> {
         }
     }
     c.server.resolve_paths(base);
-    if let Some(p) = &mut c.coordinator {
-        p.resolve_paths(base);
-    }
+    c.coordinator.resolve_paths(base);
     if let Some(h) = &c.takeover.password_hash {
         argon2::PasswordHash::new(h).map_err(|e| {
             anyhow::anyhow!(

@@ -1,17 +1,14 @@
 //! The importer daemon: receive endpoints, applying, status.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use archive::transfer::Incoming;
-use archive::{Archive, ChunkId, GenId, Seq, SourceName};
-use axum::extract::{Path, State};
+use archive::{Archive, GenId, Seq, SourceName};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::Extension;
 use axum::{Json, Router};
-use bytes::Bytes;
 use wire::server::ApiError;
 use wire::{Metrics, Peer};
 
@@ -20,13 +17,11 @@ use crate::Config;
 
 pub use crate::status::{Applied, Failure, Status};
 
-pub use wire::api::{ApplyResult, Need};
+pub use wire::api::{ApplyResult, Notify};
 
 pub(crate) struct App {
     pub(crate) cfg: Config,
     store: Arc<Archive>,
-    /// Transfers in progress, with the time of their last request.
-    sessions: Mutex<HashMap<String, (Instant, Incoming)>>,
     pub(crate) apply_lock: tokio::sync::Mutex<()>,
     pub(crate) status: Mutex<Status>,
     metrics: Metrics,
@@ -41,15 +36,10 @@ pub(crate) fn status_path(cfg: &Config) -> std::path::PathBuf {
 }
 
 impl App {
-    /// Only this clone's PBS (the token peer named by `[coordinator] name`, `pbs` when
-    /// there is none) may `what`: push generations, promote. The clone's admin token
+    /// Only this clone's PBS (the token peer named by `[coordinator] name`) may `what`: push generations, promote. The clone's admin token
     /// can read its status, never feed or promote it.
     pub(crate) fn require_pbs(&self, peer: &Peer, what: &str) -> Result<(), ApiError> {
-        let pbs = self
-            .cfg
-            .coordinator
-            .as_ref()
-            .map_or("pbs", |c| c.name.as_str());
+        let pbs = self.cfg.coordinator.name.as_str();
         if peer.0 != pbs {
             return Err(ApiError::new(
                 axum::http::StatusCode::FORBIDDEN,
@@ -114,10 +104,6 @@ fn refuse_older(app: &App, gen: &GenId) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn hexes(ids: &[ChunkId]) -> Vec<String> {
-    ids.iter().map(|i| i.to_hex()).collect()
-}
-
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -126,150 +112,80 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
 }
 
-async fn offer(
+/// `POST /v1/notify` (only from this clone's PBS): generation `seq` of `source`, taken at
+/// `epoch`, is ready at the PBS. Refusals of the notification itself are HTTP errors and
+/// change nothing (403 another peer, 409 older than what the clone holds or an epoch no
+/// coordinator reached, 409 promoted); otherwise the clone pulls the generation from its
+/// PBS, restores, checks, swaps and runs its hooks, and answers how that went.
+async fn notify(
     State(app): State<Arc<App>>,
     Extension(peer): Extension<Peer>,
-    Path((source, seq)): Path<(String, u64)>,
-    body: Bytes,
-) -> Result<Json<Need>, ApiError> {
-    app.require_pbs(&peer, "push generations to this clone")?;
-    let gen = gen_id(&source, seq)?;
-    refuse_older(&app, &gen)?;
-    app.takeover.refuse_if_promoted()?;
-    app.metrics
-        .counter(
-            "pullback_bytes_received_total",
-            "Bytes received from the PBS",
-        )
-        .add(body.len() as u64);
-    let g = gen.clone();
-    let inc = blocking(move || {
-        let inc = Incoming::new(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        if inc.record().id() != g {
-            return Err(ApiError::bad_request(format!(
-                "the record is {}, not {g}",
-                inc.record().id()
-            )));
-        }
-        Ok(inc)
-    })
-    .await?;
-    crate::coordinator::check_record_epoch(&app, inc.record().epoch.0).await?;
-    let a = app.clone();
-    blocking(move || {
-        let mut inc = inc;
-        let ar = &a.store;
-        if ar.record(&gen).is_ok() {
-            return Ok(Json(Need {
-                need: vec![],
-                have: true,
-            }));
-        }
-        let need = inc
-            .missing(ar)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        a.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(gen.to_string(), (Instant::now(), inc));
-        a.set_status(|s| s.importing = Some(gen.to_string()));
-        Ok(Json(Need {
-            need: hexes(&need),
-            have: false,
-        }))
-    })
-    .await
-}
-
-async fn blobs(
-    State(app): State<Arc<App>>,
-    Extension(peer): Extension<Peer>,
-    Path((source, seq)): Path<(String, u64)>,
-    body: Bytes,
-) -> Result<Json<Need>, ApiError> {
-    app.require_pbs(&peer, "push generations to this clone")?;
-    let gen = gen_id(&source, seq)?;
-    app.metrics
-        .counter(
-            "pullback_bytes_received_total",
-            "Bytes received from the PBS",
-        )
-        .add(body.len() as u64);
-    let a = app.clone();
-    blocking(move || {
-        let key = gen.to_string();
-        let mut inc = a
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key)
-            .map(|(_, inc)| inc)
-            .ok_or_else(|| {
-                ApiError::not_found(format!("no transfer of {gen} in progress: offer it first"))
-            })?;
-        let ar = &a.store;
-        let r = inc
-            .add_pack(&body)
-            .and_then(|_| inc.missing(ar))
-            .map_err(|e| ApiError::bad_request(format!("refused: {e}")));
-        match r {
-            Ok(need) => {
-                a.sessions
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, (Instant::now(), inc));
-                Ok(Json(Need {
-                    need: hexes(&need),
-                    have: false,
-                }))
-            }
-            Err(e) => {
-                a.fail(&gen, &e.message);
-                Err(e)
-            }
-        }
-    })
-    .await
-}
-
-async fn commit(
-    State(app): State<Arc<App>>,
-    Extension(peer): Extension<Peer>,
-    Path((source, seq)): Path<(String, u64)>,
+    Json(n): Json<Notify>,
 ) -> Result<Json<ApplyResult>, ApiError> {
     app.require_pbs(&peer, "push generations to this clone")?;
-    let gen = gen_id(&source, seq)?;
-    let _one = app.apply_lock.lock().await;
+    let gen = gen_id(&n.source, n.seq)?;
     refuse_older(&app, &gen)?;
     app.takeover.refuse_if_promoted()?;
+    crate::coordinator::check_record_epoch(&app, n.epoch).await?;
+    // On a task of its own: a PBS that goes away mid-import does not cut the import
+    // short (the swap and the hooks run to their end; the status tells the outcome).
+    let a = app.clone();
+    tokio::spawn(async move { import(&a, gen, n.epoch).await })
+        .await
+        .map_err(|e| ApiError::internal(format!("the import failed: {e}")))?
+}
+
+/// Pull `gen` from the PBS unless the store holds it; commit it to the store.
+/// Returns the record's `taken_at` and epoch.
+async fn receive(app: &Arc<App>, gen: &GenId, epoch: u64) -> Result<(i64, u64), String> {
     let a = app.clone();
     let g = gen.clone();
-    let stored = blocking(move || {
-        let inc = a
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&g.to_string())
-            .map(|(_, inc)| inc);
-        let ar = &a.store;
-        match inc {
-            Some(inc) => ar
-                .commit_incoming(inc, Some(g.seq))
-                .map(|r| (r.taken_at_ns, r.epoch.0))
-                .map_err(|e| ApiError::bad_request(format!("refused {g}: {e}"))),
-            None => ar
-                .record(&g)
-                .map(|r| (r.taken_at_ns, r.epoch.0))
-                .map_err(|_| ApiError::not_found(format!("no transfer of {g} in progress"))),
+    if let Ok(Ok(r)) = tokio::task::spawn_blocking(move || a.store.record(&g)).await {
+        return Ok((r.taken_at_ns, r.epoch.0));
+    }
+    let client = app
+        .cfg
+        .coordinator
+        .client(Duration::from_secs(app.cfg.receive_timeout_secs.max(1)))
+        .map_err(|e| e.to_string())?;
+    let received = app.metrics.counter(
+        "pullback_bytes_received_total",
+        "Bytes received from the PBS",
+    );
+    let pbs = pull::HttpSource::new(client, "the PBS", Some(received));
+    let inc = pull::receive(&pbs, &app.store, gen, move |rec| {
+        if rec.epoch.0 != epoch {
+            anyhow::bail!(
+                "the record's epoch {} differs from the notification's {epoch}",
+                rec.epoch
+            );
         }
+        Ok(())
     })
-    .await;
-    let (taken_at, gen_epoch) = match stored {
-        Ok(t) => t,
-        Err(e) => {
-            app.fail(&gen, &e.message);
-            return Err(e);
-        }
+    .await
+    .map_err(|e| format!("pulling {gen}: {e:#}"))?;
+    let a = app.clone();
+    let g = gen.clone();
+    tokio::task::spawn_blocking(move || {
+        a.store
+            .commit_incoming(inc, Some(g.seq))
+            .map(|r| (r.taken_at_ns, r.epoch.0))
+            .map_err(|e| format!("refused {g}: {e}"))
+    })
+    .await
+    .map_err(|e| format!("worker failed: {e}"))?
+}
+
+/// One notified generation, from pull to verified (or rolled back).
+async fn import(app: &Arc<App>, gen: GenId, epoch: u64) -> Result<Json<ApplyResult>, ApiError> {
+    let result = |ok: bool, error: Option<String>, log_tail: String| {
+        Json(ApplyResult {
+            ok,
+            generation: gen.to_string(),
+            verified: ok,
+            error,
+            log_tail,
+        })
     };
     let already = app
         .status
@@ -279,17 +195,25 @@ async fn commit(
         .as_ref()
         .is_some_and(|v| v.generation == gen.to_string() && v.verified);
     if already {
+        return Ok(result(true, None, String::new()));
+    }
+    app.set_status(|s| s.importing = Some(gen.to_string()));
+    let (taken_at, gen_epoch) = match receive(app, &gen, epoch).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(generation = %gen, "{e}");
+            app.fail(&gen, &e);
+            return Ok(result(false, Some(e), String::new()));
+        }
+    };
+    let _one = app.apply_lock.lock().await;
+    // Checked again: a newer generation or a promotion may have come meanwhile.
+    if let Err(e) = refuse_older(app, &gen).and_then(|()| app.takeover.refuse_if_promoted()) {
         app.set_status(|s| s.importing = None);
-        return Ok(Json(ApplyResult {
-            ok: true,
-            generation: gen.to_string(),
-            verified: true,
-            error: None,
-            log_tail: String::new(),
-        }));
+        return Err(e);
     }
     let t = Instant::now();
-    let r = apply(&app, &gen, taken_at).await;
+    let r = apply(app, &gen, taken_at).await;
     app.metrics
         .gauge(
             "pullback_import_seconds",
@@ -337,13 +261,7 @@ async fn commit(
             .await
             .map_err(|e| tracing::warn!("store retention: {}", e.message));
     }
-    Ok(Json(ApplyResult {
-        ok,
-        generation: gen.to_string(),
-        verified: ok,
-        error,
-        log_tail,
-    }))
+    Ok(result(ok, error, log_tail))
 }
 
 /// Keep the newest `keep` generations of the local store.
@@ -463,32 +381,22 @@ pub async fn serve(cfg: Config) -> Result<()> {
     let app = Arc::new(App {
         cfg,
         store: Arc::new(store),
-        sessions: Mutex::new(HashMap::new()),
         apply_lock: tokio::sync::Mutex::new(()),
         status: Mutex::new(st),
         metrics: Metrics::new(),
         takeover: crate::takeover::TakeoverState::default(),
     });
     app.set_status(|_| {});
-    tokio::spawn(drop_abandoned_transfers(app.clone()));
     crate::coordinator::startup_hello(&app).await;
-    use wire::server::{limit_body, MAX_BINARY_BODY, MAX_JSON_BODY};
-    // Per route: a record (offer), a pack (blobs), small JSON or nothing (the rest).
-    let offer_route = Router::new()
-        .route("/v1/receive/{source}/{seq}/offer", post(offer))
-        .with_state(app.clone());
-    let blobs_route = Router::new()
-        .route("/v1/receive/{source}/{seq}/blobs", post(blobs))
-        .with_state(app.clone());
+    use wire::server::{limit_body, MAX_JSON_BODY};
+    // Every body the clone takes is small JSON: it pulls the data itself.
     let json = Router::new()
         .route("/v1/status", get(status))
-        .route("/v1/receive/{source}/{seq}/commit", post(commit))
+        .route("/v1/notify", post(notify))
         .with_state(app.clone())
         .merge(crate::takeover::api_routes(&app))
         .merge(app.metrics.router());
-    let api = limit_body(offer_route, archive::manifest::MAX_RECORD_BYTES)
-        .merge(limit_body(blobs_route, MAX_BINARY_BODY))
-        .merge(limit_body(json, MAX_JSON_BODY))
+    let api = limit_body(json, MAX_JSON_BODY)
         .layer(wire::require_token(tokens))
         // The takeover page: outside the token layer (the password protects the action).
         .merge(limit_body(
@@ -507,46 +415,4 @@ pub async fn serve(cfg: Config) -> Result<()> {
         })
         .await?;
     Ok(())
-}
-
-/// A transfer that its PBS stopped driving (it was killed, the network went away) is
-/// dropped after `receive_timeout_secs` without a request, as a failure: the status no
-/// longer says "importing" forever and a takeover is not held up by it. The PBS offers
-/// the newest generation again when it comes back.
-async fn drop_abandoned_transfers(app: Arc<App>) {
-    let limit = Duration::from_secs(app.cfg.receive_timeout_secs.max(1));
-    let mut tick = tokio::time::interval(
-        (limit / 4).clamp(Duration::from_millis(200), Duration::from_secs(15)),
-    );
-    loop {
-        tick.tick().await;
-        let dropped: Vec<String> = {
-            let mut sessions = app.sessions.lock().unwrap_or_else(|p| p.into_inner());
-            let old: Vec<String> = sessions
-                .iter()
-                .filter(|(_, (at, _))| at.elapsed() > limit)
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in &old {
-                sessions.remove(k);
-            }
-            old
-        };
-        for key in dropped {
-            tracing::warn!(generation = %key, "transfer abandoned by the PBS: dropped");
-            app.set_status(|s| {
-                if s.importing.as_deref() == Some(key.as_str()) {
-                    s.importing = None;
-                }
-                s.last_failure = Some(Failure {
-                    generation: key.clone(),
-                    at: now_rfc3339(),
-                    reason: format!(
-                        "the PBS stopped sending {key}: no request for {} s; the transfer was dropped",
-                        limit.as_secs()
-                    ),
-                });
-            });
-        }
-    }
 }

@@ -142,13 +142,9 @@ async fn take_over(app: &Arc<App>, force: bool, by: &str, password: &str) -> Res
             _ => {}
         }
     }
-    let Some(coord) = &app.cfg.coordinator else {
-        return Err(refuse(
-            StatusCode::CONFLICT,
-            "no [coordinator] configured: only the coordinator can grant MAIN",
-        ));
-    };
-    let client = coord
+    let client = app
+        .cfg
+        .coordinator
         .client(Duration::from_secs(30))
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let req = TakeoverRequest {
@@ -254,12 +250,9 @@ fn server_message(e: &wire::WireError) -> String {
 }
 
 async fn other_nodes(app: &App) -> Result<Vec<NodeView>, String> {
-    let coord = app
+    let c = app
         .cfg
         .coordinator
-        .as_ref()
-        .ok_or("no [coordinator] configured")?;
-    let c = coord
         .client(Duration::from_secs(3))
         .map_err(|e| e.to_string())?;
     c.get_json("/v1/ha/nodes").await.map_err(|e| e.to_string())

@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use archive::transfer::Incoming;
-use archive::{Archive, Epoch, GenRecord, SourceName};
+use archive::{Archive, Epoch, GenId, GenRecord, Seq, SourceName};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -128,82 +127,43 @@ async fn pull(app: &Arc<App>, src: &SourceConfig, n: &Notify) -> Result<GenRecor
         .exporter
         .client(Duration::from_secs(600))
         .map_err(|e| anyhow!("{e}"))?;
-    let rec = client
-        .get_bytes_max(
-            &format!("/v1/generations/{}/{}", n.source, n.seq),
-            archive::manifest::MAX_RECORD_BYTES,
-        )
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
     let received = app.metrics.counter_with(
         "pullback_bytes_received_total",
         "Bytes received from exporters",
         &[("source", &n.source)],
     );
-    received.add(rec.len() as u64);
-    let mut inc = Incoming::new(&rec).context("the exporter's generation record")?;
-    if inc.record().source.as_str() != n.source {
-        bail!(
-            "the exporter sent a record of source {}",
-            inc.record().source
-        );
-    }
-    if inc.record().epoch != Epoch(n.epoch) {
-        bail!(
-            "the record's epoch {} differs from the notification's {}",
-            inc.record().epoch,
-            n.epoch
-        );
-    }
-    if inc.record().seq.0 != n.seq {
-        bail!(
-            "the exporter sent generation {} when asked for {}/{}",
-            inc.record().id(),
-            n.source,
-            n.seq
-        );
-    }
-    {
-        let a = app.clone();
-        let (source, epoch, taken) = (
-            inc.record().source.clone(),
-            inc.record().epoch,
-            inc.record().taken_at_ns,
-        );
-        let newest = blocking(move || Ok(a.archive.latest(&source)?)).await?;
-        if let Some(l) = newest.filter(|l| l.epoch == epoch && taken <= l.taken_at_ns) {
+    let exporter = pull::HttpSource::new(client, "the exporter", Some(received));
+    let gen = GenId {
+        source: SourceName::new(&n.source).map_err(anyhow::Error::msg)?,
+        seq: Seq(n.seq),
+    };
+    let (a, n2) = (app.clone(), n.clone());
+    let inc = pull::receive(&exporter, &app.archive, &gen, move |rec| {
+        if rec.epoch != Epoch(n2.epoch) {
+            bail!(
+                "the record's epoch {} differs from the notification's {}",
+                rec.epoch,
+                n2.epoch
+            );
+        }
+        // The data must be newer than the source's newest generation of that epoch.
+        let newest = a.archive.latest(&rec.source)?;
+        if let Some(l) = newest.filter(|l| l.epoch == rec.epoch && rec.taken_at_ns <= l.taken_at_ns)
+        {
             return Err(NotNewer(format!(
                 "the data of {}/{} was taken at {}, not after {} (taken at {}, same epoch): \
                  an old or replayed generation, refused",
-                n.source,
-                n.seq,
-                wire::cli::fmt_time(taken),
+                n2.source,
+                n2.seq,
+                wire::cli::fmt_time(rec.taken_at_ns),
                 l.id(),
                 wire::cli::fmt_time(l.taken_at_ns)
             ))
             .into());
         }
-    }
-    loop {
-        let a = app.clone();
-        let (i, need) = blocking(move || {
-            let ar = &a.archive;
-            let need = inc.missing(ar)?;
-            Ok((inc, need))
-        })
-        .await?;
-        inc = i;
-        if need.is_empty() {
-            break;
-        }
-        let body: Vec<u8> = need.iter().flat_map(|id| id.0).collect();
-        let pack = client
-            .post_bytes_max("/v1/blobs", body, archive::transfer::MAX_PACK_BYTES)
-            .await
-            .map_err(|e| anyhow!("{e}"))?;
-        received.add(pack.len() as u64);
-        inc.add_pack(&pack).context("a pack from the exporter")?;
-    }
+        Ok(())
+    })
+    .await?;
     let a = app.clone();
     blocking(move || {
         let ar = &a.archive;
@@ -412,6 +372,29 @@ pub(crate) async fn status(
     Ok(Json(v.json))
 }
 
+/// The clones pull what they are told of (`[[importer]]` names, each with its own token),
+/// the admin may read; nobody else (an exporter has no business reading the archive).
+fn clones_may_pull(app: &Arc<App>) -> pull::Admit {
+    let a = app.clone();
+    Arc::new(move |peer: &Peer| {
+        let known = peer.0 == "admin" || a.cfg.importers.iter().any(|i| i.name == peer.0);
+        if !known {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "peer {} may not read the archive (only the clones and the admin)",
+                    peer.0
+                ),
+            ));
+        }
+        Ok(a.metrics.counter_with(
+            "pullback_bytes_sent_total",
+            "Bytes sent to importers",
+            &[("importer", &peer.0)],
+        ))
+    })
+}
+
 pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
     let server = cfg
         .server
@@ -483,6 +466,7 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
         .route("/v1/transactions/{tx}", get(transaction))
         .merge(crate::ha_api::routes())
         .with_state(app.clone())
+        .merge(pull::routes(app.archive.clone(), clones_may_pull(&app)))
         .merge(app.metrics.router());
     let api = wire::server::limit_body(api, wire::server::MAX_JSON_BODY)
         .layer(wire::require_token(tokens));

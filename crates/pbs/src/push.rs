@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
-use archive::{ChunkId, GenId, GenRecord, SourceName};
+use anyhow::{anyhow, bail, Result};
+use archive::{GenId, GenRecord, SourceName};
 
 use crate::config;
 use crate::daemon::{blocking, now_rfc3339, App, Event};
@@ -65,65 +65,29 @@ pub(crate) fn start_jobs(app: &Arc<App>) {
     }
 }
 
-use wire::api::{ApplyResult, Need};
+use wire::api::{ApplyResult, Notify};
 
-/// Most bytes of a clone's JSON answer read during a push.
-const MAX_REPLY: usize = 1 << 20;
-
+/// Tell clone `imp` that `gen` is ready; it pulls the generation from this PBS (the one
+/// transfer engine, crates/pull) and answers once it restored, checked and verified it.
 async fn push(app: &Arc<App>, imp: &config::ImporterConfig, gen: &GenId) -> Result<()> {
     let client = imp
         .peer()
         .client(Duration::from_secs(4 * 3600))
         .map_err(|e| anyhow!("{e}"))?;
-    let sent = app.metrics.counter_with(
-        "pullback_bytes_sent_total",
-        "Bytes sent to importers",
-        &[("importer", &imp.name)],
-    );
     let a = app.clone();
     let g = gen.clone();
-    let rec = blocking(move || {
-        let ar = &a.archive;
-        Ok(ar.record_bytes(&g)?)
-    })
-    .await?;
-    let base = format!("/v1/receive/{}/{}", gen.source, gen.seq);
-    sent.add(rec.len() as u64);
-    let reply = client
-        .post_bytes_max(&format!("{base}/offer"), rec, MAX_REPLY)
+    let epoch = blocking(move || Ok(a.archive.record(&g)?.epoch.0)).await?;
+    let n = Notify {
+        source: gen.source.to_string(),
+        seq: gen.seq.0,
+        tx: format!("{gen}@{epoch}"),
+        epoch,
+        node: None,
+    };
+    let r: ApplyResult = client
+        .post_json("/v1/notify", &n)
         .await
         .map_err(|e| anyhow!("{e}"))?;
-    let mut need: Need = serde_json::from_slice(&reply).context("importer's answer to offer")?;
-    let mut rounds = 0;
-    while !need.need.is_empty() {
-        rounds += 1;
-        if rounds > 10_000 {
-            bail!("the importer keeps asking for blobs: giving up");
-        }
-        let ids = need
-            .need
-            .iter()
-            .map(|h| h.parse::<ChunkId>().map_err(anyhow::Error::msg))
-            .collect::<Result<Vec<_>>>()?;
-        let a = app.clone();
-        let pack = blocking(move || {
-            let ar = &a.archive;
-            Ok(ar.export_blobs(&ids)?)
-        })
-        .await?;
-        sent.add(pack.len() as u64);
-        let reply = client
-            .post_bytes_max(&format!("{base}/blobs"), pack, MAX_REPLY)
-            .await
-            .map_err(|e| anyhow!("{e}"))?;
-        need = serde_json::from_slice(&reply).context("importer's answer to blobs")?;
-    }
-    let _ = need.have;
-    let reply = client
-        .post_bytes_max(&format!("{base}/commit"), Vec::new(), MAX_REPLY)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
-    let r: ApplyResult = serde_json::from_slice(&reply).context("importer's answer to commit")?;
     if !r.ok || !r.verified {
         bail!(
             "import failed: {}{}",

@@ -3,7 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// `POST /v1/notify` (exporter → PBS): a generation is ready in the exporter's outbox.
+/// `POST /v1/notify`: a generation is ready to be pulled (exporter → PBS: in the exporter's
+/// outbox; PBS → clone: in the PBS archive).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Notify {
@@ -38,17 +39,8 @@ pub struct TxState {
     pub at: String,
 }
 
-/// The importer's answer to an offer or a pack: the blob ids (hex) it still lacks.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Need {
-    /// Blob ids, 64 hex digits each.
-    pub need: Vec<String>,
-    /// The generation is already here.
-    #[serde(default)]
-    pub have: bool,
-}
-
-/// The importer's answer to a commit: restored, checked, swapped in, hooks run.
+/// The importer's answer to `POST /v1/notify`: pulled, restored, checked, swapped in,
+/// hooks run (or why not).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ApplyResult {
     /// Imported and verified.

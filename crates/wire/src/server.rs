@@ -371,9 +371,6 @@ async fn handle_accept_error(e: io::Error) {
 /// Most bytes of a JSON request body (every route that takes one).
 pub const MAX_JSON_BODY: usize = 64 << 10;
 
-/// Most bytes of a binary request body (a record or a pack pushed to a clone).
-pub const MAX_BINARY_BODY: usize = 256 << 20;
-
 /// Refuses any request body over `max` bytes on every route of `router`, with `413` and
 /// `{"error": "request body ... over the limit of N bytes"}`: a declared `Content-Length`
 /// over the limit is refused before anything is read; a chunked body is read no further
