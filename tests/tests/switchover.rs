@@ -301,9 +301,20 @@ token = "{coord}"
     );
     let r = wipe(true);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    for d in ["store", "restore", "restore.staging", "state"] {
+    for d in ["store", "restore", "restore.staging"] {
         assert!(!node_dir.join(d).exists(), "{d} left after the wipe");
     }
+    // The state folder holds only the new role file: BACKUP, so that the node's launcher
+    // runs its importer.
+    let left: Vec<_> = fs::read_dir(node_dir.join("state"))
+        .expect("the state folder")
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    assert_eq!(left, ["role.json"], "state left after the wipe");
+    let role: Value =
+        serde_json::from_slice(&fs::read(node_dir.join("state/role.json")).expect("role file"))
+            .expect("JSON");
+    assert_eq!(role, json!({"role": "BACKUP", "epoch": 0}));
     assert!(
         c.role_file(Who::Exporter).is_none(),
         "the old main's role file is gone"

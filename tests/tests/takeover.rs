@@ -219,7 +219,7 @@ fn ha_api_needs_a_token_and_follows_the_coordinator() {
     assert_eq!(st.code(), Some(0), "{st}");
     assert_eq!(
         c.role_file(Who::Exporter),
-        Some(json!({"role": "BACKUP", "epoch": 0}))
+        Some(json!({"role": "BACKUP", "epoch": 0, "fenced": true}))
     );
     assert_eq!(fs::read_to_string(&marker).unwrap_or_default(), "epoch=0\n");
 }
@@ -303,7 +303,7 @@ fn main_killed_clone_takes_over_and_the_old_main_stays_fenced() {
     );
     assert_eq!(
         c.role_file(Who::Exporter),
-        Some(json!({"role": "BACKUP", "epoch": 1}))
+        Some(json!({"role": "BACKUP", "epoch": 1, "fenced": true}))
     );
     assert_eq!(
         fs::read_to_string(&demoted).unwrap_or_default(),
@@ -442,7 +442,7 @@ fn wrong_passwords_are_limited_and_an_unverified_clone_needs_force() {
     assert_eq!(c.wait_exit(Who::Exporter).code(), Some(0));
     assert_eq!(
         c.role_file(Who::Exporter),
-        Some(json!({"role": "BACKUP", "epoch": 0}))
+        Some(json!({"role": "BACKUP", "epoch": 0, "fenced": true}))
     );
 }
 

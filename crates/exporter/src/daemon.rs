@@ -427,7 +427,7 @@ pub(crate) fn new_app(cfg: Config) -> Result<Arc<App>> {
     let mut st: Status = wire::read_json(&status_path(&cfg))?.unwrap_or_default();
     st.source = cfg.source.clone();
     // Every node starts as BACKUP; only the coordinator makes it MAIN.
-    let rf = wire::ha::RoleFile::load(&cfg.state_dir)?;
+    let rf = wire::ha::RoleFile::load(&cfg.role_path())?;
     st.role = wire::ha::Role::Backup;
     st.status = wire::ha::ShownStatus::SingleNode;
     st.epoch = rf.map_or(cfg.epoch, |r| r.epoch);

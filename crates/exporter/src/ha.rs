@@ -44,9 +44,10 @@ enum Answer {
 }
 
 fn role_file(app: &App) -> Result<RoleFile> {
-    Ok(RoleFile::load(&app.cfg.state_dir)?.unwrap_or(RoleFile {
+    Ok(RoleFile::load(&app.cfg.role_path())?.unwrap_or(RoleFile {
         role: Role::Backup,
         epoch: app.cfg.epoch,
+        fenced: false,
     }))
 }
 
@@ -102,9 +103,10 @@ pub async fn check_role(app: &Arc<App>) -> Result<u64> {
             let granted = RoleFile {
                 role: Role::Main,
                 epoch: v.epoch,
+                fenced: false,
             };
             if rf != granted {
-                granted.save(&app.cfg.state_dir)?;
+                granted.save(&app.cfg.role_path())?;
                 tracing::info!(epoch = v.epoch, "the coordinator granted MAIN");
             }
             set(
@@ -174,11 +176,13 @@ pub async fn startup_hello(app: &Arc<App>) -> Result<()> {
     }
 }
 
-/// Steps down: the demote hook (once: not when the role file already says BACKUP), role
-/// file BACKUP, status `status`.
+/// Steps down, fenced (a takeover made another node MAIN, or the coordinator says this one
+/// is Broken): the demote hook (once: not when the role file already says BACKUP), role
+/// file BACKUP and fenced (the launcher keeps this node on its idle exporter until it is
+/// rejoined), status `status`.
 pub async fn demote(app: &App, epoch: u64, status: NodeStatus) {
     let _one = app.demote_lock.lock().await;
-    let rf = RoleFile::load(&app.cfg.state_dir).ok().flatten();
+    let rf = RoleFile::load(&app.cfg.role_path()).ok().flatten();
     let needs_hook = rf.is_none_or(|r| r.role != Role::Backup);
     if needs_hook {
         run_demote_hook(app, epoch).await;
@@ -187,8 +191,9 @@ pub async fn demote(app: &App, epoch: u64, status: NodeStatus) {
     let backup = RoleFile {
         role: Role::Backup,
         epoch: keep,
+        fenced: true,
     };
-    if let Err(e) = backup.save(&app.cfg.state_dir) {
+    if let Err(e) = backup.save(&app.cfg.role_path()) {
         tracing::error!("cannot write the role file: {e}");
     }
     set(
@@ -249,13 +254,16 @@ async fn final_export(app: &Arc<App>) -> Result<serde_json::Value, ApiError> {
             run.error.as_deref().unwrap_or("unknown reason")
         )));
     }
-    let rf = RoleFile::load(&app.cfg.state_dir).ok().flatten();
+    let rf = RoleFile::load(&app.cfg.role_path()).ok().flatten();
     let keep = rf.map_or(h.epoch, |r| r.epoch.max(h.epoch));
+    // Not fenced: the node is a clone (Follower) at once, so its launcher runs its
+    // importer next.
     if let Err(e) = (RoleFile {
         role: Role::Backup,
         epoch: keep,
+        fenced: false,
     })
-    .save(&app.cfg.state_dir)
+    .save(&app.cfg.role_path())
     {
         tracing::error!("cannot write the role file: {e}");
     }
@@ -321,7 +329,7 @@ async fn post_status(
         )),
         Role::Backup => {
             let h = *app.ha.lock().unwrap_or_else(|p| p.into_inner());
-            let file_main = RoleFile::load(&app.cfg.state_dir)
+            let file_main = RoleFile::load(&app.cfg.role_path())
                 .ok()
                 .flatten()
                 .is_some_and(|r| r.role == Role::Main);

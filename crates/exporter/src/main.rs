@@ -74,6 +74,11 @@ pub struct Config {
     pub backup_dir: PathBuf,
     /// Outbox archive, status and hook logs.
     pub state_dir: PathBuf,
+    /// The node's role file (MAIN or BACKUP, and the epoch), read by the `pullback-node`
+    /// launcher. A node that runs both an exporter and an importer gives both configs the
+    /// same file, so that a promotion or a step-down is seen by the other daemon. Default:
+    /// `state_dir/role.json`.
+    pub role_file: Option<PathBuf>,
     /// 5-field cron (UTC); default hourly; "off" for on-demand only.
     #[serde(default = "default_schedule")]
     pub schedule: String,
@@ -121,12 +126,22 @@ fn default_keep() -> u32 {
     2
 }
 
+impl Config {
+    /// The node's role file (`role_file`, default `state_dir/role.json`).
+    pub fn role_path(&self) -> PathBuf {
+        self.role_file
+            .clone()
+            .unwrap_or_else(|| wire::ha::RoleFile::path(&self.state_dir))
+    }
+}
+
 pub fn load_config(path: &Path) -> Result<Config> {
     let mut c: Config = wire::load_toml(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
     for p in [&mut c.backup_dir, &mut c.state_dir, &mut c.hooks.export]
         .into_iter()
         .chain(c.hooks.demote.as_mut())
+        .chain(c.role_file.as_mut())
     {
         if p.is_relative() {
             *p = base.join(&*p);

@@ -99,6 +99,11 @@ pub struct Config {
     pub restore_dir: PathBuf,
     /// Status, journal and hook logs.
     pub state_dir: PathBuf,
+    /// The node's role file (MAIN or BACKUP, and the epoch), read by the `pullback-node`
+    /// launcher. A node that runs both an exporter and an importer gives both configs the
+    /// same file, so that a promotion or a step-down is seen by the other daemon. Default:
+    /// `state_dir/role.json`.
+    pub role_file: Option<PathBuf>,
     #[serde(default)]
     pub hooks: Hooks,
     /// Generations kept in the local store (at least 1).
@@ -160,10 +165,22 @@ fn default_keep() -> u32 {
     2
 }
 
+impl Config {
+    /// The node's role file (`role_file`, default `state_dir/role.json`).
+    pub fn role_path(&self) -> PathBuf {
+        self.role_file
+            .clone()
+            .unwrap_or_else(|| wire::ha::RoleFile::path(&self.state_dir))
+    }
+}
+
 pub fn load_config(path: &Path) -> Result<Config> {
     let mut c: Config = wire::load_toml(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
-    for p in [&mut c.store, &mut c.restore_dir, &mut c.state_dir] {
+    for p in [&mut c.store, &mut c.restore_dir, &mut c.state_dir]
+        .into_iter()
+        .chain(c.role_file.as_mut())
+    {
         if p.is_relative() {
             *p = base.join(&*p);
         }
@@ -242,6 +259,22 @@ fn wipe_for_rejoin(cfg: &Config, exporter_state: Option<&Path>, yes: bool) -> Re
     for g in &gone {
         wire::outln!("removed {g}")?;
     }
+    // BACKUP and not fenced: the launcher runs this node's importer from now on.
+    let role = cfg.role_path();
+    if let Some(dir) = role.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    wire::ha::RoleFile {
+        role: wire::ha::Role::Backup,
+        epoch: 0,
+        fenced: false,
+    }
+    .save(&role)
+    .with_context(|| format!("writing {}", role.display()))?;
+    wire::outln!(
+        "{}: BACKUP (the launcher runs the importer)",
+        role.display()
+    )?;
     wire::outln!(
         "node {} is ready to rejoin: start it (importer serve), then on the PBS run `pbs rejoin {}`",
         cfg.name, cfg.name

@@ -360,11 +360,11 @@ pub async fn serve(cfg: Config) -> Result<()> {
         });
         st.last_import_ok = Some(false);
     }
-    if let Some(rf) = wire::ha::RoleFile::load(&cfg.state_dir)? {
+    if let Some(rf) = wire::ha::RoleFile::load(&cfg.role_path())? {
         if rf.role == wire::ha::Role::Main {
             anyhow::bail!(
                 "{} says this node is MAIN at epoch {}: run `exporter serve` here (the pullback-node launcher does)",
-                wire::ha::RoleFile::path(&cfg.state_dir).display(),
+                cfg.role_path().display(),
                 rf.epoch
             );
         }

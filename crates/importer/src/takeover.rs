@@ -220,8 +220,9 @@ async fn promote(app: &Arc<App>, epoch: u64) -> Result<u64, Refusal> {
     RoleFile {
         role: Role::Main,
         epoch: v.epoch,
+        fenced: false,
     }
-    .save(&app.cfg.state_dir)
+    .save(&app.cfg.role_path())
     .map_err(|e| ApiError::internal(format!("cannot write the role file: {e}")))?;
     app.takeover.promoted.store(true, Ordering::SeqCst);
     app.set_status(|s| {

@@ -150,6 +150,19 @@ pub struct ImporterConfig {
     /// `[takeover] password_hash`): a takeover asked with the clone's token is granted only
     /// with the password, so the token in `importer.toml` alone cannot take over.
     pub takeover_password_hash: Option<String>,
+    /// This node's exporter (its URL and the token it accepts from this PBS): once the node
+    /// is MAIN (a takeover, a switchover), the PBS pulls the source's next generations from
+    /// it, into the same history. Not needed for a node that is a `[[source]]` exporter.
+    pub exporter: Option<NodeExporter>,
+}
+
+/// `[[importer]] exporter = { url, token, ca }`: where the node's exporter listens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeExporter {
+    pub url: String,
+    pub token: String,
+    pub ca: Option<PathBuf>,
 }
 
 impl ImporterConfig {
@@ -202,6 +215,16 @@ pub fn load(path: &Path) -> Result<Config> {
     for i in &mut c.importers {
         if let Some(ca) = &mut i.ca {
             fix(ca);
+        }
+        if let Some(ca) = i.exporter.as_mut().and_then(|e| e.ca.as_mut()) {
+            fix(ca);
+        }
+        if i.exporter.is_some() && c.sources.iter().any(|s| s.exporter.name == i.name) {
+            bail!(
+                "config {}: [[importer]] {} has an exporter, but it is already the exporter of a [[source]]: give it once",
+                path.display(),
+                i.name
+            );
         }
         if let Some(h) = &i.takeover_password_hash {
             crate::grant::check_hash(h).with_context(|| {

@@ -147,6 +147,17 @@ impl Coordinator {
                 .entry(i.name.clone())
                 .or_default()
                 .push(i.name.clone());
+            if let Some(e) = &i.exporter {
+                exporters.insert(
+                    i.name.clone(),
+                    PeerConfig {
+                        name: i.name.clone(),
+                        url: e.url.clone(),
+                        token: e.token.clone(),
+                        ca: e.ca.clone(),
+                    },
+                );
+            }
             if !st.nodes.contains_key(&i.name) && st.clone_needed.take().is_some() {
                 tracing::info!(node = %i.name, "a new clone is configured: no clone needed any more");
             }
@@ -303,9 +314,22 @@ impl Coordinator {
                 .is_none_or(|n| !matches!(n.status, NodeStatus::Broken | NodeStatus::Spare))
     }
 
-    /// The exporter peer of source node `node` (to reach the main), if it is one.
+    /// The exporter of node `node` (to pull from the main, to ask it to step down): a
+    /// `[[source]]` exporter, or an `[[importer]]` with an `exporter`.
     pub fn exporter_peer(&self, node: &str) -> Option<PeerConfig> {
         self.exporters.get(node).cloned()
+    }
+
+    /// The node token peer `peer` speaks for: its own name, or the node whose source names
+    /// it `notify_peer`.
+    pub fn node_of(&self, peer: &str) -> Option<String> {
+        if self.speakers.contains_key(peer) {
+            return Some(peer.to_string());
+        }
+        self.speakers
+            .iter()
+            .find(|(_, sp)| sp.iter().any(|p| p == peer))
+            .map(|(n, _)| n.clone())
     }
 
     /// Automatic failover: the eligible clone with the newest verified generation whose

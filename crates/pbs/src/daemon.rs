@@ -122,9 +122,18 @@ pub(crate) async fn blocking<T: Send + 'static>(
 #[error("{0}")]
 struct NotNewer(String);
 
+/// The node a queued notification came from (the notify handler fills it in).
+fn notifier<'a>(src: &'a SourceConfig, n: &'a Notify) -> &'a str {
+    n.node.as_deref().unwrap_or(&src.exporter.name)
+}
+
 async fn pull(app: &Arc<App>, src: &SourceConfig, n: &Notify) -> Result<GenRecord> {
-    let client = src
-        .exporter
+    // From the node that notified: the group's MAIN when the notification was taken.
+    let node = notifier(src, n);
+    let client = app
+        .coord
+        .exporter_peer(node)
+        .ok_or_else(|| anyhow!("node {node} has no exporter at this PBS"))?
         .client(Duration::from_secs(600))
         .map_err(|e| anyhow!("{e}"))?;
     let received = app.metrics.counter_with(
@@ -250,8 +259,8 @@ async fn worker(app: Arc<App>, name: String, mut rx: mpsc::UnboundedReceiver<Not
                         &[("source", &name)],
                     )
                     .inc();
-                let node = n.node.as_deref().unwrap_or(&src.exporter.name);
-                app.coord.set_generation(node, &gen.to_string());
+                app.coord
+                    .set_generation(notifier(src, &n), &gen.to_string());
                 tx.state = TxPhase::Committed;
                 tx.generation = Some(gen.to_string());
                 tx.at = now_rfc3339();
@@ -272,7 +281,7 @@ async fn worker(app: Arc<App>, name: String, mut rx: mpsc::UnboundedReceiver<Not
                     .counter_with(
                         "pullback_failures_total",
                         "Failed transfers",
-                        &[("peer", &src.exporter.name)],
+                        &[("peer", notifier(src, &n))],
                     )
                     .inc();
                 tx.state = TxPhase::Failed;
@@ -291,26 +300,47 @@ async fn notify(
     Extension(peer): Extension<Peer>,
     Json(n): Json<Notify>,
 ) -> Result<(StatusCode, Json<TxState>), ApiError> {
-    let src = app
-        .source(&n.source)
+    app.source(&n.source)
         .ok_or_else(|| ApiError::not_found(format!("unknown source {:?}", n.source)))?;
-    let allowed = src.notify_peer.as_deref().unwrap_or(&src.exporter.name);
-    if peer.0 != allowed {
-        return Err(ApiError::new(
+    // The source's history goes on from whichever node of the group is MAIN: the node
+    // named in the notification (or the one the peer speaks for) must have an exporter
+    // here, the peer must speak for it, and the coordinator must hold it as MAIN at the
+    // notified epoch (below).
+    let forbidden = |why: String| {
+        ApiError::new(
             StatusCode::FORBIDDEN,
-            format!("peer {} may not notify for source {}", peer.0, n.source),
+            format!(
+                "peer {} may not notify for source {}: {why}",
+                peer.0, n.source
+            ),
+        )
+    };
+    if peer.0 == "admin" {
+        return Err(forbidden(
+            "notifications come from the main's exporter".into(),
         ));
+    }
+    let node = match &n.node {
+        Some(x) => x.clone(),
+        None => app
+            .coord
+            .node_of(&peer.0)
+            .ok_or_else(|| forbidden("it is no node of this PBS".into()))?,
+    };
+    app.coord
+        .check_peer(&peer.0, &node)
+        .map_err(|e| forbidden(e.to_string()))?;
+    if app.coord.exporter_peer(&node).is_none() {
+        return Err(forbidden(format!(
+            "node {node} has no exporter at this PBS (a [[source]] exporter, or [[importer]] exporter = {{ url, token }})"
+        )));
     }
     if n.tx.is_empty() || n.tx.len() > 128 {
         return Err(ApiError::bad_request("tx must be 1 to 128 characters"));
     }
     let name = SourceName::new(&n.source).map_err(ApiError::bad_request)?;
-    let node = n.node.clone().unwrap_or_else(|| src.exporter.name.clone());
-    if n.node.is_some() {
-        app.coord.check_peer(&peer.0, &node)?;
-    }
-    let (a, epoch) = (app.clone(), n.epoch);
-    tokio::task::spawn_blocking(move || a.coord.check_notify(&node, epoch))
+    let (a, epoch, who) = (app.clone(), n.epoch, node.clone());
+    tokio::task::spawn_blocking(move || a.coord.check_notify(&who, epoch))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
     let a = app.clone();
@@ -344,8 +374,11 @@ async fn notify(
         .queues
         .get(&n.source)
         .ok_or_else(|| ApiError::internal("no worker for the source"))?;
-    q.send(n)
-        .map_err(|_| ApiError::internal("the source's worker stopped"))?;
+    q.send(Notify {
+        node: Some(node),
+        ..n
+    })
+    .map_err(|_| ApiError::internal("the source's worker stopped"))?;
     Ok((StatusCode::ACCEPTED, Json(t)))
 }
 

@@ -2,9 +2,10 @@
 //!
 //! A node is [`Role::Main`] or [`Role::Backup`]; every node starts as BACKUP and becomes
 //! MAIN only when the coordinator (the PBS) grants it at the current [`Epoch`]. A node's
-//! durable role lives in `STATE_DIR/role.json` ([`RoleFile`]), written with
-//! [`crate::write_json_atomic`]; the `pullback-node` launcher reads it to choose between
-//! `exporter serve` and `importer serve`.
+//! durable role lives in its role file ([`RoleFile`], `role_file` in the exporter's and
+//! importer's configs, default `STATE_DIR/role.json`; one file for both daemons of a node),
+//! written with [`crate::write_json_atomic`]; the `pullback-node` launcher reads it to
+//! choose between `exporter serve` and `importer serve`.
 //!
 //! Coordinator API (PBS, token-protected):
 //! - `POST /v1/ha/hello` [`Hello`] → [`Verdict`]
@@ -157,29 +158,34 @@ impl TakeoverBy {
 /// The status an exporter shows when no coordinator confirmed it (a warning).
 pub const SINGLE_NODE: &str = "Leader (single node)";
 
-/// A node's durable role (`STATE_DIR/role.json`).
+/// A node's durable role (its role file, default `STATE_DIR/role.json`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct RoleFile {
     /// The role the node last held.
     pub role: Role,
     /// The epoch it was granted (MAIN) or last knew (BACKUP).
     pub epoch: u64,
+    /// BACKUP because it was fenced (a takeover, or the coordinator said Broken): its data
+    /// may have diverged, so the launcher keeps it on its idle exporter until an operator
+    /// rejoins it. Not set when it stepped down in a switchover (it is a clone at once).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fenced: bool,
 }
 
 impl RoleFile {
-    /// `state_dir/role.json`.
+    /// The default role file of a daemon: `state_dir/role.json`.
     pub fn path(state_dir: &Path) -> PathBuf {
         state_dir.join("role.json")
     }
 
-    /// Reads the role file; `None` when there is none.
-    pub fn load(state_dir: &Path) -> Result<Option<RoleFile>, crate::state::StateError> {
-        crate::read_json(&Self::path(state_dir))
+    /// Reads the role file at `path`; `None` when there is none.
+    pub fn load(path: &Path) -> Result<Option<RoleFile>, crate::state::StateError> {
+        crate::read_json(path)
     }
 
-    /// Writes it atomically and durably.
-    pub fn save(&self, state_dir: &Path) -> Result<(), crate::state::StateError> {
-        crate::write_json_atomic(&Self::path(state_dir), self)
+    /// Writes it to `path` atomically and durably.
+    pub fn save(&self, path: &Path) -> Result<(), crate::state::StateError> {
+        crate::write_json_atomic(path, self)
     }
 }
 
@@ -383,10 +389,19 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&RoleFile {
                 role: Role::Main,
-                epoch: 3
+                epoch: 3,
+                fenced: false,
             })
             .unwrap_or_default(),
             r#"{"role":"MAIN","epoch":3}"#
         );
+        let fenced = RoleFile {
+            role: Role::Backup,
+            epoch: 4,
+            fenced: true,
+        };
+        let json = serde_json::to_string(&fenced).unwrap_or_default();
+        assert_eq!(json, r#"{"role":"BACKUP","epoch":4,"fenced":true}"#);
+        assert_eq!(serde_json::from_str::<RoleFile>(&json).ok(), Some(fenced));
     }
 }
