@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod db;
 pub mod evil;
+pub mod group;
 pub mod ha;
 
 use std::collections::BTreeMap;
@@ -50,6 +51,16 @@ pub struct Run {
     pub stderr: String,
 }
 
+impl From<std::process::Output> for Run {
+    fn from(out: std::process::Output) -> Run {
+        Run {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 impl Run {
     pub fn code(&self) -> Option<i32> {
         self.status.code()
@@ -86,12 +97,7 @@ impl Pbs {
     }
 
     pub fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> Run {
-        let out = self.command(args).output().expect("start the pbs binary");
-        Run {
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Run::from(self.command(args).output().expect("start the pbs binary"))
     }
 
     /// Run and require exit status 0.
