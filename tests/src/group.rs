@@ -92,9 +92,15 @@ fn token(what: &str, node: &str) -> String {
     format!("group-{what}-{node}-0123456789abcdef")
 }
 
+/// Each node's own environment for its daemons and hooks (by node name).
+pub type NodeEnv = Arc<dyn Fn(&str, &Path) -> Vec<(String, String)> + Send + Sync>;
+
 /// The PBS and the nodes of one source.
 pub struct Group {
     dir: TempDir,
+    /// The reference hooks used (`deploy/hooks/<kind>`).
+    hooks: PathBuf,
+    env: NodeEnv,
     pub pbs_port: u16,
     pbs_hold: PortHold,
     pbs: Option<Daemon>,
@@ -103,9 +109,33 @@ pub struct Group {
 }
 
 impl Group {
-    /// Nodes `names`; the first is the first main, `spares` are `spare = true` at the PBS.
+    /// Nodes `names` with the `files` hooks (each node's service data is its `data/`
+    /// folder); the first is the first main, `spares` are `spare = true` at the PBS.
     /// Every node has the takeover password `password_hash`.
     pub fn new(names: &[&str], spares: &[&str], password_hash: &str) -> Group {
+        let hooks = files_hook("export")
+            .parent()
+            .expect("the files hooks' folder")
+            .to_path_buf();
+        let env: NodeEnv = Arc::new(|_, dir| {
+            let data = dir.join("data").display().to_string();
+            vec![
+                ("PULLBACK_FILES_SOURCE".into(), data.clone()),
+                ("PULLBACK_FILES_TARGET".into(), data),
+            ]
+        });
+        Group::with_hooks(names, spares, password_hash, hooks, env)
+    }
+
+    /// The same with the hooks of `hooks` (`deploy/hooks/<kind>`) and each node's
+    /// environment from `env(name, node folder)`.
+    pub fn with_hooks(
+        names: &[&str],
+        spares: &[&str],
+        password_hash: &str,
+        hooks: PathBuf,
+        env: NodeEnv,
+    ) -> Group {
         let dir = tempfile::Builder::new()
             .prefix("pullback-group-")
             .tempdir()
@@ -128,6 +158,8 @@ impl Group {
             })
             .collect();
         let g = Group {
+            hooks,
+            env,
             pbs_port: pbs_hold.port,
             pbs_hold,
             pbs: None,
@@ -212,8 +244,8 @@ url = "http://127.0.0.1:{pp}"
 token = "{speaks}"
 "#,
                 name = n.name,
-                export = files_hook("export").display(),
-                demote = files_hook("demote").display(),
+                export = self.hooks.join("export").display(),
+                demote = self.hooks.join("demote").display(),
                 ep = n.exporter_port,
                 pulls = token("pulls", &n.name),
                 speaks = token("speaks", &n.name),
@@ -240,9 +272,9 @@ token = "{speaks}"
 password_hash = "{hash}"
 "#,
                 name = n.name,
-                import = files_hook("import").display(),
-                verify = files_hook("verify").display(),
-                promote = files_hook("promote").display(),
+                import = self.hooks.join("import").display(),
+                verify = self.hooks.join("verify").display(),
+                promote = self.hooks.join("promote").display(),
                 ip = n.importer_port,
                 tells = token("tells", &n.name),
                 speaks = token("speaks", &n.name),
@@ -298,12 +330,14 @@ password_hash = "{hash}"
     /// Start node `name` under its supervisor: the launcher picks exporter or importer by
     /// the node's role file.
     pub fn start(&mut self, name: &str) {
+        let node_env = self.env.clone();
         let n = self.node_mut(name);
         for h in &mut n.holds {
             h.release();
         }
         let dir = n.dir.clone();
         let default = if n.first_main { "exporter" } else { "importer" };
+        let env = node_env(name, &dir);
         let launcher =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/pullback-node");
         n.supervisor = Some(Supervisor::start(move || {
@@ -319,8 +353,7 @@ password_hash = "{hash}"
                 .env("PULLBACK_IMPORTER_CONF", dir.join("importer.toml"))
                 .env("PULLBACK_ROLE", dir.join("role.json"))
                 .env("PULLBACK_NODE_DEFAULT", default)
-                .env("PULLBACK_FILES_SOURCE", dir.join("data"))
-                .env("PULLBACK_FILES_TARGET", dir.join("data"))
+                .envs(env.iter().map(|(k, v)| (k, v)))
                 .env("PULLBACK_LOG", "info")
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("log"))
@@ -479,5 +512,29 @@ password_hash = "{hash}"
             .output()
             .expect("importer rejoin");
         Run::from(out)
+    }
+}
+
+impl Drop for Group {
+    /// A failing test shows the end of every log (the folder goes with it).
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut s) = n.supervisor.take() {
+                s.kill();
+            }
+        }
+        if !thread::panicking() {
+            return;
+        }
+        let mut logs = vec![self.path().join("pbs.log")];
+        logs.extend(self.nodes.iter().map(|n| n.dir.join("node.log")));
+        for l in logs {
+            let text = fs::read_to_string(&l).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!("==== {} (end) ====", l.display());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }

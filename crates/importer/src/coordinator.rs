@@ -116,7 +116,20 @@ pub(crate) async fn startup_hello(app: &Arc<App>) {
                 s.epoch = s.epoch.max(v.epoch);
                 s.status = v.status;
             });
-            if v.role == Role::Main {
+            // A node that stepped down at this very epoch (a switchover in progress: the
+            // coordinator still holds it as MAIN until the target has verified the final
+            // generation) does not take the role back; a grant newer than anything it knew
+            // (it died before its promotion) is promoted now.
+            let stepped_down = wire::ha::RoleFile::load(&app.cfg.role_path())
+                .ok()
+                .flatten()
+                .is_some_and(|r| r.role == Role::Backup && r.epoch >= v.epoch);
+            if v.role == Role::Main && stepped_down {
+                tracing::warn!(
+                    epoch = v.epoch,
+                    "the coordinator still holds this node as MAIN, but it stepped down at this epoch: staying BACKUP"
+                );
+            } else if v.role == Role::Main {
                 tracing::warn!(
                     epoch = v.epoch,
                     "the coordinator granted this clone MAIN and waits for its promotion: promoting now"
