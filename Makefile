@@ -3,30 +3,38 @@
 
 CARGO ?= cargo
 BENCH_DIR ?= /var/tmp/pullback-bench
-APT_PACKAGES := gcc make pkg-config rsync zstd time curl bc python3 postgresql-client postgresql mariadb-server mariadb-client chromium chromium-driver
+APT_PACKAGES := gcc make pkg-config rsync zstd time curl bc python3 procps postgresql-client postgresql mariadb-server mariadb-client
+# Only the tests need these (the browser test, tests/tests/chromium.rs): not `make demo`.
+TEST_APT_PACKAGES := chromium chromium-driver
 
-.PHONY: all deps build test lint unit e2e demo bench fmt clean fuzz fuzz-deps fuzz-seeds
+.PHONY: all deps test-deps apt build test lint unit e2e demo bench fmt clean fuzz fuzz-deps fuzz-seeds
 
 all: build
 
-# System packages the build, tests and demo need (apt-get update first); chromium and
-# chromium-driver are for the browser test (tests/tests/chromium.rs).
+# System packages the build and demo need (apt-get update first); `test-deps` adds the
+# browser for the browser test.
 deps:
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install the Rust toolchain (rustup) first"; exit 1; }
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@$(MAKE) --no-print-directory apt PACKAGES="$(APT_PACKAGES)"
+	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
+
+test-deps: deps
+	@$(MAKE) --no-print-directory apt PACKAGES="$(TEST_APT_PACKAGES)"
+
+apt:
+	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
 	fi
-	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
 
 build: deps
 	$(CARGO) build --workspace
 
 # One profile (dev, dependencies optimised) shared by the build, the unit tests
 # and the end-to-end tests, which run the binaries built here.
-test: deps lint
+test: test-deps lint
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) nextest run --workspace --no-fail-fast
 

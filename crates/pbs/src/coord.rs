@@ -385,7 +385,9 @@ pub fn views(st: &CoordState, server: &ServerStatus) -> Vec<NodeView> {
             // rejoined as a clone, once it has one); a main's: the last it published.
             let verified = verified_generation(server, name);
             let is_main = st.main.as_deref() == Some(name.as_str());
-            let generation = if n.kind == NodeKind::Importer || (!is_main && verified.is_some()) {
+            let generation = if is_main {
+                n.last_generation.clone().or(verified)
+            } else if n.kind == NodeKind::Importer || verified.is_some() {
                 verified
             } else {
                 n.last_generation.clone()

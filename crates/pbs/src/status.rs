@@ -86,8 +86,12 @@ pub fn report_with(cfg: &Config, state_dir: &Path, ar: Option<&Archive>) -> Resu
             let node = node_json
                 .as_array()
                 .and_then(|a| a.iter().find(|n| n["name"] == i.name.as_str()));
+            // Nothing is pushed to the main, a Broken node or a Spare: none is behind.
             let receives = node.is_none_or(|n| {
-                n["role"] != "MAIN" && n["status"] != "Broken" && n["status"] != "Disabled"
+                n["role"] != "MAIN"
+                    && n["status"] != "Broken"
+                    && n["status"] != "Disabled"
+                    && n["status"] != "Spare"
             });
             let behind = receives.then(|| behind(&s, &newest_of, now)).flatten();
             if behind.as_ref().is_some_and(|b| b.alarm) {
