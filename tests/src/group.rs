@@ -16,6 +16,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::cluster::{files_hook, http, wait_for, Daemon, HttpResponse, PortHold};
+use crate::ha::request;
 use crate::{bin, bin_dir, Pbs, Run};
 
 /// The source every node exports.
@@ -463,18 +464,13 @@ password_hash = "{hash}"
     /// `POST /v1/takeover` on node `name`'s importer with the admin token.
     pub fn takeover(&self, name: &str, password: &str) -> HttpResponse {
         let body = serde_json::json!({ "password": password }).to_string();
-        let auth = format!("token {}", self.admin);
-        http(
+        request(
             self.node(name).importer_port,
             "POST",
             "/v1/takeover",
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
+            Some(&self.admin),
             body.as_bytes(),
         )
-        .expect("POST /v1/takeover")
     }
 
     /// A notification sent with node `name`'s token (what its exporter would send).
@@ -484,18 +480,8 @@ password_hash = "{hash}"
             "epoch": epoch, "node": name,
         })
         .to_string();
-        let auth = format!("token {}", token("speaks", name));
-        http(
-            self.pbs_port,
-            "POST",
-            "/v1/notify",
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
-            body.as_bytes(),
-        )
-        .expect("POST /v1/notify")
+        let t = token("speaks", name);
+        request(self.pbs_port, "POST", "/v1/notify", Some(&t), body.as_bytes())
     }
 
     /// `importer rejoin --yes` on node `name` (stopped): wipes it to come back as a clone.
