@@ -408,6 +408,18 @@ password_hash = "{hash}"
         );
     }
 
+    /// Wait until the coordinator lists node `name` with `status` (`GET /v1/ha/nodes`).
+    pub fn wait_status(&self, name: &str, status: &str) {
+        wait_for(&format!("the PBS to list {name} as {status}"), || {
+            let nodes = self.get(self.pbs_port, "/v1/ha/nodes")?;
+            nodes
+                .as_array()?
+                .iter()
+                .any(|n| n["name"] == name && n["status"] == status)
+                .then_some(())
+        });
+    }
+
     /// Wait until node `name`'s importer has verified `gen`.
     pub fn wait_verified(&self, name: &str, gen: &str) {
         wait_for(&format!("{name} to verify {gen}"), || {
@@ -481,7 +493,13 @@ password_hash = "{hash}"
         })
         .to_string();
         let t = token("speaks", name);
-        request(self.pbs_port, "POST", "/v1/notify", Some(&t), body.as_bytes())
+        request(
+            self.pbs_port,
+            "POST",
+            "/v1/notify",
+            Some(&t),
+            body.as_bytes(),
+        )
     }
 
     /// `importer rejoin --yes` on node `name` (stopped): wipes it to come back as a clone.

@@ -116,6 +116,7 @@ fn chain(mut g: Group, svc: &Service) {
     let r = g.pbs(&["rejoin", "A"]);
     assert!(r.status.success(), "pbs rejoin A: {}{}", r.stdout, r.stderr);
     g.wait_verified("A", "files/3");
+    g.wait_status("A", "Follower");
     same_data(svc, &g, "B", &["A", "C"]);
 
     // Switch over back to A: B's final export, then A is MAIN at epoch 2 and B a clone.
