@@ -112,12 +112,6 @@ impl App {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| anyhow!("worker failed: {e}"))?
-}
-
 /// Export hook, snapshot, notify, wait for the commit. Never two at once.
 pub(crate) async fn export(app: Arc<App>, tx: String) -> RunState {
     let _one = app.export_lock.lock().await;
@@ -190,7 +184,7 @@ async fn export_steps(app: &Arc<App>, run: &mut RunState) -> Result<()> {
         }
         let a = app.clone();
         let tx = run.tx.clone();
-        let snap = blocking(move || {
+        let snap: Result<_> = wire::blocking(move || {
             refuse_empty(&a.cfg)?;
             let ar = &a.outbox;
             let opts = IngestOptions {
@@ -229,7 +223,7 @@ async fn export_steps(app: &Arc<App>, run: &mut RunState) -> Result<()> {
         .counter("pullback_generations_total", "Exports committed by a PBS")
         .inc();
     let a = app.clone();
-    if let Err(e) = blocking(move || trim_outbox(&a)).await {
+    if let Err(e) = wire::blocking(move || trim_outbox(&a)).await {
         tracing::warn!("outbox retention: {e:#}");
     }
     Ok(())

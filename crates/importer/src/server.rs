@@ -104,14 +104,6 @@ fn refuse_older(app: &App, gen: &GenId) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
-}
-
 /// `POST /v1/notify` (only from this clone's PBS): generation `seq` of `source`, taken at
 /// `epoch`, is ready at the PBS. Refusals of the notification itself are HTTP errors and
 /// change nothing (403 another peer, 409 older than what the clone holds or an epoch no
@@ -166,14 +158,14 @@ async fn receive(app: &Arc<App>, gen: &GenId, epoch: u64) -> Result<(i64, u64), 
     .map_err(|e| format!("pulling {gen}: {e:#}"))?;
     let a = app.clone();
     let g = gen.clone();
-    tokio::task::spawn_blocking(move || {
+    wire::task::spawn_blocking(move || {
         a.store
             .commit_incoming(inc, Some(g.seq))
             .map(|r| (r.taken_at_ns, r.epoch.0))
             .map_err(|e| format!("refused {g}: {e}"))
     })
     .await
-    .map_err(|e| format!("worker failed: {e}"))?
+    .map_err(|e| e.to_string())?
 }
 
 /// One notified generation, from pull to verified (or rolled back).
@@ -257,9 +249,11 @@ async fn import(app: &Arc<App>, gen: GenId, epoch: u64) -> Result<Json<ApplyResu
             )
             .inc();
         let a = app.clone();
-        let _ = blocking(move || trim_store(&a).map_err(|e| ApiError::internal(format!("{e:#}"))))
-            .await
-            .map_err(|e| tracing::warn!("store retention: {}", e.message));
+        let _ = wire::blocking(move || {
+            trim_store(&a).map_err(|e| ApiError::internal(format!("{e:#}")))
+        })
+        .await
+        .map_err(|e| tracing::warn!("store retention: {}", e.message));
     }
     Ok(result(ok, error, log_tail))
 }
@@ -280,12 +274,12 @@ async fn apply(
 ) -> Result<String, (anyhow::Error, String)> {
     let a = app.clone();
     let g = gen.clone();
-    let staged = tokio::task::spawn_blocking(move || -> Result<u64> {
+    let staged = wire::task::spawn_blocking(move || -> Result<u64> {
         let ar = &a.store;
         a.applier().stage(ar, &g)
     })
     .await
-    .map_err(|e| (anyhow::anyhow!("worker failed: {e}"), String::new()))
+    .map_err(|e| (anyhow::Error::new(e), String::new()))
     .and_then(|r| r.map_err(|e| (e, String::new())));
     let files = staged?;
     tracing::info!(generation = %gen, files, "staged and checked");

@@ -106,14 +106,6 @@ impl App {
     }
 }
 
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| anyhow!("worker failed: {e}"))?
-}
-
 // ---------------------------------------------------------------- pull
 
 /// A notification for data no newer than what the source already has at the same epoch
@@ -165,7 +157,7 @@ async fn pull(app: &Arc<App>, src: &SourceConfig, n: &Notify) -> Result<GenRecor
     })
     .await?;
     let a = app.clone();
-    blocking(move || {
+    wire::blocking(move || {
         let ar = &a.archive;
         // A takeover may have happened since the notification was checked.
         Epoch::check(inc.record().epoch.0, a.coord.snapshot().epoch)?;

@@ -98,9 +98,7 @@ async fn rejoin(
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, CoordError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    Ok(tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("worker failed: {e}")))??)
+    wire::blocking(move || f().map_err(ApiError::from)).await
 }
 
 async fn hello(

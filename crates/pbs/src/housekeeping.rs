@@ -8,7 +8,8 @@ use anyhow::{anyhow, bail, Result};
 use archive::prune::Retention;
 
 use crate::config;
-use crate::daemon::{blocking, now_rfc3339, App, Event};
+use crate::daemon::{now_rfc3339, App, Event};
+use wire::blocking;
 
 pub(crate) async fn schedule(app: &Arc<App>) -> Result<Option<tokio_cron_scheduler::JobScheduler>> {
     use tokio_cron_scheduler::{Job, JobScheduler};
@@ -48,7 +49,7 @@ pub(crate) async fn schedule(app: &Arc<App>) -> Result<Option<tokio_cron_schedul
                         Ok(format!("removed {n} generations, freed {freed} bytes"))
                     })
                     .await;
-                    let detail = r.unwrap_or_else(|e| format!("failed: {e:#}"));
+                    let detail = r.unwrap_or_else(|e: anyhow::Error| format!("failed: {e:#}"));
                     tracing::info!("scheduled prune: {detail}");
                     a.update(|s| {
                         s.last_prune = Some(Event {
@@ -75,7 +76,7 @@ pub(crate) async fn schedule(app: &Arc<App>) -> Result<Option<tokio_cron_schedul
                 let a = a.clone();
                 Box::pin(async move {
                     let b = a.clone();
-                    let r = blocking(move || {
+                    let r: Result<_> = blocking(move || {
                         let ar = &b.archive;
                         Ok(ar.verify(full)?)
                     })

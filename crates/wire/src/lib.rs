@@ -12,6 +12,7 @@
 //! - [`metrics`]: a tiny Prometheus text-format registry ([`metrics::Metrics`]).
 //! - [`state`]: crash-safe JSON state files ([`state::write_json_atomic`],
 //!   [`state::read_json`]).
+//! - [`task`]: [`task::blocking`] runs blocking work off the async threads.
 //! - [`config`]: [`config::load_toml`] with errors naming the file, line and key, and
 //!   the [`config::PeerConfig`] / [`config::ListenConfig`] blocks every daemon embeds.
 //! - [`cli`]: logging set-up, RFC 3339 times and exit codes shared by the binaries.
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod phase;
 pub mod server;
 pub mod state;
+pub mod task;
 
 pub use auth::{require_token, Peer, TokenSet};
 pub use client::{retry, Backoff, Client, WireError};
@@ -44,3 +46,4 @@ pub use hook::{run_hook, run_hook_with, HookOptions, HookOutcome, HookStatus};
 pub use metrics::Metrics;
 pub use server::{serve, ApiError, Server, TlsFiles};
 pub use state::{read_json, write_json_atomic};
+pub use task::{blocking, WorkerFailed};
