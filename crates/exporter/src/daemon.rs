@@ -57,7 +57,7 @@ pub(crate) struct App {
     outbox: Arc<Archive>,
     export_lock: tokio::sync::Mutex<()>,
     runs: Mutex<HashMap<String, RunState>>,
-    pub(crate) status: Mutex<Status>,
+    pub(crate) status: wire::Durable<Status>,
     metrics: Metrics,
     counter: std::sync::atomic::AtomicU64,
     /// Role, epoch and whether a coordinator confirmed them since start.
@@ -80,17 +80,16 @@ impl App {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(r.tx.clone(), r.clone());
-        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        s.last_run = Some(r.clone());
-        s.running = matches!(r.state, RunPhase::Running | RunPhase::Exported).then(|| r.tx.clone());
-        match r.state {
-            RunPhase::Committed => s.last_success = Some(r.clone()),
-            RunPhase::Failed => s.last_failure = Some(r.clone()),
-            _ => {}
-        }
-        if let Err(e) = wire::write_json_atomic(&status_path(&self.cfg), &*s) {
-            tracing::error!("cannot save status: {e}");
-        }
+        self.status.update(|s| {
+            s.last_run = Some(r.clone());
+            s.running =
+                matches!(r.state, RunPhase::Running | RunPhase::Exported).then(|| r.tx.clone());
+            match r.state {
+                RunPhase::Committed => s.last_success = Some(r.clone()),
+                RunPhase::Failed => s.last_failure = Some(r.clone()),
+                _ => {}
+            }
+        });
     }
 
     pub(crate) fn new_tx(&self) -> String {
@@ -342,13 +341,7 @@ pub(crate) async fn export_now(app: Arc<App>) -> RunState {
 // ---------------------------------------------------------------- API
 
 fn start(app: &Arc<App>) -> String {
-    if let Some(tx) = app
-        .status
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .running
-        .clone()
-    {
+    if let Some(tx) = app.status.read(|s| s.running.clone()) {
         return tx;
     }
     let tx = app.new_tx();
@@ -391,7 +384,7 @@ async fn run_state(
 }
 
 async fn status(State(app): State<Arc<App>>) -> Json<Status> {
-    Json(app.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    Json(app.status.get())
 }
 
 pub(crate) fn router(app: &Arc<App>) -> Result<Router> {
@@ -438,13 +431,14 @@ pub(crate) fn new_app(cfg: Config) -> Result<Arc<App>> {
         }
     }
     let source = SourceName::new(&cfg.source).map_err(anyhow::Error::msg)?;
+    let st = wire::Durable::new("status", status_path(&cfg), st);
     Ok(Arc::new(App {
         cfg,
         source,
         outbox: Arc::new(outbox),
         export_lock: tokio::sync::Mutex::new(()),
         runs: Mutex::new(HashMap::new()),
-        status: Mutex::new(st),
+        status: st,
         metrics: Metrics::new(),
         counter: std::sync::atomic::AtomicU64::new(0),
         ha: Mutex::new(ha),
@@ -488,10 +482,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
         tracing::warn!("{line}");
     }
     let app = new_app(cfg)?;
-    {
-        let s = app.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        wire::write_json_atomic(&status_path(&app.cfg), &s)?;
-    }
+    app.status.save()?;
     // Ask the coordinator at once: MAIN, BACKUP (demote) or unreachable (single node).
     crate::ha::startup_hello(&app).await?;
     let _sched = schedule(&app).await?;

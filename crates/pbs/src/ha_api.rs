@@ -139,7 +139,7 @@ async fn takeover(
     };
     let a = app.clone();
     let (g, effects) = blocking(move || {
-        let server = a.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let server = a.status.get();
         a.coord.grant(&req, &server, kind)
     })
     .await?;
@@ -154,7 +154,7 @@ async fn takeover(
 }
 
 fn views(app: &App) -> Vec<NodeView> {
-    let server = app.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let server = app.status.get();
     coord::views(&app.coord.snapshot(), &server)
 }
 

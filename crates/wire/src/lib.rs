@@ -11,7 +11,7 @@
 //!   status and the server's message; [`client::retry`] with exponential backoff.
 //! - [`metrics`]: a tiny Prometheus text-format registry ([`metrics::Metrics`]).
 //! - [`state`]: crash-safe JSON state files ([`state::write_json_atomic`],
-//!   [`state::read_json`]).
+//!   [`state::read_json`]) and a daemon's written-through status ([`state::Durable`]).
 //! - [`task`]: [`task::blocking`] runs blocking work off the async threads.
 //! - [`config`]: [`config::load_toml`] with errors naming the file, line and key, and
 //!   the [`config::PeerConfig`] / [`config::ListenConfig`] blocks every daemon embeds.
@@ -45,5 +45,5 @@ pub use config::{load_toml, ListenConfig, PeerConfig, TokenEntry};
 pub use hook::{run_hook, run_hook_with, HookOptions, HookOutcome, HookStatus};
 pub use metrics::Metrics;
 pub use server::{serve, ApiError, Server, TlsFiles};
-pub use state::{read_json, write_json_atomic};
+pub use state::{read_json, write_json_atomic, Durable};
 pub use task::{blocking, WorkerFailed};
