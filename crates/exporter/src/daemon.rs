@@ -447,30 +447,22 @@ pub(crate) fn new_app(cfg: Config) -> Result<Arc<App>> {
     }))
 }
 
-async fn schedule(app: &Arc<App>) -> Result<Option<tokio_cron_scheduler::JobScheduler>> {
-    use tokio_cron_scheduler::{Job, JobScheduler};
+async fn schedule(app: &Arc<App>) -> Result<Option<wire::cron::Cron>> {
     if app.cfg.schedule == "off" {
         return Ok(None);
     }
-    let expr = format!("0 {}", app.cfg.schedule);
-    let sched = JobScheduler::new()
-        .await
-        .map_err(|e| anyhow!("scheduler: {e}"))?;
+    let cron = wire::cron::Cron::new().await?;
     let a = app.clone();
-    let job = Job::new_async(expr.as_str(), move |_, _| {
+    cron.add("schedule", &app.cfg.schedule, move || {
         let a = a.clone();
-        Box::pin(async move {
+        async move {
             let tx = start(&a);
             tracing::info!(tx = %tx, "scheduled export");
-        })
+        }
     })
-    .map_err(|e| anyhow!("schedule = {:?}: {e}", app.cfg.schedule))?;
-    sched
-        .add(job)
-        .await
-        .map_err(|e| anyhow!("scheduler: {e}"))?;
-    sched.start().await.map_err(|e| anyhow!("scheduler: {e}"))?;
-    Ok(Some(sched))
+    .await?;
+    cron.start().await?;
+    Ok(Some(cron))
 }
 
 pub async fn serve(cfg: Config) -> Result<()> {

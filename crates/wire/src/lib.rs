@@ -13,6 +13,7 @@
 //! - [`state`]: crash-safe JSON state files ([`state::write_json_atomic`],
 //!   [`state::read_json`]) and a daemon's written-through status ([`state::Durable`]).
 //! - [`task`]: [`task::blocking`] runs blocking work off the async threads.
+//! - [`cron`]: [`cron::Cron`] runs jobs on the daemons' cron schedules.
 //! - [`config`]: [`config::load_toml`] with errors naming the file, line and key, and
 //!   the [`config::PeerConfig`] / [`config::ListenConfig`] blocks every daemon embeds.
 //! - [`cli`]: logging set-up, RFC 3339 times and exit codes shared by the binaries.
@@ -30,6 +31,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod cron;
 pub mod ha;
 pub mod hook;
 pub mod html;
