@@ -16,7 +16,8 @@
 //! - [`cron`]: [`cron::Cron`] runs jobs on the daemons' cron schedules.
 //! - [`config`]: [`config::load_toml`] with errors naming the file, line and key, and
 //!   the [`config::PeerConfig`] / [`config::ListenConfig`] blocks every daemon embeds.
-//! - [`cli`]: logging set-up, RFC 3339 times and exit codes shared by the binaries.
+//! - [`cli`]: the binaries' `main` ([`cli::main`], `--config`), logging set-up, RFC 3339
+//!   times, exit codes, and the [`cli::admin_client`] a command asks its own daemon with.
 //! - [`ha`]: roles, epochs, the role file and the coordinator's HA API types.
 //! - [`hook`]: [`hook::run_hook`] runs a hook executable with a timeout that kills its
 //!   whole process group, logging its output.
