@@ -11,32 +11,11 @@ use crate::daemon::{export, new_app, router, status_path, RunState, Status};
 use crate::Config;
 
 fn local_client(cfg: &Config) -> Result<wire::Client> {
-    let token = cfg
-        .server
-        .tokens
-        .iter()
-        .find(|t| t.peer == "admin")
-        .context(
-            "[server] tokens has no entry for peer \"admin\" (used by `exporter run` and `status`)",
-        )?;
-    let mut addr = cfg.server.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let scheme = if cfg.server.cert.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    // Our own certificate is trusted (it may be self-signed); it must name
-    // the address we connect to (e.g. subjectAltName IP:127.0.0.1).
-    wire::Client::new(
-        &format!("{scheme}://{addr}"),
-        Some(&token.token),
-        cfg.server.cert.as_deref(),
+    wire::cli::admin_client(
+        &cfg.server,
+        "`exporter run` and `status`",
         Duration::from_secs(10),
     )
-    .map_err(|e| anyhow!("{e}"))
 }
 
 fn report(r: &RunState, json: bool) -> Result<ExitCode> {

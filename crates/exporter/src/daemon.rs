@@ -57,7 +57,7 @@ pub(crate) struct App {
     outbox: Arc<Archive>,
     export_lock: tokio::sync::Mutex<()>,
     runs: Mutex<HashMap<String, RunState>>,
-    pub(crate) status: Mutex<Status>,
+    pub(crate) status: wire::Durable<Status>,
     metrics: Metrics,
     counter: std::sync::atomic::AtomicU64,
     /// Role, epoch and whether a coordinator confirmed them since start.
@@ -80,17 +80,16 @@ impl App {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(r.tx.clone(), r.clone());
-        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        s.last_run = Some(r.clone());
-        s.running = matches!(r.state, RunPhase::Running | RunPhase::Exported).then(|| r.tx.clone());
-        match r.state {
-            RunPhase::Committed => s.last_success = Some(r.clone()),
-            RunPhase::Failed => s.last_failure = Some(r.clone()),
-            _ => {}
-        }
-        if let Err(e) = wire::write_json_atomic(&status_path(&self.cfg), &*s) {
-            tracing::error!("cannot save status: {e}");
-        }
+        self.status.update(|s| {
+            s.last_run = Some(r.clone());
+            s.running =
+                matches!(r.state, RunPhase::Running | RunPhase::Exported).then(|| r.tx.clone());
+            match r.state {
+                RunPhase::Committed => s.last_success = Some(r.clone()),
+                RunPhase::Failed => s.last_failure = Some(r.clone()),
+                _ => {}
+            }
+        });
     }
 
     pub(crate) fn new_tx(&self) -> String {
@@ -110,12 +109,6 @@ impl App {
             std::process::id()
         )
     }
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| anyhow!("worker failed: {e}"))?
 }
 
 /// Export hook, snapshot, notify, wait for the commit. Never two at once.
@@ -190,7 +183,7 @@ async fn export_steps(app: &Arc<App>, run: &mut RunState) -> Result<()> {
         }
         let a = app.clone();
         let tx = run.tx.clone();
-        let snap = blocking(move || {
+        let snap: Result<_> = wire::blocking(move || {
             refuse_empty(&a.cfg)?;
             let ar = &a.outbox;
             let opts = IngestOptions {
@@ -229,7 +222,7 @@ async fn export_steps(app: &Arc<App>, run: &mut RunState) -> Result<()> {
         .counter("pullback_generations_total", "Exports committed by a PBS")
         .inc();
     let a = app.clone();
-    if let Err(e) = blocking(move || trim_outbox(&a)).await {
+    if let Err(e) = wire::blocking(move || trim_outbox(&a)).await {
         tracing::warn!("outbox retention: {e:#}");
     }
     Ok(())
@@ -348,13 +341,7 @@ pub(crate) async fn export_now(app: Arc<App>) -> RunState {
 // ---------------------------------------------------------------- API
 
 fn start(app: &Arc<App>) -> String {
-    if let Some(tx) = app
-        .status
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .running
-        .clone()
-    {
+    if let Some(tx) = app.status.read(|s| s.running.clone()) {
         return tx;
     }
     let tx = app.new_tx();
@@ -397,7 +384,7 @@ async fn run_state(
 }
 
 async fn status(State(app): State<Arc<App>>) -> Json<Status> {
-    Json(app.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    Json(app.status.get())
 }
 
 pub(crate) fn router(app: &Arc<App>) -> Result<Router> {
@@ -444,13 +431,14 @@ pub(crate) fn new_app(cfg: Config) -> Result<Arc<App>> {
         }
     }
     let source = SourceName::new(&cfg.source).map_err(anyhow::Error::msg)?;
+    let st = wire::Durable::new("status", status_path(&cfg), st);
     Ok(Arc::new(App {
         cfg,
         source,
         outbox: Arc::new(outbox),
         export_lock: tokio::sync::Mutex::new(()),
         runs: Mutex::new(HashMap::new()),
-        status: Mutex::new(st),
+        status: st,
         metrics: Metrics::new(),
         counter: std::sync::atomic::AtomicU64::new(0),
         ha: Mutex::new(ha),
@@ -459,30 +447,22 @@ pub(crate) fn new_app(cfg: Config) -> Result<Arc<App>> {
     }))
 }
 
-async fn schedule(app: &Arc<App>) -> Result<Option<tokio_cron_scheduler::JobScheduler>> {
-    use tokio_cron_scheduler::{Job, JobScheduler};
+async fn schedule(app: &Arc<App>) -> Result<Option<wire::cron::Cron>> {
     if app.cfg.schedule == "off" {
         return Ok(None);
     }
-    let expr = format!("0 {}", app.cfg.schedule);
-    let sched = JobScheduler::new()
-        .await
-        .map_err(|e| anyhow!("scheduler: {e}"))?;
+    let cron = wire::cron::Cron::new().await?;
     let a = app.clone();
-    let job = Job::new_async(expr.as_str(), move |_, _| {
+    cron.add("schedule", &app.cfg.schedule, move || {
         let a = a.clone();
-        Box::pin(async move {
+        async move {
             let tx = start(&a);
             tracing::info!(tx = %tx, "scheduled export");
-        })
+        }
     })
-    .map_err(|e| anyhow!("schedule = {:?}: {e}", app.cfg.schedule))?;
-    sched
-        .add(job)
-        .await
-        .map_err(|e| anyhow!("scheduler: {e}"))?;
-    sched.start().await.map_err(|e| anyhow!("scheduler: {e}"))?;
-    Ok(Some(sched))
+    .await?;
+    cron.start().await?;
+    Ok(Some(cron))
 }
 
 pub async fn serve(cfg: Config) -> Result<()> {
@@ -494,10 +474,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
         tracing::warn!("{line}");
     }
     let app = new_app(cfg)?;
-    {
-        let s = app.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        wire::write_json_atomic(&status_path(&app.cfg), &s)?;
-    }
+    app.status.save()?;
     // Ask the coordinator at once: MAIN, BACKUP (demote) or unreachable (single node).
     crate::ha::startup_hello(&app).await?;
     let _sched = schedule(&app).await?;

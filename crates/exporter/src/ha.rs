@@ -27,7 +27,7 @@ use serde::Deserialize;
 use wire::ha::{Hello, NodeStatus, Role, RoleFile, ShownStatus, Verdict, SINGLE_NODE};
 use wire::server::ApiError;
 
-use crate::daemon::{status_path, App};
+use crate::daemon::App;
 
 /// The role this process holds now.
 #[derive(Clone, Copy, Debug)]
@@ -59,13 +59,11 @@ fn set(app: &App, role: Role, epoch: u64, status: ShownStatus, confirmed: bool) 
         h.epoch = epoch;
         h.confirmed = h.confirmed || confirmed;
     }
-    let mut s = app.status.lock().unwrap_or_else(|p| p.into_inner());
-    s.role = role;
-    s.epoch = epoch;
-    s.status = status;
-    if let Err(e) = wire::write_json_atomic(&status_path(&app.cfg), &*s) {
-        tracing::error!("cannot save status: {e}");
-    }
+    app.status.update(|s| {
+        s.role = role;
+        s.epoch = epoch;
+        s.status = status;
+    });
 }
 
 async fn say_hello(app: &App) -> Result<Answer> {
@@ -153,18 +151,13 @@ pub async fn startup_hello(app: &Arc<App>) -> Result<()> {
         Err(e) => {
             tracing::warn!("{e:#}");
             let unconfirmed = !app.ha.lock().unwrap_or_else(|p| p.into_inner()).confirmed;
-            if unconfirmed
-                && app.status.lock().unwrap_or_else(|p| p.into_inner()).status
-                    == ShownStatus::SingleNode
-            {
+            if unconfirmed && app.status.read(|s| s.status == ShownStatus::SingleNode) {
                 let a = app.clone();
                 tokio::spawn(async move {
                     loop {
                         tokio::time::sleep(Duration::from_secs(3)).await;
                         let r = check_role(&a).await;
-                        let still_single =
-                            a.status.lock().unwrap_or_else(|p| p.into_inner()).status
-                                == ShownStatus::SingleNode;
+                        let still_single = a.status.read(|s| s.status == ShownStatus::SingleNode);
                         if r.is_ok() || !still_single {
                             break;
                         }

@@ -11,22 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use serde::Deserialize;
 
-#[derive(Parser)]
-#[command(
-    name = "exporter",
-    version,
-    about = "pullback exporter (main node): runs the export hook, notifies the PBS and serves the snapshot read-only"
-)]
-struct Cli {
-    /// Configuration file (TOML).
-    #[arg(long, global = true)]
-    config: Option<PathBuf>,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
+type Cli = wire::cli::Cli<Cmd>;
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -176,36 +164,16 @@ pub fn load_config(path: &Path) -> Result<Config> {
 
 fn main() -> ExitCode {
     archive::tune_allocator();
-    let cli = Cli::parse();
-    // Daemons log their work; one-shot commands only warnings.
-    wire::cli::init_logging(if matches!(cli.cmd, Cmd::Serve) {
-        "info"
-    } else {
-        "warn"
-    });
-    let r = (|| -> Result<ExitCode> {
-        let path = cli
-            .config
-            .as_deref()
-            .context("no configuration: pass --config FILE")?;
-        let cfg = load_config(path)?;
-        let rt = tokio::runtime::Runtime::new()?;
-        match cli.cmd {
-            Cmd::Serve => rt.block_on(daemon::serve(cfg)).map(|_| ExitCode::SUCCESS),
-            Cmd::Run { json } => rt.block_on(cli::run_cli(cfg, json)),
-            Cmd::Status { json } => rt.block_on(cli::status_cli(cfg, json)),
-        }
-    })();
-    wire::cli::exit("exporter", r)
+    wire::cli::main(wire::binary!(), |cli: Cli| {
+        let cfg = load_config(cli.config.required()?)?;
+        wire::cli::block_on(async {
+            match cli.cmd {
+                Cmd::Serve => daemon::serve(cfg).await.map(|_| ExitCode::SUCCESS),
+                Cmd::Run { json } => cli::run_cli(cfg, json).await,
+                Cmd::Status { json } => cli::status_cli(cfg, json).await,
+            }
+        })?
+    })
 }
 
-#[cfg(test)]
-mod tests {
-    use clap::CommandFactory;
-
-    /// Every flag, positional and subcommand has a help text (a doc comment).
-    #[test]
-    fn every_argument_has_help() {
-        wire::cli::assert_every_argument_has_help(super::Cli::command());
-    }
-}
+wire::every_argument_has_help!(Cli);

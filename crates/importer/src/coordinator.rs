@@ -41,7 +41,7 @@ pub(crate) async fn hello(app: &App, role: Role, epoch: u64) -> Result<Verdict, 
 }
 
 fn known_epoch(app: &App) -> u64 {
-    app.status.lock().unwrap_or_else(|p| p.into_inner()).epoch
+    app.status.read(|s| s.epoch)
 }
 
 /// A pushed record at `epoch`: accepted when this clone already knows that epoch (or a
@@ -60,7 +60,7 @@ pub(crate) async fn check_record_epoch(app: &App, epoch: u64) -> Result<(), ApiE
                 format!("a record at epoch {epoch} (newer than this clone's): the coordinator could not confirm it: {e}"),
             )
         })?;
-    app.set_status(|s| s.epoch = s.epoch.max(v.epoch));
+    app.status.update(|s| s.epoch = s.epoch.max(v.epoch));
     if epoch > v.epoch {
         return Err(ApiError::conflict(format!(
             "the record's epoch {epoch} is ahead of the coordinator's epoch {}: refused",
@@ -112,7 +112,7 @@ pub(crate) async fn confirm_promotion(app: &App, epoch: u64) {
 pub(crate) async fn startup_hello(app: &Arc<App>) {
     match hello(app, Role::Backup, known_epoch(app)).await {
         Ok(v) => {
-            app.set_status(|s| {
+            app.status.update(|s| {
                 s.epoch = s.epoch.max(v.epoch);
                 s.status = v.status;
             });

@@ -15,22 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use serde::Deserialize;
 
-#[derive(Parser)]
-#[command(
-    name = "importer",
-    version,
-    about = "pullback importer (clone): receives generations, restores them atomically, runs the import and verify hooks"
-)]
-struct Cli {
-    /// Configuration file (TOML).
-    #[arg(long, global = true)]
-    config: Option<PathBuf>,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
+type Cli = wire::cli::Cli<Cmd>;
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -228,10 +216,7 @@ fn wipe_for_rejoin(cfg: &Config, exporter_state: Option<&Path>, yes: bool) -> Re
     if !yes {
         anyhow::bail!("rejoin deletes this node's store, restore folder and state: add --yes");
     }
-    let mut addr = cfg.server.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
+    let addr = cfg.server.local_addr();
     if std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(500)).is_ok() {
         anyhow::bail!("something listens on {addr}: stop the importer on this node first");
     }
@@ -284,26 +269,14 @@ fn wipe_for_rejoin(cfg: &Config, exporter_state: Option<&Path>, yes: bool) -> Re
 
 fn main() -> ExitCode {
     archive::tune_allocator();
-    let cli = Cli::parse();
-    // Daemons log their work; one-shot commands only warnings.
-    wire::cli::init_logging(if matches!(cli.cmd, Cmd::Serve) {
-        "info"
-    } else {
-        "warn"
-    });
-    let r = (|| -> Result<ExitCode> {
+    wire::cli::main(wire::binary!(), |cli: Cli| {
         if matches!(cli.cmd, Cmd::HashPassword) {
             return takeover::hash_password_cli();
         }
-        let path = cli
-            .config
-            .as_deref()
-            .context("no configuration: pass --config FILE")?;
-        let cfg = load_config(path)?;
+        let cfg = load_config(cli.config.required()?)?;
         match cli.cmd {
             Cmd::Serve => {
-                let rt = tokio::runtime::Runtime::new()?;
-                rt.block_on(server::serve(cfg))?;
+                wire::cli::block_on(server::serve(cfg))??;
                 Ok(ExitCode::SUCCESS)
             }
             Cmd::Status { json } => status::print_status(&cfg, json),
@@ -313,17 +286,7 @@ fn main() -> ExitCode {
                 yes,
             } => wipe_for_rejoin(&cfg, exporter_state.as_deref(), yes),
         }
-    })();
-    wire::cli::exit("importer", r)
+    })
 }
 
-#[cfg(test)]
-mod tests {
-    use clap::CommandFactory;
-
-    /// Every flag, positional and subcommand has a help text (a doc comment).
-    #[test]
-    fn every_argument_has_help() {
-        wire::cli::assert_every_argument_has_help(super::Cli::command());
-    }
-}
+wire::every_argument_has_help!(Cli);

@@ -1,6 +1,6 @@
 //! The importer daemon: receive endpoints, applying, status.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -23,7 +23,7 @@ pub(crate) struct App {
     pub(crate) cfg: Config,
     store: Arc<Archive>,
     pub(crate) apply_lock: tokio::sync::Mutex<()>,
-    pub(crate) status: Mutex<Status>,
+    pub(crate) status: wire::Durable<Status>,
     metrics: Metrics,
     /// Takeover: password rate limit, the promoted flag, the exit signal.
     pub(crate) takeover: crate::takeover::TakeoverState,
@@ -49,17 +49,9 @@ impl App {
         Ok(())
     }
 
-    pub(crate) fn set_status(&self, f: impl FnOnce(&mut Status)) {
-        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut s);
-        if let Err(e) = wire::write_json_atomic(&status_path(&self.cfg), &*s) {
-            tracing::error!("cannot save status: {e}");
-        }
-    }
-
     /// Record a failed transfer or import of `gen`.
     fn fail(&self, gen: &GenId, reason: &str) {
-        self.set_status(|s| {
+        self.status.update(|s| {
             s.importing = None;
             s.last_failure = Some(Failure {
                 generation: gen.to_string(),
@@ -87,8 +79,7 @@ fn gen_id(source: &str, seq: u64) -> Result<GenId, ApiError> {
 /// A clone never moves back: a generation older than the one in the restore folder is
 /// refused (409) before anything is received.
 fn refuse_older(app: &App, gen: &GenId) -> Result<(), ApiError> {
-    let st = app.status.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(held) = &st.last_valid else {
+    let Some(held) = app.status.read(|s| s.last_valid.clone()) else {
         return Ok(());
     };
     let newer = held
@@ -102,14 +93,6 @@ fn refuse_older(app: &App, gen: &GenId) -> Result<(), ApiError> {
         )));
     }
     Ok(())
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
 }
 
 /// `POST /v1/notify` (only from this clone's PBS): generation `seq` of `source`, taken at
@@ -166,14 +149,14 @@ async fn receive(app: &Arc<App>, gen: &GenId, epoch: u64) -> Result<(i64, u64), 
     .map_err(|e| format!("pulling {gen}: {e:#}"))?;
     let a = app.clone();
     let g = gen.clone();
-    tokio::task::spawn_blocking(move || {
+    wire::task::spawn_blocking(move || {
         a.store
             .commit_incoming(inc, Some(g.seq))
             .map(|r| (r.taken_at_ns, r.epoch.0))
             .map_err(|e| format!("refused {g}: {e}"))
     })
     .await
-    .map_err(|e| format!("worker failed: {e}"))?
+    .map_err(|e| e.to_string())?
 }
 
 /// One notified generation, from pull to verified (or rolled back).
@@ -187,17 +170,15 @@ async fn import(app: &Arc<App>, gen: GenId, epoch: u64) -> Result<Json<ApplyResu
             log_tail,
         })
     };
-    let already = app
-        .status
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .last_valid
-        .as_ref()
-        .is_some_and(|v| v.generation == gen.to_string() && v.verified);
+    let already = app.status.read(|s| {
+        s.last_valid
+            .as_ref()
+            .is_some_and(|v| v.generation == gen.to_string() && v.verified)
+    });
     if already {
         return Ok(result(true, None, String::new()));
     }
-    app.set_status(|s| s.importing = Some(gen.to_string()));
+    app.status.update(|s| s.importing = Some(gen.to_string()));
     let (taken_at, gen_epoch) = match receive(app, &gen, epoch).await {
         Ok(t) => t,
         Err(e) => {
@@ -209,7 +190,7 @@ async fn import(app: &Arc<App>, gen: GenId, epoch: u64) -> Result<Json<ApplyResu
     let _one = app.apply_lock.lock().await;
     // Checked again: a newer generation or a promotion may have come meanwhile.
     if let Err(e) = refuse_older(app, &gen).and_then(|()| app.takeover.refuse_if_promoted()) {
-        app.set_status(|s| s.importing = None);
+        app.status.update(|s| s.importing = None);
         return Err(e);
     }
     let t = Instant::now();
@@ -229,7 +210,7 @@ async fn import(app: &Arc<App>, gen: GenId, epoch: u64) -> Result<Json<ApplyResu
             (false, Some(format!("{e:#}")), log)
         }
     };
-    app.set_status(|s| {
+    app.status.update(|s| {
         s.importing = None;
         s.last_log = log_tail.clone();
         s.last_import_ok = Some(ok);
@@ -257,9 +238,11 @@ async fn import(app: &Arc<App>, gen: GenId, epoch: u64) -> Result<Json<ApplyResu
             )
             .inc();
         let a = app.clone();
-        let _ = blocking(move || trim_store(&a).map_err(|e| ApiError::internal(format!("{e:#}"))))
-            .await
-            .map_err(|e| tracing::warn!("store retention: {}", e.message));
+        let _ = wire::blocking(move || {
+            trim_store(&a).map_err(|e| ApiError::internal(format!("{e:#}")))
+        })
+        .await
+        .map_err(|e| tracing::warn!("store retention: {}", e.message));
     }
     Ok(result(ok, error, log_tail))
 }
@@ -280,12 +263,12 @@ async fn apply(
 ) -> Result<String, (anyhow::Error, String)> {
     let a = app.clone();
     let g = gen.clone();
-    let staged = tokio::task::spawn_blocking(move || -> Result<u64> {
+    let staged = wire::task::spawn_blocking(move || -> Result<u64> {
         let ar = &a.store;
         a.applier().stage(ar, &g)
     })
     .await
-    .map_err(|e| (anyhow::anyhow!("worker failed: {e}"), String::new()))
+    .map_err(|e| (anyhow::Error::new(e), String::new()))
     .and_then(|r| r.map_err(|e| (e, String::new())));
     let files = staged?;
     tracing::info!(generation = %gen, files, "staged and checked");
@@ -335,7 +318,7 @@ async fn apply(
 }
 
 async fn status(State(app): State<Arc<App>>) -> Json<Status> {
-    Json(app.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    Json(app.status.get())
 }
 
 pub async fn serve(cfg: Config) -> Result<()> {
@@ -378,15 +361,16 @@ pub async fn serve(cfg: Config) -> Result<()> {
     let tokens = cfg.server.token_set()?;
     let tls = cfg.server.tls_files()?;
     let listen = cfg.server.listen;
+    let st = wire::Durable::new("status", status_path(&cfg), st);
     let app = Arc::new(App {
         cfg,
         store: Arc::new(store),
         apply_lock: tokio::sync::Mutex::new(()),
-        status: Mutex::new(st),
+        status: st,
         metrics: Metrics::new(),
         takeover: crate::takeover::TakeoverState::default(),
     });
-    app.set_status(|_| {});
+    app.status.update(|_| {});
     crate::coordinator::startup_hello(&app).await;
     use wire::server::{limit_body, MAX_JSON_BODY};
     // Every body the clone takes is small JSON: it pulls the data itself.

@@ -104,7 +104,7 @@ async fn take_over(app: &Arc<App>, force: bool, by: &str, password: &str) -> Res
         })?
     };
     app.takeover.refuse_if_promoted()?;
-    let st = app.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let st = app.status.get();
     if !force {
         if let Some(g) = &st.importing {
             return Err(refuse(
@@ -225,7 +225,7 @@ async fn promote(app: &Arc<App>, epoch: u64) -> Result<u64, Refusal> {
     .save(&app.cfg.role_path())
     .map_err(|e| ApiError::internal(format!("cannot write the role file: {e}")))?;
     app.takeover.promoted.store(true, Ordering::SeqCst);
-    app.set_status(|s| {
+    app.status.update(|s| {
         s.role = Role::Main;
         s.status = wire::ha::NodeStatus::Leader;
         s.epoch = v.epoch;
@@ -394,7 +394,7 @@ async fn page_post(
 }
 
 async fn render(app: &App, result: Option<(StatusCode, String)>) -> String {
-    let st = app.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let st = app.status.get();
     let nodes = other_nodes(app).await;
     crate::takeover_page::render(&crate::takeover_page::View {
         name: &app.cfg.name,

@@ -264,17 +264,6 @@ pub fn load(path: &Path) -> Result<Config> {
     Ok(c)
 }
 
-/// A standard 5-field cron expression as the scheduler's 6-field form.
-pub fn cron6(expr: &str, key: &str) -> Result<String> {
-    let n = expr.split_whitespace().count();
-    if n != 5 {
-        bail!(
-            "{key} = {expr:?}: expected 5 cron fields (minute hour day month weekday), found {n}"
-        );
-    }
-    Ok(format!("0 {expr}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,14 +296,5 @@ mod tests {
         assert!(!imp("").unwrap().importers[0].spare);
         let e = imp("disable = true\n").unwrap_err();
         assert!(e.to_string().contains("disable"), "{e}");
-    }
-
-    #[test]
-    fn cron_fields() {
-        assert_eq!(cron6("0 * * * *", "k").unwrap(), "0 0 * * * *");
-        assert!(cron6("* * *", "schedule.prune")
-            .unwrap_err()
-            .to_string()
-            .contains("schedule.prune"));
     }
 }

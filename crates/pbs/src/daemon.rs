@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -64,7 +64,7 @@ pub(crate) struct App {
     pub(crate) cfg: Config,
     pub(crate) state_dir: PathBuf,
     pub(crate) archive: Arc<Archive>,
-    pub(crate) status: Mutex<ServerStatus>,
+    pub(crate) status: wire::Durable<ServerStatus>,
     /// One push job per clone, apart from the pulls (see `push.rs`).
     pub(crate) push_jobs: HashMap<String, Arc<crate::push::PushJob>>,
     /// One switchover or automatic failover at a time.
@@ -76,14 +76,12 @@ pub(crate) struct App {
 
 impl App {
     pub(crate) fn update(&self, f: impl FnOnce(&mut ServerStatus)) {
-        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut s);
-        while s.transactions.len() > KEEP_TX {
-            s.transactions.pop_front();
-        }
-        if let Err(e) = wire::write_json_atomic(&status_path(&self.state_dir), &*s) {
-            tracing::error!("cannot save status: {e}");
-        }
+        self.status.update(|s| {
+            f(s);
+            while s.transactions.len() > KEEP_TX {
+                s.transactions.pop_front();
+            }
+        });
     }
 
     fn set_tx(&self, t: TxState) {
@@ -97,21 +95,13 @@ impl App {
     }
 
     fn tx(&self, tx: &str) -> Option<TxState> {
-        let s = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        s.transactions.iter().find(|t| t.tx == tx).cloned()
+        self.status
+            .read(|s| s.transactions.iter().find(|t| t.tx == tx).cloned())
     }
 
     fn source(&self, name: &str) -> Option<&SourceConfig> {
         self.cfg.sources.iter().find(|s| s.name == name)
     }
-}
-
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| anyhow!("worker failed: {e}"))?
 }
 
 // ---------------------------------------------------------------- pull
@@ -174,7 +164,7 @@ async fn pull(app: &Arc<App>, src: &SourceConfig, n: &Notify) -> Result<GenRecor
     })
     .await?;
     let a = app.clone();
-    blocking(move || {
+    wire::blocking(move || {
         let ar = &a.archive;
         // A takeover may have happened since the notification was checked.
         Epoch::check(inc.record().epoch.0, a.coord.snapshot().epoch)?;
@@ -451,6 +441,7 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
         .unwrap_or(0);
     let coord = Coordinator::open(&cfg, &state_dir, archive_epoch)?;
     let st: ServerStatus = wire::read_json(&status_path(&state_dir))?.unwrap_or_default();
+    let st = wire::Durable::new("status", status_path(&state_dir), st);
     let mut queues = HashMap::new();
     let mut rxs = Vec::new();
     for s in &cfg.sources {
@@ -467,7 +458,7 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
         cfg,
         state_dir,
         archive: Arc::new(ar),
-        status: Mutex::new(st),
+        status: st,
         push_jobs,
         switching: tokio::sync::Mutex::new(()),
         queues,

@@ -121,11 +121,7 @@ pub(crate) async fn switchover(app: &Arc<App>, to: &str) -> Result<SwitchoverRes
     loop {
         let s = app
             .status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .importers
-            .get(to)
-            .cloned()
+            .read(|s| s.importers.get(to).cloned())
             .unwrap_or_default();
         let good = s
             .last_good
@@ -162,7 +158,7 @@ pub(crate) async fn switchover(app: &Arc<App>, to: &str) -> Result<SwitchoverRes
     };
     let a = app.clone();
     let (g, effects) = tokio::task::spawn_blocking(move || {
-        let server = a.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let server = a.status.get();
         a.coord.grant(&req, &server, GrantKind::Switchover)
     })
     .await
@@ -217,7 +213,7 @@ pub(crate) async fn auto_failover(app: Arc<App>) {
         let Some(main) = st.main.clone() else {
             continue;
         };
-        let server = app.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let server = app.status.get();
         // Last sign of life: a hello or notification, a commit of its source, this start.
         let mut last = started;
         let seen = st.nodes.get(&main).and_then(|n| n.last_seen.as_deref());
@@ -256,7 +252,7 @@ pub(crate) async fn auto_failover(app: Arc<App>) {
         };
         let a = app.clone();
         let granted = tokio::task::spawn_blocking(move || {
-            let server = a.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let server = a.status.get();
             a.coord
                 .grant(&req, &server, GrantKind::Takeover { promote: true })
         })

@@ -98,9 +98,7 @@ async fn rejoin(
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, CoordError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    Ok(tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("worker failed: {e}")))??)
+    wire::blocking(move || f().map_err(ApiError::from)).await
 }
 
 async fn hello(
@@ -141,7 +139,7 @@ async fn takeover(
     };
     let a = app.clone();
     let (g, effects) = blocking(move || {
-        let server = a.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let server = a.status.get();
         a.coord.grant(&req, &server, kind)
     })
     .await?;
@@ -156,7 +154,7 @@ async fn takeover(
 }
 
 fn views(app: &App) -> Vec<NodeView> {
-    let server = app.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let server = app.status.get();
     coord::views(&app.coord.snapshot(), &server)
 }
 

@@ -16,23 +16,16 @@ mod status;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Subcommand};
 
-#[derive(Parser)]
-#[command(
-    name = "pbs",
-    version,
-    about = "pullback pull-backup server: archive, verify, prune, push to clones"
-)]
-struct Cli {
-    /// Configuration file (TOML).
-    #[arg(long, global = true)]
-    config: Option<PathBuf>,
+type Cli = wire::cli::Cli<Cmd, Flags>;
+
+/// The PBS's own global flags.
+#[derive(Args)]
+struct Flags {
     /// Archive folder (overrides the config's [archive] path).
     #[arg(long, global = true)]
     archive: Option<PathBuf>,
-    #[command(subcommand)]
-    cmd: Cmd,
 }
 
 #[derive(Subcommand)]
@@ -72,70 +65,44 @@ fn local_client(cfg: &config::Config) -> anyhow::Result<wire::Client> {
         .server
         .as_ref()
         .context("the config has no [server] section: where is the PBS?")?;
-    let token = server.tokens.iter().find(|t| t.peer == "admin").context(
-        "[server] tokens has no entry for peer \"admin\" (used by switchover, balance, rejoin)",
-    )?;
-    let mut addr = server.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let scheme = if server.cert.is_some() {
-        "https"
-    } else {
-        "http"
-    };
     let wait = std::time::Duration::from_secs(cfg.failover.switchover_timeout_secs + 120);
-    wire::Client::new(
-        &format!("{scheme}://{addr}"),
-        Some(&token.token),
-        server.cert.as_deref(),
-        wait,
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))
+    wire::cli::admin_client(server, "switchover, balance, rejoin", wait)
 }
 
 /// One admin request to the running server; prints its JSON answer.
 fn ha_call(cfg: &config::Config, path: &str, body: serde_json::Value) -> anyhow::Result<ExitCode> {
     let client = local_client(cfg)?;
-    let rt = tokio::runtime::Runtime::new()?;
-    let v: serde_json::Value = rt
-        .block_on(client.post_json(path, &body))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let v: serde_json::Value =
+        wire::cli::block_on(client.post_json(path, &body))?.map_err(|e| anyhow::anyhow!("{e}"))?;
     wire::outln!("{}", serde_json::to_string_pretty(&v)?)?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
     archive::tune_allocator();
-    let cli = Cli::parse();
-    // Daemons log their work; one-shot commands only warnings.
-    wire::cli::init_logging(if matches!(cli.cmd, Cmd::Serve) {
-        "info"
-    } else {
-        "warn"
-    });
-    let r = (|| -> anyhow::Result<ExitCode> {
+    wire::cli::main(wire::binary!(), |cli: Cli| {
         // Only the archive commands work without a config (given --archive DIR).
-        let config_file = cli.config.clone().unwrap_or_default();
-        let cfg = match &cli.config {
-            Some(p) => config::load(p)?,
+        let config_file = cli.config.path.clone().unwrap_or_default();
+        let cfg = match &cli.config.path {
             None if matches!(cli.cmd, Cmd::Archive(_)) => config::Config::default(),
-            None => anyhow::bail!("no configuration: pass --config FILE"),
+            _ => config::load(cli.config.required()?)?,
         };
         match cli.cmd {
-            Cmd::Archive(a) => archive_cmd::run(a, cli.archive.or(cfg.archive.path.clone()), &cfg),
+            Cmd::Archive(a) => {
+                archive_cmd::run(a, cli.flags.archive.or(cfg.archive.path.clone()), &cfg)
+            }
             Cmd::Serve => {
                 let path = cli
+                    .flags
                     .archive
                     .or(cfg.archive.path.clone())
                     .ok_or_else(|| anyhow::anyhow!("no archive: set [archive] path in --config"))?;
-                let rt = tokio::runtime::Runtime::new()?;
-                rt.block_on(daemon::serve(cfg, path))?;
+                wire::cli::block_on(daemon::serve(cfg, path))??;
                 Ok(ExitCode::SUCCESS)
             }
             Cmd::Status { json } => {
                 let mut cfg = cfg;
-                if let Some(a) = cli.archive {
+                if let Some(a) = cli.flags.archive {
                     cfg.archive.path = Some(a);
                 }
                 let sd = cfg.state_dir.clone().ok_or_else(|| {
@@ -154,17 +121,7 @@ fn main() -> ExitCode {
                 ha_call(&cfg, "/v1/ha/rejoin", serde_json::json!({ "node": node }))
             }
         }
-    })();
-    wire::cli::exit("pbs", r)
+    })
 }
 
-#[cfg(test)]
-mod tests {
-    use clap::CommandFactory;
-
-    /// Every flag, positional and subcommand has a help text (a doc comment).
-    #[test]
-    fn every_argument_has_help() {
-        wire::cli::assert_every_argument_has_help(super::Cli::command());
-    }
-}
+wire::every_argument_has_help!(Cli);

@@ -14,7 +14,8 @@ use anyhow::{anyhow, bail, Result};
 use archive::{GenId, GenRecord, SourceName};
 
 use crate::config;
-use crate::daemon::{blocking, now_rfc3339, App, Event};
+use crate::daemon::{now_rfc3339, App, Event};
+use wire::blocking;
 
 /// The generations waiting for one clone (one per source, the newest) and the bell that
 /// wakes its job.
@@ -76,7 +77,7 @@ async fn push(app: &Arc<App>, imp: &config::ImporterConfig, gen: &GenId) -> Resu
         .map_err(|e| anyhow!("{e}"))?;
     let a = app.clone();
     let g = gen.clone();
-    let epoch = blocking(move || Ok(a.archive.record(&g)?.epoch.0)).await?;
+    let epoch = blocking(move || anyhow::Ok(a.archive.record(&g)?.epoch.0)).await?;
     let n = Notify {
         source: gen.source.to_string(),
         seq: gen.seq.0,
@@ -131,7 +132,7 @@ pub(crate) async fn latest_generation(app: &Arc<App>, source: Option<String>) ->
                 }
             }
         }
-        Ok(best.map(|r| r.id()))
+        anyhow::Ok(best.map(|r| r.id()))
     })
     .await
     .ok()

@@ -87,13 +87,6 @@ impl GenSource for HttpSource {
     }
 }
 
-/// Off the async threads (archive work reads and writes files).
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| anyhow!("worker failed: {e}"))?
-}
-
 /// Pull generation `gen` from `src` into a complete [`Incoming`] checked against `ar`
 /// (only what `ar` lacks is asked for). `check` sees the record before any blob is asked
 /// for (epoch, replay, a clone's "never back"): its error ends the pull, unchanged, so
@@ -107,21 +100,21 @@ pub async fn receive<S: GenSource>(
 ) -> Result<Incoming> {
     let bytes = src.record(gen).await?;
     let want = gen.clone();
-    let mut inc = blocking(move || {
+    let mut inc = wire::blocking(move || {
         let inc = Incoming::new(&bytes).context("the generation record")?;
         let got = inc.record().id();
         if got != want {
             bail!("asked for generation {want}, the source sent {got}");
         }
         check(inc.record())?;
-        Ok(inc)
+        anyhow::Ok(inc)
     })
     .await?;
     loop {
         let a = ar.clone();
-        let (i, need) = blocking(move || {
+        let (i, need) = wire::blocking(move || {
             let need = inc.missing(&a)?;
-            Ok((inc, need))
+            anyhow::Ok((inc, need))
         })
         .await?;
         inc = i;
@@ -129,9 +122,9 @@ pub async fn receive<S: GenSource>(
             return Ok(inc);
         }
         let pack = src.blobs(&need).await?;
-        let (i, taken) = blocking(move || {
+        let (i, taken) = wire::blocking(move || {
             let n = inc.add_pack(&pack).context("a pack from the source")?;
-            Ok((inc, n))
+            anyhow::Ok((inc, n))
         })
         .await?;
         inc = i;

@@ -1,6 +1,8 @@
-//! What every pullback binary does the same way: logging set-up, times as
-//! people read them, writing to standard output, and turning a result into an
-//! exit code.
+//! What every pullback binary does the same way: its `main` ([`main`]: logging set-up,
+//! the `--config FILE` argument [`ConfigArg`], an exit code from the result), times as
+//! people read them, writing to standard output, the [`admin_client`] its commands use to
+//! ask their own daemon, and the unit test of its help texts
+//! ([`every_argument_has_help!`](crate::every_argument_has_help)).
 //!
 //! The one-shot commands print through [`outln!`](crate::outln) and
 //! [`out!`](crate::out) instead of `println!`: a write to a closed standard output
@@ -11,8 +13,16 @@
 //! closed socket.
 
 use std::fmt;
+use std::future::Future;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::client::Client;
+use crate::config::ListenConfig;
 
 /// Exit status of a command whose standard output was closed before it was done
 /// (128 + SIGPIPE): the output is incomplete, so it is not a success.
@@ -63,6 +73,128 @@ macro_rules! out {
     ($($arg:tt)*) => {
         $crate::cli::write_stdout(format_args!($($arg)*), false)
     };
+}
+
+/// The `--config FILE` argument of every binary (`#[command(flatten)]` it into the
+/// binary's parser).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArg {
+    /// Configuration file (TOML).
+    #[arg(id = "config", long = "config", value_name = "CONFIG", global = true)]
+    pub path: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    /// The file given, or the error every binary gives without one.
+    pub fn required(&self) -> anyhow::Result<&Path> {
+        self.path
+            .as_deref()
+            .context("no configuration: pass --config FILE")
+    }
+}
+
+/// The command line of every binary: `--config FILE`, the binary's own global flags `X`
+/// (none by default) and its subcommand `C`. [`main`] parses it under the binary's name.
+#[derive(Debug, clap::Parser)]
+pub struct Cli<C: clap::Subcommand, X: clap::Args = NoFlags> {
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub flags: X,
+    #[allow(missing_docs)]
+    #[command(subcommand)]
+    pub cmd: C,
+}
+
+/// No global flags but `--config`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NoFlags {}
+
+/// What `--version` and `--help` say of a binary; [`binary!`](crate::binary) gives the
+/// one being compiled.
+#[derive(Debug, Clone, Copy)]
+pub struct Binary {
+    /// Its name (`exporter`), also the `NAME: error: ...` of a failure.
+    pub name: &'static str,
+    /// Its version.
+    pub version: &'static str,
+    /// One line on what it is.
+    pub about: &'static str,
+}
+
+/// The [`Binary`] being compiled: its name, and its package's version and description.
+#[macro_export]
+macro_rules! binary {
+    () => {
+        $crate::cli::Binary {
+            name: env!("CARGO_BIN_NAME"),
+            version: env!("CARGO_PKG_VERSION"),
+            about: env!("CARGO_PKG_DESCRIPTION"),
+        }
+    };
+}
+
+impl Binary {
+    /// The parser of [`Cli`] as this binary.
+    pub fn command<C: clap::Subcommand, X: clap::Args>(&self) -> clap::Command {
+        <Cli<C, X> as clap::CommandFactory>::command()
+            .name(self.name)
+            .version(self.version)
+            .about(self.about)
+    }
+}
+
+/// The `main` of every binary: parses the command line as `bin`, sets up logging (`info`
+/// for the daemon, the `serve` subcommand; `warn` for a one-shot command), then runs `body`,
+/// whose result [`exit`] turns into the exit code.
+pub fn main<C: clap::Subcommand, X: clap::Args>(
+    bin: Binary,
+    body: impl FnOnce(Cli<C, X>) -> anyhow::Result<ExitCode>,
+) -> ExitCode {
+    use clap::FromArgMatches;
+    let mut cmd = bin.command::<C, X>();
+    let matches = cmd.get_matches_mut();
+    let cli = Cli::<C, X>::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut cmd).exit());
+    // Daemons log their work; one-shot commands only warnings.
+    init_logging(if matches.subcommand_name() == Some("serve") {
+        "info"
+    } else {
+        "warn"
+    });
+    exit(bin.name, body(cli))
+}
+
+/// Runs `f` to its end on a new tokio runtime (the async part of a command).
+pub fn block_on<F: Future>(f: F) -> anyhow::Result<F::Output> {
+    Ok(tokio::runtime::Runtime::new()?.block_on(f))
+}
+
+/// A client of this host's own daemon, listening as `server` says, as peer `admin` with
+/// its token from `[server] tokens`; `used_by` names the commands that need that token in
+/// the error when there is none. The daemon's own certificate is trusted (it may be
+/// self-signed); it must name the address connected to (e.g. subjectAltName
+/// IP:127.0.0.1).
+pub fn admin_client(
+    server: &ListenConfig,
+    used_by: &str,
+    timeout: Duration,
+) -> anyhow::Result<Client> {
+    let token = server
+        .tokens
+        .iter()
+        .find(|t| t.peer == "admin")
+        .with_context(|| {
+            format!("[server] tokens has no entry for peer \"admin\" (used by {used_by})")
+        })?;
+    Client::new(
+        &server.local_url(),
+        Some(&token.token),
+        server.cert.as_deref(),
+        timeout,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Log to stderr, filtered by `PULLBACK_LOG` (tracing `EnvFilter` syntax),
@@ -130,6 +262,22 @@ pub fn assert_every_argument_has_help(cmd: clap::Command) {
     assert!(missing.is_empty(), "no help text:\n{}", missing.join("\n"));
 }
 
+/// The unit test every binary has, on its parser type: clap's own checks pass and every
+/// flag, positional and subcommand has a help text (a doc comment). Write
+/// `wire::every_argument_has_help!(Cli);` at the top level of `main.rs` (`Cli` being its
+/// [`Cli`] type).
+#[macro_export]
+macro_rules! every_argument_has_help {
+    ($cli:ty) => {
+        /// Every flag, positional and subcommand has a help text (a doc comment).
+        #[cfg(test)]
+        #[test]
+        fn every_argument_has_help() {
+            $crate::cli::assert_every_argument_has_help(<$cli as clap::CommandFactory>::command());
+        }
+    };
+}
+
 /// Every argument (flag or positional) and subcommand of `cmd`, its subcommands
 /// included, that has no help text, as `COMMAND PATH: --flag` lines. A binary's unit
 /// test asserts that this is empty, so a new flag without a doc comment fails it.
@@ -164,6 +312,88 @@ pub fn missing_help(cmd: &clap::Command) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    type Cli = super::Cli<Cmd>;
+
+    #[derive(clap::Subcommand)]
+    enum Cmd {
+        /// Run.
+        Serve,
+    }
+
+    crate::every_argument_has_help!(Cli);
+
+    #[test]
+    fn config_is_a_global_flag_and_required_says_how_to_give_it() {
+        use clap::FromArgMatches;
+        let bin = Binary {
+            name: "x",
+            version: "1.2.3",
+            about: "The x daemon.",
+        };
+        let parse = |args: &[&str]| {
+            bin.command::<Cmd, NoFlags>()
+                .try_get_matches_from(args)
+                .and_then(|m| Cli::from_arg_matches(&m))
+        };
+        let path = parse(&["x", "serve", "--config", "/etc/x.toml"])
+            .ok()
+            .and_then(|c| c.config.path);
+        assert_eq!(path, Some(PathBuf::from("/etc/x.toml")));
+        let Ok(Cli {
+            cmd: Cmd::Serve,
+            config,
+            ..
+        }) = parse(&["x", "serve"])
+        else {
+            panic!("serve does not parse");
+        };
+        let e = config
+            .required()
+            .map(Path::to_owned)
+            .map_err(|e| e.to_string());
+        assert_eq!(e, Err("no configuration: pass --config FILE".into()));
+        let help = bin.command::<Cmd, NoFlags>().render_help().to_string();
+        assert!(help.starts_with("The x daemon.\n"), "{help}");
+        assert!(
+            help.contains("--config <CONFIG>  Configuration file (TOML)\n"),
+            "{help}"
+        );
+        let version = bin.command::<Cmd, NoFlags>().render_version();
+        assert_eq!(version, "x 1.2.3\n");
+    }
+
+    #[test]
+    fn the_admin_client_needs_the_admin_token() {
+        let mut server = ListenConfig {
+            listen: std::net::SocketAddr::from(([0, 0, 0, 0], 8443)),
+            cert: None,
+            key: None,
+            tokens: vec![crate::TokenEntry {
+                peer: "pbs".into(),
+                token: "0123456789abcdef".into(),
+            }],
+        };
+        let e = admin_client(&server, "`x run`", Duration::from_secs(1))
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some("[server] tokens has no entry for peer \"admin\" (used by `x run`)")
+        );
+        server.tokens[0].peer = "admin".into();
+        let c = admin_client(&server, "`x run`", Duration::from_secs(1));
+        assert!(c.is_ok_and(|c| c.base_url() == "http://127.0.0.1:8443"));
+    }
+
+    #[test]
+    fn block_on_runs_the_future_to_its_end() {
+        let r = block_on(async {
+            tokio::task::yield_now().await;
+            4
+        });
+        assert_eq!(r.ok(), Some(4));
+    }
 
     #[test]
     fn times() {

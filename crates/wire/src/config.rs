@@ -221,6 +221,23 @@ impl ListenConfig {
             resolve(base, p);
         }
     }
+
+    /// Where a command on this host reaches the daemon: `listen`, with an unspecified
+    /// address (`0.0.0.0`, `::`) replaced by 127.0.0.1.
+    pub fn local_addr(&self) -> SocketAddr {
+        let mut addr = self.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        addr
+    }
+
+    /// The daemon's base URL for a command on this host ([`local_addr`](Self::local_addr)),
+    /// `https` when it has a certificate.
+    pub fn local_url(&self) -> String {
+        let scheme = if self.cert.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.local_addr())
+    }
 }
 
 /// A peer this daemon calls: its name, base URL, the token it expects from us, and an
@@ -347,6 +364,22 @@ ca = "ca.pem"
             err.contains("listen.listen") && err.contains("line 5"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_command_reaches_its_daemon_on_localhost_when_it_listens_everywhere() {
+        let mut cfg = ListenConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            cert: None,
+            key: None,
+            tokens: vec![],
+        };
+        assert_eq!(cfg.local_url(), "http://127.0.0.1:8443");
+        cfg.listen = "[::]:9000".parse().unwrap_or(cfg.listen);
+        assert_eq!(cfg.local_addr(), SocketAddr::from(([127, 0, 0, 1], 9000)));
+        cfg.listen = SocketAddr::from(([10, 1, 2, 3], 8443));
+        cfg.cert = Some("c.pem".into());
+        assert_eq!(cfg.local_url(), "https://10.1.2.3:8443");
     }
 
     #[test]

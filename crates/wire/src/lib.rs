@@ -11,10 +11,13 @@
 //!   status and the server's message; [`client::retry`] with exponential backoff.
 //! - [`metrics`]: a tiny Prometheus text-format registry ([`metrics::Metrics`]).
 //! - [`state`]: crash-safe JSON state files ([`state::write_json_atomic`],
-//!   [`state::read_json`]).
+//!   [`state::read_json`]) and a daemon's written-through status ([`state::Durable`]).
+//! - [`task`]: [`task::blocking`] runs blocking work off the async threads.
+//! - [`cron`]: [`cron::Cron`] runs jobs on the daemons' cron schedules.
 //! - [`config`]: [`config::load_toml`] with errors naming the file, line and key, and
 //!   the [`config::PeerConfig`] / [`config::ListenConfig`] blocks every daemon embeds.
-//! - [`cli`]: logging set-up, RFC 3339 times and exit codes shared by the binaries.
+//! - [`cli`]: the binaries' `main` ([`cli::main`], `--config`), logging set-up, RFC 3339
+//!   times, exit codes, and the [`cli::admin_client`] a command asks its own daemon with.
 //! - [`ha`]: roles, epochs, the role file and the coordinator's HA API types.
 //! - [`hook`]: [`hook::run_hook`] runs a hook executable with a timeout that kills its
 //!   whole process group, logging its output.
@@ -29,6 +32,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod cron;
 pub mod ha;
 pub mod hook;
 pub mod html;
@@ -36,6 +40,7 @@ pub mod metrics;
 pub mod phase;
 pub mod server;
 pub mod state;
+pub mod task;
 
 pub use auth::{require_token, Peer, TokenSet};
 pub use client::{retry, Backoff, Client, WireError};
@@ -43,4 +48,5 @@ pub use config::{load_toml, ListenConfig, PeerConfig, TokenEntry};
 pub use hook::{run_hook, run_hook_with, HookOptions, HookOutcome, HookStatus};
 pub use metrics::Metrics;
 pub use server::{serve, ApiError, Server, TlsFiles};
-pub use state::{read_json, write_json_atomic};
+pub use state::{read_json, write_json_atomic, Durable};
+pub use task::{blocking, WorkerFailed};

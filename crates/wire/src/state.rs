@@ -7,11 +7,15 @@
 //!
 //! These are blocking calls (small files); from async code wrap them in
 //! `tokio::task::spawn_blocking` if the state is large or the disk slow.
+//!
+//! [`Durable`] is a daemon's status: a value in memory behind a lock, written through to
+//! its file after every change.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -115,4 +119,106 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateErr
             path: path.to_owned(),
             source,
         })
+}
+
+/// A value shared by a daemon's tasks and kept in a JSON file: each [`update`](Self::update)
+/// changes it under the lock and writes it with [`write_json_atomic`] before the lock is
+/// released, so the file never holds an older value than one that was already read.
+///
+/// A write that fails is logged (`cannot save NAME: ...`) and the value in memory keeps the
+/// change: the daemon goes on, the file catches up with the next update.
+pub struct Durable<T> {
+    name: &'static str,
+    path: PathBuf,
+    value: Mutex<T>,
+}
+
+impl<T: Serialize + Clone> Durable<T> {
+    /// `value`, kept in `path`; `name` says what it is in the log (`status`). Nothing is
+    /// written until the first [`update`](Self::update) or [`save`](Self::save).
+    pub fn new(name: &'static str, path: PathBuf, value: T) -> Self {
+        Durable {
+            name,
+            path,
+            value: Mutex::new(value),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, T> {
+        self.value.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies `f` to the value and writes the result to the file; returns what `f` returns.
+    pub fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        let mut v = self.lock();
+        let r = f(&mut v);
+        if let Err(e) = write_json_atomic(&self.path, &*v) {
+            tracing::error!("cannot save {}: {e}", self.name);
+        }
+        r
+    }
+
+    /// Writes the value as it is, returning the error (a daemon's start: its folder must be
+    /// writable).
+    pub fn save(&self) -> Result<(), StateError> {
+        write_json_atomic(&self.path, &*self.lock())
+    }
+
+    /// A copy of the value.
+    pub fn get(&self) -> T {
+        self.lock().clone()
+    }
+
+    /// What `f` reads from the value (without copying all of it).
+    pub fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        f(&self.lock())
+    }
+
+    /// The file it is kept in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_update_is_written_through_and_reads_see_it() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("status.json");
+        let d = Durable::new("status", path.clone(), vec![1u32]);
+        assert_eq!(
+            read_json::<Vec<u32>>(&path)?,
+            None,
+            "nothing written before a change"
+        );
+        let len = d.update(|v| {
+            v.push(2);
+            v.len()
+        });
+        assert_eq!(len, 2);
+        assert_eq!(read_json::<Vec<u32>>(&path)?, Some(vec![1, 2]));
+        assert_eq!(d.get(), [1, 2]);
+        assert_eq!(d.read(|v| v[1]), 2);
+        d.update(|v| v.clear());
+        assert_eq!(read_json::<Vec<u32>>(&path)?, Some(vec![]));
+        assert_eq!(d.path(), path);
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_write_keeps_the_change_in_memory_and_save_reports_it() {
+        let d = Durable::new(
+            "status",
+            PathBuf::from("/nonexistent/folder/status.json"),
+            0u8,
+        );
+        d.update(|v| *v = 5);
+        assert_eq!(d.get(), 5);
+        let e = d.save().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("/nonexistent/folder"), "{e}");
+    }
 }
