@@ -30,8 +30,10 @@ pub struct Node {
     dir: PathBuf,
     holds: Vec<PortHold>,
     supervisor: Option<Supervisor>,
-    /// Runs its exporter when it has no role file yet (the first main).
+    /// Runs its exporter when it has no role file yet (the first main of its source).
     first_main: bool,
+    /// The source whose group it belongs to.
+    pub source: String,
 }
 
 /// Restarts the launcher whenever the daemon it became exits.
@@ -114,6 +116,12 @@ impl Group {
     /// folder); the first is the first main, `spares` are `spare = true` at the PBS.
     /// Every node has the takeover password `password_hash`.
     pub fn new(names: &[&str], spares: &[&str], password_hash: &str) -> Group {
+        let (hooks, env) = Group::files_hooks();
+        Group::with_hooks(names, spares, password_hash, hooks, env)
+    }
+
+    /// The `files` hooks, each node's service data its `data/` folder.
+    pub fn files_hooks() -> (PathBuf, NodeEnv) {
         let hooks = files_hook("export")
             .parent()
             .expect("the files hooks' folder")
@@ -125,7 +133,7 @@ impl Group {
                 ("PULLBACK_FILES_TARGET".into(), data),
             ]
         });
-        Group::with_hooks(names, spares, password_hash, hooks, env)
+        (hooks, env)
     }
 
     /// The same with the hooks of `hooks` (`deploy/hooks/<kind>`) and each node's
@@ -137,25 +145,39 @@ impl Group {
         hooks: PathBuf,
         env: NodeEnv,
     ) -> Group {
+        Group::sources(&[(SOURCE, names)], spares, password_hash, hooks, env)
+    }
+
+    /// Several sources on one PBS, each with its own group of nodes (the first of each is
+    /// its first main): `groups` is (source, node names).
+    pub fn sources(
+        groups: &[(&str, &[&str])],
+        spares: &[&str],
+        password_hash: &str,
+        hooks: PathBuf,
+        env: NodeEnv,
+    ) -> Group {
         let dir = tempfile::Builder::new()
             .prefix("pullback-group-")
             .tempdir()
             .expect("temp dir");
         let pbs_hold = PortHold::new();
-        let nodes: Vec<Node> = names
+        let nodes: Vec<Node> = groups
             .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let (e, m) = (PortHold::new(), PortHold::new());
-                Node {
-                    name: n.to_string(),
-                    exporter_port: e.port,
-                    importer_port: m.port,
-                    dir: dir.path().join(n),
-                    holds: vec![e, m],
-                    supervisor: None,
-                    first_main: i == 0,
-                }
+            .flat_map(|(source, names)| {
+                names.iter().enumerate().map(|(i, n)| {
+                    let (e, m) = (PortHold::new(), PortHold::new());
+                    Node {
+                        name: n.to_string(),
+                        exporter_port: e.port,
+                        importer_port: m.port,
+                        dir: dir.path().join(n),
+                        holds: vec![e, m],
+                        supervisor: None,
+                        first_main: i == 0,
+                        source: source.to_string(),
+                    }
+                })
             })
             .collect();
         let g = Group {
@@ -192,18 +214,24 @@ impl Group {
             })
             .collect();
         tokens.push(format!("{{ peer = \"admin\", token = \"{admin}\" }}"));
-        let first = &self.nodes[0];
         let mut pbs = format!(
-            "state_dir = \"{d}/pbs\"\n[archive]\npath = \"{d}/pbs/archive\"\n[server]\nlisten = \"127.0.0.1:{pp}\"\ntokens = [{}]\n[[source]]\nname = \"{SOURCE}\"\nattempts = 2\nexporter = {{ name = \"{}\", url = \"http://127.0.0.1:{}\", token = \"{}\" }}\n",
+            "state_dir = \"{d}/pbs\"\n[archive]\npath = \"{d}/pbs/archive\"\n[server]\nlisten = \"127.0.0.1:{pp}\"\ntokens = [{}]\n",
             tokens.join(", "),
-            first.name,
-            first.exporter_port,
-            token("pulls", &first.name),
         );
+        for first in self.nodes.iter().filter(|n| n.first_main) {
+            pbs.push_str(&format!(
+                "[[source]]\nname = \"{}\"\nattempts = 2\nexporter = {{ name = \"{}\", url = \"http://127.0.0.1:{}\", token = \"{}\" }}\n",
+                first.source,
+                first.name,
+                first.exporter_port,
+                token("pulls", &first.name),
+            ));
+        }
         for n in &self.nodes {
             pbs.push_str(&format!(
-                "[[importer]]\nname = \"{}\"\nurl = \"http://127.0.0.1:{}\"\ntoken = \"{}\"\ntakeover_password_hash = \"{hash}\"\n",
+                "[[importer]]\nname = \"{}\"\nsource = \"{}\"\nurl = \"http://127.0.0.1:{}\"\ntoken = \"{}\"\ntakeover_password_hash = \"{hash}\"\n",
                 n.name,
+                n.source,
                 n.importer_port,
                 token("tells", &n.name)
             ));
@@ -225,7 +253,7 @@ impl Group {
             fs::create_dir_all(n.dir.join("data")).expect("node data");
             let exporter = format!(
                 r#"name = "{name}"
-source = "{SOURCE}"
+source = "{source}"
 backup_dir = "{nd}/backup"
 state_dir = "{nd}/exporter"
 role_file = "{nd}/role.json"
@@ -245,6 +273,7 @@ url = "http://127.0.0.1:{pp}"
 token = "{speaks}"
 "#,
                 name = n.name,
+                source = n.source,
                 export = self.hooks.join("export").display(),
                 demote = self.hooks.join("demote").display(),
                 ep = n.exporter_port,
@@ -488,7 +517,7 @@ password_hash = "{hash}"
     /// A notification sent with node `name`'s token (what its exporter would send).
     pub fn notify_as(&self, name: &str, seq: u64, epoch: u64) -> HttpResponse {
         let body = serde_json::json!({
-            "source": SOURCE, "seq": seq, "tx": format!("{name}-replay-{seq}-{epoch}"),
+            "source": self.node(name).source, "seq": seq, "tx": format!("{name}-replay-{seq}-{epoch}"),
             "epoch": epoch, "node": name,
         })
         .to_string();

@@ -150,6 +150,10 @@ pub struct ImporterConfig {
     /// `[takeover] password_hash`): a takeover asked with the clone's token is granted only
     /// with the password, so the token in `importer.toml` alone cannot take over.
     pub takeover_password_hash: Option<String>,
+    /// The source whose group this node belongs to (it receives that source's generations,
+    /// and may take over as its main). Default: the only `[[source]]`; required when there
+    /// are several.
+    pub source: Option<String>,
     /// This node's exporter (its URL and the token it accepts from this PBS): once the node
     /// is MAIN (a takeover, a switchover), the PBS pulls the source's next generations from
     /// it, into the same history. Not needed for a node that is a `[[source]]` exporter.
@@ -212,9 +216,27 @@ pub fn load(path: &Path) -> Result<Config> {
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("config {}: [[source]] name", path.display()))?;
     }
+    let only_source = match c.sources.as_slice() {
+        [s] => Some(s.name.clone()),
+        _ => None,
+    };
     for i in &mut c.importers {
         if let Some(ca) = &mut i.ca {
             fix(ca);
+        }
+        match &i.source {
+            None if c.sources.len() > 1 => bail!(
+                "config {}: [[importer]] {}: say which [[source]] it is a clone of (source = ...): there are several",
+                path.display(),
+                i.name
+            ),
+            None => i.source = only_source.clone(),
+            Some(s) if !c.sources.iter().any(|x| &x.name == s) => bail!(
+                "config {}: [[importer]] {}: source = {s:?} is not a [[source]] name",
+                path.display(),
+                i.name
+            ),
+            Some(_) => {}
         }
         if let Some(ca) = i.exporter.as_mut().and_then(|e| e.ca.as_mut()) {
             fix(ca);
@@ -260,6 +282,31 @@ pub fn load(path: &Path) -> Result<Config> {
             "config {}: two [[source]] sections have the same name",
             path.display()
         );
+    }
+    // A node belongs to one group: the source it exports first, or the one it is a clone of.
+    let mut exporters: Vec<&str> = c.sources.iter().map(|s| s.exporter.name.as_str()).collect();
+    exporters.sort();
+    if let Some(w) = exporters.windows(2).find(|w| w[0] == w[1]) {
+        bail!(
+            "config {}: node {} is the exporter of two [[source]]s: a node belongs to one source's group",
+            path.display(),
+            w[0]
+        );
+    }
+    for i in &c.importers {
+        if let Some(s) = c
+            .sources
+            .iter()
+            .find(|s| s.exporter.name == i.name && Some(&s.name) != i.source.as_ref())
+        {
+            bail!(
+                "config {}: [[importer]] {} is the exporter of [[source]] {}, so its source must be {:?}",
+                path.display(),
+                i.name,
+                s.name,
+                s.name
+            );
+        }
     }
     Ok(c)
 }

@@ -6,11 +6,12 @@
 //! the effects back to the caller (`crate::ha_api`, `crate::failover`), which runs them
 //! (`crate::effects`) and maps refusals to HTTP only there.
 //!
-//! State (`STATE_DIR/coordinator.json`, written with `wire::write_json_atomic` before any
-//! answer that depends on it): the epoch, the main node, and per node its role, status,
-//! last seen time and last generation. Nodes are the configured sources' exporters and the
-//! configured importers (clones); an importer with `disabled = true` is Disabled and never
-//! eligible for takeover.
+//! One coordinator per source's group (`App::coords`): the source's exporter and the
+//! `[[importer]]`s whose `source` it is, with their own epoch and main. State
+//! (`STATE_DIR/coordinator.json` for the first source, `coordinator-<source>.json` for the
+//! others, written with `wire::write_json_atomic` before any answer that depends on it): the
+//! epoch, the main node, and per node its role, status, last seen time and last generation;
+//! an importer with `disabled = true` is Disabled and never eligible for takeover.
 //!
 //! - hello: a node says who it is; the coordinator answers its role. A node claiming MAIN
 //!   at an older epoch, or one marked Broken, gets BACKUP/Broken. With no main yet, the
@@ -93,12 +94,26 @@ pub struct CoordState {
 /// How many takeovers `coordinator.json` keeps.
 pub const KEEP_TAKEOVERS: usize = 20;
 
+/// The state file of the first source's group (and of a PBS without sources).
 pub fn state_path(state_dir: &Path) -> PathBuf {
     state_dir.join("coordinator.json")
 }
 
+/// The state file of `group` (a source name): `coordinator.json` for the first
+/// `[[source]]`, `coordinator-<source>.json` for the others.
+pub fn group_state_path(cfg: &Config, state_dir: &Path, group: Option<&str>) -> PathBuf {
+    match group {
+        Some(g) if cfg.sources.first().is_some_and(|s| s.name != g) => {
+            state_dir.join(format!("coordinator-{g}.json"))
+        }
+        _ => state_path(state_dir),
+    }
+}
+
 /// The coordinator of a running PBS: the state, saved, and the rules.
 pub struct Coordinator {
+    /// The source whose group this coordinates (`None`: a PBS without sources).
+    pub group: Option<String>,
     path: PathBuf,
     state: Mutex<CoordState>,
     /// Exporter node name → how to reach it (the source's exporter peer).
@@ -112,13 +127,30 @@ impl Coordinator {
     /// Loads (or creates) the state, adds the configured nodes, applies `disabled`, and
     /// raises the epoch to `archive_epoch` (the highest epoch of the archive's
     /// generations) if it is lower. Saves before returning.
+    #[cfg(test)]
     pub fn open(cfg: &Config, state_dir: &Path, archive_epoch: u64) -> Result<Coordinator> {
-        let path = state_path(state_dir);
+        let first = cfg.sources.first().map(|s| s.name.clone());
+        Self::open_group(cfg, state_dir, first.as_deref(), archive_epoch)
+    }
+
+    /// [`Coordinator::open`] for the group of source `group`: its exporter and the
+    /// `[[importer]]`s whose `source` it is, with its own epoch and main.
+    pub fn open_group(
+        cfg: &Config,
+        state_dir: &Path,
+        group: Option<&str>,
+        archive_epoch: u64,
+    ) -> Result<Coordinator> {
+        let path = group_state_path(cfg, state_dir, group);
         let mut st: CoordState = wire::read_json(&path)?.unwrap_or_default();
         st.epoch = st.epoch.max(archive_epoch);
         let mut exporters = BTreeMap::new();
         let mut speakers: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for s in &cfg.sources {
+        // An importer without `source` (only when the config was not loaded through
+        // `config::load`, which sets it) is a clone of the first source.
+        let first = cfg.sources.first().map(|s| s.name.as_str());
+        let in_group = |source: Option<&str>| group.is_none() || source.or(first) == group;
+        for s in cfg.sources.iter().filter(|s| in_group(Some(&s.name))) {
             let name = s.exporter.name.clone();
             exporters.insert(name.clone(), s.exporter.clone());
             let sp = speakers.entry(name.clone()).or_default();
@@ -135,7 +167,11 @@ impl Coordinator {
             clone_hook: cfg.failover.on_clone_needed.clone(),
             ..Default::default()
         };
-        for i in &cfg.importers {
+        for i in cfg
+            .importers
+            .iter()
+            .filter(|i| in_group(i.source.as_deref()))
+        {
             rules.clones.insert(i.name.clone());
             if i.spare {
                 rules.spares.push(i.name.clone());
@@ -180,6 +216,7 @@ impl Coordinator {
         }
         wire::write_json_atomic(&path, &st)?;
         Ok(Coordinator {
+            group: group.map(str::to_string),
             path,
             state: Mutex::new(st),
             exporters,
@@ -318,6 +355,11 @@ impl Coordinator {
     /// `[[source]]` exporter, or an `[[importer]]` with an `exporter`.
     pub fn exporter_peer(&self, node: &str) -> Option<PeerConfig> {
         self.exporters.get(node).cloned()
+    }
+
+    /// Whether `node` is one of this group's nodes.
+    pub fn has_node(&self, node: &str) -> bool {
+        self.speakers.contains_key(node)
     }
 
     /// The node token peer `peer` speaks for: its own name, or the node whose source names

@@ -71,7 +71,8 @@ pub(crate) struct App {
     pub(crate) switching: tokio::sync::Mutex<()>,
     queues: HashMap<String, mpsc::UnboundedSender<Notify>>,
     pub(crate) metrics: Metrics,
-    pub(crate) coord: Coordinator,
+    /// One coordinator per source's group (config order): its epoch, main and nodes.
+    pub(crate) coords: Vec<Coordinator>,
 }
 
 impl App {
@@ -102,6 +103,21 @@ impl App {
     fn source(&self, name: &str) -> Option<&SourceConfig> {
         self.cfg.sources.iter().find(|s| s.name == name)
     }
+
+    /// The coordinator of source `source`'s group.
+    pub(crate) fn coord_of_source(&self, source: &str) -> Option<&Coordinator> {
+        self.coords
+            .iter()
+            .find(|c| c.group.as_deref().is_none_or(|g| g == source))
+    }
+
+    /// The coordinator of the group node `node` belongs to.
+    pub(crate) fn coord_of(&self, node: &str) -> Result<&Coordinator, crate::coord::Refusal> {
+        self.coords
+            .iter()
+            .find(|c| c.has_node(node))
+            .ok_or_else(|| crate::coord::Refusal::UnknownNode(node.to_string()))
+    }
 }
 
 // ---------------------------------------------------------------- pull
@@ -121,7 +137,7 @@ async fn pull(app: &Arc<App>, src: &SourceConfig, n: &Notify) -> Result<GenRecor
     // From the node that notified: the group's MAIN when the notification was taken.
     let node = notifier(src, n);
     let client = app
-        .coord
+        .coord_of(node)?
         .exporter_peer(node)
         .ok_or_else(|| anyhow!("node {node} has no exporter at this PBS"))?
         .client(Duration::from_secs(600))
@@ -167,7 +183,10 @@ async fn pull(app: &Arc<App>, src: &SourceConfig, n: &Notify) -> Result<GenRecor
     wire::blocking(move || {
         let ar = &a.archive;
         // A takeover may have happened since the notification was checked.
-        Epoch::check(inc.record().epoch.0, a.coord.snapshot().epoch)?;
+        let coord = a
+            .coord_of_source(inc.record().source.as_str())
+            .ok_or_else(|| anyhow!("no coordinator for the source"))?;
+        Epoch::check(inc.record().epoch.0, coord.snapshot().epoch)?;
         Ok(ar.commit_incoming(inc, None)?)
     })
     .await
@@ -249,8 +268,9 @@ async fn worker(app: Arc<App>, name: String, mut rx: mpsc::UnboundedReceiver<Not
                         &[("source", &name)],
                     )
                     .inc();
-                app.coord
-                    .set_generation(notifier(src, &n), &gen.to_string());
+                if let Some(c) = app.coord_of_source(&name) {
+                    c.set_generation(notifier(src, &n), &gen.to_string());
+                }
                 tx.state = TxPhase::Committed;
                 tx.generation = Some(gen.to_string());
                 tx.at = now_rfc3339();
@@ -310,17 +330,19 @@ async fn notify(
             "notifications come from the main's exporter".into(),
         ));
     }
+    let coord = app
+        .coord_of_source(&n.source)
+        .ok_or_else(|| ApiError::internal("no coordinator for the source"))?;
     let node = match &n.node {
         Some(x) => x.clone(),
-        None => app
-            .coord
+        None => coord
             .node_of(&peer.0)
-            .ok_or_else(|| forbidden("it is no node of this PBS".into()))?,
+            .ok_or_else(|| forbidden("it is no node of this source's group".into()))?,
     };
-    app.coord
+    coord
         .check_peer(&peer.0, &node)
         .map_err(|e| forbidden(e.to_string()))?;
-    if app.coord.exporter_peer(&node).is_none() {
+    if coord.exporter_peer(&node).is_none() {
         return Err(forbidden(format!(
             "node {node} has no exporter at this PBS (a [[source]] exporter, or [[importer]] exporter = {{ url, token }})"
         )));
@@ -329,10 +351,13 @@ async fn notify(
         return Err(ApiError::bad_request("tx must be 1 to 128 characters"));
     }
     let name = SourceName::new(&n.source).map_err(ApiError::bad_request)?;
-    let (a, epoch, who) = (app.clone(), n.epoch, node.clone());
-    tokio::task::spawn_blocking(move || a.coord.check_notify(&who, epoch))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+    let (a, epoch, who, source) = (app.clone(), n.epoch, node.clone(), n.source.clone());
+    tokio::task::spawn_blocking(move || match a.coord_of_source(&source) {
+        Some(c) => c.check_notify(&who, epoch),
+        None => Ok(()),
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
     let a = app.clone();
     let latest_epoch = tokio::task::spawn_blocking(move || {
         let ar = &a.archive;
@@ -432,14 +457,23 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
     let tokens = server.token_set()?;
     let tls = server.tls_files()?;
     let ar = Archive::open_or_init(&archive_path)?;
-    let archive_epoch = ar
-        .generations()?
-        .iter()
-        .filter_map(|g| ar.record(g).ok())
-        .map(|r| r.epoch.0)
-        .max()
-        .unwrap_or(0);
-    let coord = Coordinator::open(&cfg, &state_dir, archive_epoch)?;
+    // Each group's epoch starts at least at the highest epoch of its source's generations.
+    let mut epochs: HashMap<String, u64> = HashMap::new();
+    for r in ar.generations()?.iter().filter_map(|g| ar.record(g).ok()) {
+        let e = epochs.entry(r.source.to_string()).or_default();
+        *e = (*e).max(r.epoch.0);
+    }
+    let coords = if cfg.sources.is_empty() {
+        vec![Coordinator::open_group(&cfg, &state_dir, None, 0)?]
+    } else {
+        cfg.sources
+            .iter()
+            .map(|s| {
+                let epoch = epochs.get(&s.name).copied().unwrap_or(0);
+                Coordinator::open_group(&cfg, &state_dir, Some(&s.name), epoch)
+            })
+            .collect::<Result<Vec<_>>>()?
+    };
     let st: ServerStatus = wire::read_json(&status_path(&state_dir))?.unwrap_or_default();
     let st = wire::Durable::new("status", status_path(&state_dir), st);
     let mut queues = HashMap::new();
@@ -463,7 +497,7 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
         switching: tokio::sync::Mutex::new(()),
         queues,
         metrics: Metrics::new(),
-        coord,
+        coords,
     });
     // Transactions cut short by a restart failed; the exporter notifies again.
     app.update(|s| {

@@ -31,7 +31,7 @@ pub(crate) async fn run(app: &Arc<App>, effects: Vec<Effect>) -> Result<(), ApiE
 
 /// Tells the old main to step down (best effort, in the background).
 fn step_down(app: &App, old: &str) {
-    let Some(peer) = app.coord.exporter_peer(old) else {
+    let Some(peer) = app.coord_of(old).ok().and_then(|c| c.exporter_peer(old)) else {
         return;
     };
     tokio::spawn(async move {

@@ -78,14 +78,18 @@ pub(crate) async fn switchover(app: &Arc<App>, to: &str) -> Result<SwitchoverRes
         .switching
         .try_lock()
         .map_err(|_| conflict("a switchover or failover is already running"))?;
-    app.coord.check_eligible(to)?;
-    let st = app.coord.snapshot();
+    let coord = app.coord_of(to).map_err(|r| match r {
+        crate::coord::Refusal::UnknownNode(n) => crate::coord::Refusal::UnknownClone(n),
+        r => r,
+    })?;
+    coord.check_eligible(to)?;
+    let st = coord.snapshot();
     let epoch = st.epoch;
     let main = st
         .main
         .clone()
         .ok_or_else(|| conflict("there is no main to switch over from (use a takeover)"))?;
-    let peer = app.coord.exporter_peer(&main).ok_or_else(|| {
+    let peer = coord.exporter_peer(&main).ok_or_else(|| {
         conflict(format!(
             "the main {main} is not a [[source]] exporter of this PBS: it cannot be asked for a final export"
         ))
@@ -159,7 +163,8 @@ pub(crate) async fn switchover(app: &Arc<App>, to: &str) -> Result<SwitchoverRes
     let a = app.clone();
     let (g, effects) = tokio::task::spawn_blocking(move || {
         let server = a.status.get();
-        a.coord.grant(&req, &server, GrantKind::Switchover)
+        a.coord_of(&req.node)?
+            .grant(&req, &server, GrantKind::Switchover)
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
@@ -181,7 +186,7 @@ pub(crate) async fn balance(app: &Arc<App>) -> Result<SwitchoverResult, ApiError
     let preferred = app.cfg.failover.preferred_leader.clone().ok_or_else(|| {
         conflict("no [failover] preferred_leader in the PBS config: nothing to balance to")
     })?;
-    let st = app.coord.snapshot();
+    let st = app.coord_of(&preferred)?.snapshot();
     if st.main.as_deref() == Some(preferred.as_str()) {
         return Ok(SwitchoverResult {
             main: preferred,
@@ -202,79 +207,91 @@ fn parse_time(s: &str) -> Option<time::OffsetDateTime> {
 pub(crate) async fn auto_failover(app: Arc<App>) {
     let started = time::OffsetDateTime::now_utc();
     let after = time::Duration::seconds(app.cfg.failover.after_secs as i64);
-    let mut last_refusal = String::new();
+    let mut last_refusal = vec![String::new(); app.coords.len()];
     tracing::info!(
         after_secs = app.cfg.failover.after_secs,
         "automatic failover is on"
     );
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let st = app.coord.snapshot();
-        let Some(main) = st.main.clone() else {
-            continue;
-        };
-        let server = app.status.get();
-        // Last sign of life: a hello or notification, a commit of its source, this start.
-        let mut last = started;
-        let seen = st.nodes.get(&main).and_then(|n| n.last_seen.as_deref());
-        let commits = app
-            .cfg
-            .sources
-            .iter()
-            .filter(|s| s.exporter.name == main)
-            .filter_map(|s| server.sources.get(&s.name))
-            .filter_map(|s| s.last_success.as_ref().map(|e| e.at.as_str()));
-        for t in seen.into_iter().chain(commits).filter_map(parse_time) {
-            last = last.max(t);
+        for (group, last) in last_refusal.iter_mut().enumerate() {
+            check_group(&app, group, started, after, last).await;
         }
-        if time::OffsetDateTime::now_utc() - last < after {
-            continue;
+    }
+}
+
+/// One group's turn of the automatic failover: its main's last sign of life, and a grant
+/// to its best clone when that is older than `after`.
+async fn check_group(
+    app: &Arc<App>,
+    group: usize,
+    started: time::OffsetDateTime,
+    after: time::Duration,
+    last_refusal: &mut String,
+) {
+    let coord = &app.coords[group];
+    let st = coord.snapshot();
+    let Some(main) = st.main.clone() else {
+        return;
+    };
+    let server = app.status.get();
+    // Last sign of life: a hello or notification, a commit of its source, this start.
+    let mut last = started;
+    let seen = st.nodes.get(&main).and_then(|n| n.last_seen.as_deref());
+    // Its source's commits: whichever node of the group made them.
+    let commits = coord
+        .group
+        .iter()
+        .filter_map(|s| server.sources.get(s))
+        .filter_map(|s| s.last_success.as_ref().map(|e| e.at.as_str()));
+    for t in seen.into_iter().chain(commits).filter_map(parse_time) {
+        last = last.max(t);
+    }
+    if time::OffsetDateTime::now_utc() - last < after {
+        return;
+    }
+    let Some(best) = coord.best_clone(&server) else {
+        let why =
+            format!("the main {main} is silent but no eligible clone holds a verified generation");
+        if why != *last_refusal {
+            tracing::warn!("automatic failover: {why}");
+            *last_refusal = why;
         }
-        let Some(best) = app.coord.best_clone(&server) else {
-            let why = format!(
-                "the main {main} is silent but no eligible clone holds a verified generation"
-            );
-            if why != last_refusal {
-                tracing::warn!("automatic failover: {why}");
-                last_refusal = why;
+        return;
+    };
+    let Ok(_one) = app.switching.try_lock() else {
+        return;
+    };
+    let req = TakeoverRequest {
+        node: best.clone(),
+        force: false,
+        epoch: Some(st.epoch),
+        by: Some("auto".into()),
+        password: None,
+    };
+    let a = app.clone();
+    let granted = tokio::task::spawn_blocking(move || {
+        let server = a.status.get();
+        a.coords[group].grant(&req, &server, GrantKind::Takeover { promote: true })
+    })
+    .await;
+    match granted {
+        Ok(Ok((g, effects))) => {
+            let (v, old) = (g.verdict, g.old);
+            tracing::warn!(node = %best, epoch = v.epoch, old_main = ?old, "automatic failover: MAIN granted");
+            // The old main told to step down, a new clone asked for, the clone promoted.
+            if let Err(e) = crate::effects::run(app, effects).await {
+                tracing::error!("automatic failover: {}", e.message);
             }
-            continue;
-        };
-        let Ok(_one) = app.switching.try_lock() else {
-            continue;
-        };
-        let req = TakeoverRequest {
-            node: best.clone(),
-            force: false,
-            epoch: Some(st.epoch),
-            by: Some("auto".into()),
-            password: None,
-        };
-        let a = app.clone();
-        let granted = tokio::task::spawn_blocking(move || {
-            let server = a.status.get();
-            a.coord
-                .grant(&req, &server, GrantKind::Takeover { promote: true })
-        })
-        .await;
-        match granted {
-            Ok(Ok((g, effects))) => {
-                let (v, old) = (g.verdict, g.old);
-                tracing::warn!(node = %best, epoch = v.epoch, old_main = ?old, "automatic failover: MAIN granted");
-                // The old main told to step down, a new clone asked for, the clone promoted.
-                if let Err(e) = crate::effects::run(&app, effects).await {
-                    tracing::error!("automatic failover: {}", e.message);
-                }
-            }
-            Ok(Err(e)) => {
-                let e = e.to_string();
-                if e != last_refusal {
-                    tracing::warn!("automatic failover refused: {e}");
-                    last_refusal = e;
-                }
-            }
-            Err(e) => tracing::error!("automatic failover: {e}"),
         }
+        Ok(Err(e)) => {
+            let e = e.to_string();
+            if e != *last_refusal {
+                tracing::warn!("automatic failover refused: {e}");
+                *last_refusal = e;
+            }
+        }
+        Err(e) => tracing::error!("automatic failover: {e}"),
     }
 }
 
@@ -291,11 +308,9 @@ pub(crate) fn run_clone_hook(app: &Arc<App>, needed: CloneNeeded) {
     tokio::spawn(async move {
         let old = needed.old_main.clone().unwrap_or_default();
         let source = app
-            .cfg
-            .sources
-            .iter()
-            .find(|s| s.exporter.name == old)
-            .map(|s| s.name.clone());
+            .coord_of(&needed.new_main)
+            .ok()
+            .and_then(|c| c.group.clone());
         let generation = crate::daemon::latest_generation(&app, source)
             .await
             .map(|g| g.to_string())
@@ -329,7 +344,12 @@ pub(crate) fn run_clone_hook(app: &Arc<App>, needed: CloneNeeded) {
         }
         let a = app.clone();
         let epoch = needed.epoch;
-        let _ = tokio::task::spawn_blocking(move || a.coord.set_clone_outcome(epoch, outcome, ok))
-            .await;
+        let new_main = needed.new_main.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Ok(c) = a.coord_of(&new_main) {
+                c.set_clone_outcome(epoch, outcome, ok)
+            }
+        })
+        .await;
     });
 }

@@ -103,24 +103,30 @@ pub(crate) async fn retry_promotions(app: Arc<App>) {
     let every = Duration::from_secs(app.cfg.failover.promote_retry_secs.max(1));
     loop {
         tokio::time::sleep(every).await;
-        let Some(p) = app.coord.pending_promotion() else {
-            continue;
-        };
-        let age = time::OffsetDateTime::parse(
-            &p.granted_at,
-            &time::format_description::well_known::Rfc3339,
-        )
-        .map(|t| time::OffsetDateTime::now_utc() - t)
-        .unwrap_or(time::Duration::MAX);
-        if age < time::Duration::try_from(every).unwrap_or(time::Duration::MAX) {
-            continue;
+        for coord in &app.coords {
+            retry_promotion(&app, coord, every).await;
         }
-        tracing::warn!(node = %p.node, epoch = p.epoch, retries = p.retries, "the promotion of a grant is not confirmed: promoting again");
-        let r = crate::failover::promote_clone(&app, &p.node, p.epoch).await;
-        if let Err(e) = &r {
-            tracing::error!("{}", e.message);
-        }
-        app.coord
-            .note_promotion_retry(&p.node, p.epoch, r.err().map(|e| e.message));
     }
+}
+
+/// One group's pending grant, promoted again once it is `every` old.
+async fn retry_promotion(app: &Arc<App>, coord: &crate::coord::Coordinator, every: Duration) {
+    let Some(p) = coord.pending_promotion() else {
+        return;
+    };
+    let age = time::OffsetDateTime::parse(
+        &p.granted_at,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .map(|t| time::OffsetDateTime::now_utc() - t)
+    .unwrap_or(time::Duration::MAX);
+    if age < time::Duration::try_from(every).unwrap_or(time::Duration::MAX) {
+        return;
+    }
+    tracing::warn!(node = %p.node, epoch = p.epoch, retries = p.retries, "the promotion of a grant is not confirmed: promoting again");
+    let r = crate::failover::promote_clone(app, &p.node, p.epoch).await;
+    if let Err(e) = &r {
+        tracing::error!("{}", e.message);
+    }
+    coord.note_promotion_retry(&p.node, p.epoch, r.err().map(|e| e.message));
 }

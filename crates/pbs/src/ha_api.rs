@@ -86,7 +86,15 @@ async fn rejoin(
     admin_only(&peer, "rejoin a node")?;
     let a = app.clone();
     let node = req.node.clone();
-    let effects = blocking(move || a.coord.rejoin(&node)).await?;
+    // A node of no group is refused by the first group's rules ("no [[importer]] entry").
+    let effects = blocking(move || {
+        let c = match a.coord_of(&node) {
+            Ok(c) => c,
+            Err(r) => a.coords.first().ok_or(r)?,
+        };
+        c.rejoin(&node)
+    })
+    .await?;
     crate::effects::run(&app, effects).await?;
     views(&app)
         .into_iter()
@@ -106,9 +114,9 @@ async fn hello(
     Extension(peer): Extension<Peer>,
     Json(h): Json<Hello>,
 ) -> Result<Json<Verdict>, ApiError> {
-    app.coord.check_peer(&peer.0, &h.node)?;
+    app.coord_of(&h.node)?.check_peer(&peer.0, &h.node)?;
     let a = app.clone();
-    let (v, effects) = blocking(move || a.coord.hello(&h)).await?;
+    let (v, effects) = blocking(move || a.coord_of(&h.node)?.hello(&h)).await?;
     // A rejoining clone that (re)starts: the latest generation is pushed there.
     crate::effects::run(&app, effects).await?;
     Ok(Json(v))
@@ -119,8 +127,8 @@ async fn takeover(
     Extension(peer): Extension<Peer>,
     Json(req): Json<TakeoverRequest>,
 ) -> Result<Json<Verdict>, ApiError> {
-    app.coord
-        .check_peer(&peer.0, &req.node)
+    app.coord_of(&req.node)
+        .and_then(|c| c.check_peer(&peer.0, &req.node))
         .map_err(|r| match r {
             Refusal::UnknownNode(n) => Refusal::UnknownClone(n),
             r => r,
@@ -140,7 +148,7 @@ async fn takeover(
     let a = app.clone();
     let (g, effects) = blocking(move || {
         let server = a.status.get();
-        a.coord.grant(&req, &server, kind)
+        a.coord_of(&req.node)?.grant(&req, &server, kind)
     })
     .await?;
     // The old main told to step down, a new clone asked for, the promotion: after the answer.
@@ -155,7 +163,10 @@ async fn takeover(
 
 fn views(app: &App) -> Vec<NodeView> {
     let server = app.status.get();
-    coord::views(&app.coord.snapshot(), &server)
+    app.coords
+        .iter()
+        .flat_map(|c| coord::views(&c.snapshot(), &server))
+        .collect()
 }
 
 async fn nodes(State(app): State<Arc<App>>) -> Json<Vec<NodeView>> {
@@ -164,6 +175,7 @@ async fn nodes(State(app): State<Arc<App>>) -> Json<Vec<NodeView>> {
 
 async fn dashboard(State(app): State<Arc<App>>) -> Result<Html<String>, ApiError> {
     let report = crate::daemon::status(State(app.clone())).await?.0;
-    let st = app.coord.snapshot();
+    // The epoch, main and takeovers of the first source's group; the nodes of every group.
+    let st = app.coords.first().map(|c| c.snapshot()).unwrap_or_default();
     Ok(Html(crate::dashboard::render(&st, &views(&app), &report)))
 }

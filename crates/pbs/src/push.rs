@@ -106,8 +106,12 @@ async fn push(app: &Arc<App>, imp: &config::ImporterConfig, gen: &GenId) -> Resu
 /// Queue `gen` for every clone that receives pushes (not the main, which serves, nor a
 /// Broken node, quarantined). Returns at once.
 pub(crate) fn push_all(app: &Arc<App>, gen: &GenId) {
-    for imp in &app.cfg.importers {
-        if app.coord.receives_pushes(&imp.name) {
+    let Some(coord) = app.coord_of_source(gen.source.as_str()) else {
+        return;
+    };
+    // The clones of the generation's source's group.
+    for imp in app.cfg.importers.iter().filter(|i| coord.has_node(&i.name)) {
+        if coord.receives_pushes(&imp.name) {
             queue(app, &imp.name, gen);
         }
     }
@@ -144,7 +148,9 @@ pub(crate) fn push_latest(app: &Arc<App>, node: &str) {
     let app = app.clone();
     let node = node.to_string();
     tokio::spawn(async move {
-        match latest_generation(&app, None).await {
+        // The newest generation of the node's own group's source.
+        let source = app.coord_of(&node).ok().and_then(|c| c.group.clone());
+        match latest_generation(&app, source).await {
             Some(gen) => queue(&app, &node, &gen),
             None => tracing::info!(node = %node, "rejoin: no generation to restore yet"),
         }
@@ -210,12 +216,13 @@ async fn push_one(app: &Arc<App>, imp: &config::ImporterConfig, gen: &GenId) {
                 &[("peer", &imp.name)],
             )
             .inc();
-    } else if app.coord.is_rejoining(&imp.name) {
+    } else if let Some(coord) = app
+        .coord_of(&imp.name)
+        .ok()
+        .filter(|c| c.is_rejoining(&imp.name))
+    {
         if let Some(latest) = latest_generation(app, Some(gen.source.to_string())).await {
-            if !app
-                .coord
-                .finish_rejoin(&imp.name, &gen.to_string(), &latest.to_string())
-            {
+            if !coord.finish_rejoin(&imp.name, &gen.to_string(), &latest.to_string()) {
                 // A newer generation was committed meanwhile: that one, too.
                 if latest != *gen {
                     push_latest(app, &imp.name);

@@ -71,11 +71,32 @@ pub fn report_with(cfg: &Config, state_dir: &Path, ar: Option<&Archive>) -> Resu
         }));
     }
     // The coordinator's view (written by `pbs serve`; none before its first start).
-    let coord: Option<CoordState> = wire::read_json(&coord::state_path(state_dir))?;
-    let nodes = coord
-        .as_ref()
-        .map(|c| coord::views(c, &st))
-        .unwrap_or_default();
+    // One per source's group; the first one's also at the top level (as with one source).
+    let mut groups: Vec<(Option<String>, Option<CoordState>)> = Vec::new();
+    if cfg.sources.is_empty() {
+        groups.push((None, wire::read_json(&coord::state_path(state_dir))?));
+    }
+    for s in &cfg.sources {
+        let path = coord::group_state_path(cfg, state_dir, Some(&s.name));
+        groups.push((Some(s.name.clone()), wire::read_json(&path)?));
+    }
+    let coord: Option<CoordState> = groups.first().and_then(|(_, c)| c.clone());
+    let nodes: Vec<_> = groups
+        .iter()
+        .filter_map(|(_, c)| c.as_ref())
+        .flat_map(|c| coord::views(c, &st))
+        .collect();
+    let group_json: Vec<Value> = groups
+        .iter()
+        .map(|(source, c)| {
+            json!({
+                "source": source,
+                "epoch": c.as_ref().map(|c| c.epoch),
+                "main": c.as_ref().and_then(|c| c.main.clone()),
+                "pending_promotion": c.as_ref().and_then(|c| c.pending_promotion.clone()),
+            })
+        })
+        .collect();
     let node_json = serde_json::to_value(&nodes)?;
     let mut lagging = Vec::new();
     let importers: Vec<Value> = cfg
@@ -93,7 +114,9 @@ pub fn report_with(cfg: &Config, state_dir: &Path, ar: Option<&Archive>) -> Resu
                     && n["status"] != "Disabled"
                     && n["status"] != "Spare"
             });
-            let behind = receives.then(|| behind(&s, &newest_of, now)).flatten();
+            let behind = receives
+                .then(|| behind(&s, i.source.as_deref(), &newest_of, now))
+                .flatten();
             if behind.as_ref().is_some_and(|b| b.alarm) {
                 lagging.push(i.name.clone());
             }
@@ -132,6 +155,8 @@ pub fn report_with(cfg: &Config, state_dir: &Path, ar: Option<&Archive>) -> Resu
         "sources": sources,
         "importers": importers,
         "main": coord.as_ref().and_then(|c| c.main.clone()),
+        // Every source's group: its own epoch and main.
+        "groups": group_json,
         "nodes": nodes,
         // The last few takeovers, newest first; the full bounded history is in
         // coordinator.json.
@@ -166,14 +191,17 @@ struct Behind {
 /// Whether a clone lacks the newest generation of its source.
 fn behind(
     s: &crate::daemon::ImporterStatus,
+    group: Option<&str>,
     newest_of: &std::collections::HashMap<String, archive::GenRecord>,
     now: i64,
 ) -> Option<Behind> {
     let good = s.last_good.as_ref().and_then(|e| e.generation.clone());
-    let source = good
-        .as_deref()
-        .and_then(|g| g.parse::<archive::GenId>().ok())
-        .map(|g| g.source.as_str().to_string());
+    // The source of the clone's group (or, without one, of what it last verified).
+    let source = group.map(str::to_string).or_else(|| {
+        good.as_deref()
+            .and_then(|g| g.parse::<archive::GenId>().ok())
+            .map(|g| g.source.as_str().to_string())
+    });
     // A clone that never got anything is behind every source that has a generation.
     let newest = match &source {
         Some(src) => newest_of.get(src)?,
@@ -218,6 +246,17 @@ pub fn print(cfg: &Config, state_dir: &Path, json_out: bool) -> Result<std::proc
             r.json["status"].as_str().unwrap_or(""),
             r.json["epoch"]
         )?;
+        let groups = r.json["groups"].as_array().cloned().unwrap_or_default();
+        if groups.len() > 1 {
+            for g in &groups {
+                wire::outln!(
+                    "group of source {}: epoch {}  main {}",
+                    g["source"].as_str().unwrap_or(""),
+                    g["epoch"],
+                    g["main"].as_str().unwrap_or("none")
+                )?;
+            }
+        }
         for s in r.json["sources"].as_array().into_iter().flatten() {
             let newest = &s["newest"];
             wire::outln!(
