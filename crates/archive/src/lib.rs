@@ -21,6 +21,7 @@ pub use id::{ChunkId, Epoch, EpochError, FileDigest, GenId, PackId, Seq, SourceN
 pub use ingest::{IngestOptions, IngestReport};
 pub use manifest::{GenRecord, Node, NodeKind};
 pub mod gc;
+mod pipeline;
 pub mod prune;
 pub mod restore;
 mod sink;
