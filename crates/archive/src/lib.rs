@@ -24,6 +24,7 @@ pub mod gc;
 mod pipeline;
 pub mod prune;
 pub mod restore;
+pub mod reuse;
 mod sink;
 pub mod transfer;
 pub mod verify;
