@@ -332,6 +332,14 @@ impl Archive {
         Ok(Arc::try_unwrap(a).unwrap_or_else(|a| (*a).clone()))
     }
 
+    /// A chunk's plain content, decoded through its delta chain but *not*
+    /// checked against its id: only for callers that prove the bytes another
+    /// way (a whole file against its SHA-256 digest) and fall back to
+    /// [`Archive::chunk`], which names the damaged chunk, when that fails.
+    pub(crate) fn chunk_unchecked(&self, id: &ChunkId) -> Result<Arc<Vec<u8>>> {
+        decode_unchecked(self, &self.cache, id)
+    }
+
     /// The reference prefix of a delta: its bases' bytes, concatenated.
     pub(crate) fn prefix_of(&self, bases: &[ChunkId], depth: u32) -> Result<Vec<u8>> {
         prefix_from(self, &self.cache, bases, depth)
@@ -381,6 +389,28 @@ pub(crate) fn decode_from(
     id: &ChunkId,
     depth: u32,
 ) -> Result<Arc<Vec<u8>>> {
+    decode_chain(src, cache, id, depth, depth == 0)
+}
+
+/// Decode a chunk through its delta chain without checking it against its id
+/// (see [`Archive::chunk_unchecked`]).
+pub(crate) fn decode_unchecked(
+    src: &dyn Blobs,
+    cache: &ChunkCache,
+    id: &ChunkId,
+) -> Result<Arc<Vec<u8>>> {
+    decode_chain(src, cache, id, 0, false)
+}
+
+/// Decode a chunk through its delta chain; with `check`, check it against
+/// its id.
+fn decode_chain(
+    src: &dyn Blobs,
+    cache: &ChunkCache,
+    id: &ChunkId,
+    depth: u32,
+    check: bool,
+) -> Result<Arc<Vec<u8>>> {
     if depth > MAX_DEPTH as u32 + 1 {
         return Err(Error::DamagedChunk(
             *id,
@@ -405,7 +435,7 @@ pub(crate) fn decode_from(
     // The chunk asked for is checked against its id; its delta bases need not
     // be: a wrong base cannot decode to bytes that pass this check. (Verify
     // checks every blob as a chunk asked for, so damage is still named.)
-    if depth == 0 && ChunkId::of(&data) != *id {
+    if check && ChunkId::of(&data) != *id {
         return Err(Error::DamagedChunk(
             *id,
             "content does not match its SHA-256".into(),

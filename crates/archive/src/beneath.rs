@@ -115,13 +115,29 @@ impl Beneath {
         })
     }
 
-    /// Create a new file (never an existing one, never through a symlink).
+    /// Create a new file (never an existing one, never through a symlink),
+    /// open for writing and for reading back what was written.
     pub fn create_file(&self, rel: &[u8]) -> io::Result<File> {
         self.open_at(
             rel,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             0o600,
         )
+    }
+
+    /// Open an existing regular file for reading: a symlink is refused, and
+    /// so is anything else that is not a regular file (opened without
+    /// blocking, so that a FIFO put in its place cannot stall the caller).
+    pub fn open_regular(&self, rel: &[u8]) -> io::Result<File> {
+        let f = self.open_at(
+            rel,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            0,
+        )?;
+        if !f.metadata()?.is_file() {
+            return Err(refuse(rel, "not a regular file"));
+        }
+        Ok(f)
     }
 
     /// Open an existing file for reading; a symlink is refused.

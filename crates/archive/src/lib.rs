@@ -21,8 +21,10 @@ pub use id::{ChunkId, Epoch, EpochError, FileDigest, GenId, PackId, Seq, SourceN
 pub use ingest::{IngestOptions, IngestReport};
 pub use manifest::{GenRecord, Node, NodeKind};
 pub mod gc;
+mod pipeline;
 pub mod prune;
 pub mod restore;
+pub mod reuse;
 mod sink;
 pub mod transfer;
 pub mod verify;

@@ -114,41 +114,7 @@ impl Archive {
     /// following any symlink ([`Beneath`]): nothing is ever written outside
     /// `to`, whatever the list says.
     pub fn restore_nodes(&self, nodes: &[Node], to: &Path) -> Result<RestoreReport> {
-        validate_list(nodes).map_err(|why| Error::Corrupt {
-            what: format!("file list to restore into {}", to.display()),
-            why,
-        })?;
-        let root = Beneath::open(to).at(to)?;
-        let mut report = RestoreReport::default();
-        for n in nodes.iter().filter(|n| n.kind == NodeKind::Dir) {
-            root.mkdir(&n.path, 0o700).at(root.display(&n.path))?;
-            report.dirs += 1;
-        }
-        nodes
-            .par_iter()
-            .filter(|n| n.kind != NodeKind::Dir)
-            .try_for_each(|n| self.restore_leaf(n, &root))?;
-        for n in nodes {
-            match n.kind {
-                NodeKind::File => {
-                    report.files += 1;
-                    report.bytes += n.size;
-                }
-                NodeKind::Symlink => report.symlinks += 1,
-                NodeKind::Dir => {}
-            }
-        }
-        // Folders last, deepest first, so that writing into them does not
-        // undo their times (and a read-only folder is filled before it closes).
-        for n in nodes.iter().rev().filter(|n| n.kind == NodeKind::Dir) {
-            let p = root.display(&n.path);
-            let f = root.open_dir(&n.path).at(&p)?;
-            f.set_permissions(fs::Permissions::from_mode(restored_mode(n)))
-                .at(&p)?;
-            f.set_times(FileTimes::new().set_modified(time_of(n.mtime_ns)))
-                .at(&p)?;
-        }
-        Ok(report)
+        restore_nodes_with(nodes, to, |n, root| self.restore_leaf(n, root))
     }
 
     fn restore_leaf(&self, n: &Node, root: &Beneath) -> Result<()> {
@@ -168,13 +134,12 @@ impl Archive {
             let _ = root.remove_file(&n.path);
             return r;
         }
-        f.set_permissions(fs::Permissions::from_mode(restored_mode(n)))
-            .at(&p)?;
-        f.set_times(FileTimes::new().set_modified(time_of(n.mtime_ns)))
-            .at(&p)
+        set_file_meta(n, &f, &p)
     }
 
-    fn write_file(&self, n: &Node, f: &File, p: &Path) -> Result<()> {
+    /// Write every chunk of `n` into `f` (already of the right length, holes
+    /// where nothing was written yet), each checked against its id first.
+    pub(crate) fn write_file(&self, n: &Node, f: &File, p: &Path) -> Result<()> {
         let chunks = n.chunk_list();
         let mut offsets = Vec::with_capacity(chunks.len());
         let mut at = 0u64;
@@ -198,6 +163,59 @@ impl Archive {
             (0..chunks.len()).try_for_each(write_one)
         }
     }
+}
+
+/// A restored file's mode and modification time, from its node.
+pub(crate) fn set_file_meta(n: &Node, f: &File, p: &Path) -> Result<()> {
+    f.set_permissions(fs::Permissions::from_mode(restored_mode(n)))
+        .at(p)?;
+    f.set_times(FileTimes::new().set_modified(time_of(n.mtime_ns)))
+        .at(p)
+}
+
+/// Restore `nodes` into the empty folder `to`: the list is checked, the
+/// folders made, every other entry written by `leaf` (in parallel), and the
+/// folders' modes and times set last.
+pub(crate) fn restore_nodes_with(
+    nodes: &[Node],
+    to: &Path,
+    leaf: impl Fn(&Node, &Beneath) -> Result<()> + Sync,
+) -> Result<RestoreReport> {
+    validate_list(nodes).map_err(|why| Error::Corrupt {
+        what: format!("file list to restore into {}", to.display()),
+        why,
+    })?;
+    let root = Beneath::open(to).at(to)?;
+    let mut report = RestoreReport::default();
+    for n in nodes.iter().filter(|n| n.kind == NodeKind::Dir) {
+        root.mkdir(&n.path, 0o700).at(root.display(&n.path))?;
+        report.dirs += 1;
+    }
+    nodes
+        .par_iter()
+        .filter(|n| n.kind != NodeKind::Dir)
+        .try_for_each(|n| leaf(n, &root))?;
+    for n in nodes {
+        match n.kind {
+            NodeKind::File => {
+                report.files += 1;
+                report.bytes += n.size;
+            }
+            NodeKind::Symlink => report.symlinks += 1,
+            NodeKind::Dir => {}
+        }
+    }
+    // Folders last, deepest first, so that writing into them does not
+    // undo their times (and a read-only folder is filled before it closes).
+    for n in nodes.iter().rev().filter(|n| n.kind == NodeKind::Dir) {
+        let p = root.display(&n.path);
+        let f = root.open_dir(&n.path).at(&p)?;
+        f.set_permissions(fs::Permissions::from_mode(restored_mode(n)))
+            .at(&p)?;
+        f.set_times(FileTimes::new().set_modified(time_of(n.mtime_ns)))
+            .at(&p)?;
+    }
+    Ok(report)
 }
 
 #[cfg(test)]

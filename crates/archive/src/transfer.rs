@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::archive::{decode_from, Archive, Blobs, MAX_DEPTH};
+use crate::archive::{decode_from, decode_unchecked, Archive, Blobs, MAX_DEPTH};
 use crate::commit::{Commit, Pins};
 use crate::error::{corrupt, Error, Result};
 use crate::id::{ChunkId, DigestMap, DigestSet, FileDigest, GenId, Seq};
@@ -302,8 +302,11 @@ impl Archive {
             spool: &inc.spool,
         };
         // Every file with received content hashes to its digest; its chunks
-        // are decoded (and so checked against their ids) on the way, a window
-        // at a time in parallel.
+        // are decoded on the way, a window at a time in parallel, and the
+        // received ones checked against their ids. The ones this archive had
+        // were checked when they came in, and the file's digest covers them
+        // again: a damaged one is looked for (and named) only when a digest
+        // does not match.
         let changed: Vec<&Node> = nodes
             .iter()
             .filter(|n| {
@@ -318,13 +321,22 @@ impl Archive {
             for window in n.chunk_list().chunks(16) {
                 let data = window
                     .par_iter()
-                    .map(|c| decode_from(&ov, &self.cache, &c.0, 0))
+                    .map(|c| {
+                        if inc.received.contains_key(&c.0) {
+                            decode_from(&ov, &self.cache, &c.0, 0)
+                        } else {
+                            decode_unchecked(&ov, &self.cache, &c.0)
+                        }
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 for d in &data {
                     h.update(&***d);
                 }
             }
             if n.digest != Some(FileDigest(h.finalize().into())) {
+                for c in n.chunk_list() {
+                    decode_from(&ov, &self.cache, &c.0, 0)?;
+                }
                 return Err(corrupt(
                     format!("received file {}", n.path_lossy()),
                     "content does not match its SHA-256",
@@ -501,6 +513,55 @@ mod tests {
         assert!(matches!(r, Err(Error::DamagedChunk(..))), "{r:?}");
         assert!(b.generations().unwrap().is_empty());
         assert!(b.backend().list("packs").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_damaged_chunk_already_here_is_named_when_a_digest_does_not_match() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let mut data = rows(400_000, "a");
+        write(&src, "dump.sql", &data);
+        let a = Archive::init(&t.path().join("a")).unwrap();
+        let b = Archive::init(&t.path().join("b")).unwrap();
+        let s = SourceName::new("db").unwrap();
+        let opts = IngestOptions::default();
+        let g1 = a.ingest(&s, &src, &opts).unwrap().record.id();
+        transfer(&a, &b, &g1);
+        // The file's first chunk, which the next generation shares, is
+        // damaged in `b`: it is not received again, so only the file's digest
+        // can notice, and the error must still name the chunk.
+        let first = b.manifest(&b.record(&g1).unwrap()).unwrap()[0].chunk_list()[0].0;
+        let (pack, e) = {
+            let idx = b.index();
+            let info = idx.get(&first).unwrap();
+            (idx.packs[info.pack as usize], info.entry.clone())
+        };
+        let path = t.path().join("b").join(crate::pack::key(&pack));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[e.offset as usize + e.stored_len as usize / 2] ^= 0x55;
+        let mut perm = std::fs::metadata(&path).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o644);
+        std::fs::set_permissions(&path, perm).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+        data[4_000_000] = b'#';
+        write(&src, "dump.sql", &data);
+        let g2 = a.ingest(&s, &src, &opts).unwrap().record.id();
+        let mut inc = Incoming::new(&a.record_bytes(&g2).unwrap()).unwrap();
+        loop {
+            let need = inc.missing(&b).unwrap();
+            if need.is_empty() {
+                break;
+            }
+            assert!(!need.contains(&first));
+            inc.add_pack(&a.export_blobs(&need).unwrap()).unwrap();
+        }
+        let r = b.commit_incoming(inc, None);
+        assert!(
+            matches!(&r, Err(Error::DamagedChunk(id, _)) if *id == first),
+            "{r:?}"
+        );
+        assert_eq!(b.generations().unwrap(), vec![g1]);
     }
 
     #[test]

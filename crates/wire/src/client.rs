@@ -6,12 +6,10 @@
 //! becomes a [`WireError`] that names the method, URL, status and the server's own
 //! message (the `error` field of an [`crate::server::ApiError`] body, or the text body).
 //!
-//! [`retry`] re-runs an operation with exponential backoff on connection errors, timeouts
-//! and 5xx answers, never on 4xx.
+//! [`retry`] (in [`crate::retry`], re-exported here) re-runs an operation with
+//! exponential backoff on connection errors, timeouts and 5xx answers, never on 4xx.
 
 use std::fmt;
-use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,6 +20,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+pub use crate::retry::{retry, Backoff, Retryable};
 
 /// Connect timeout of every [`Client`].
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -143,12 +143,6 @@ impl WireError {
             | WireError::TooLarge { .. } => false,
         }
     }
-}
-
-/// Errors that [`retry`] knows how to classify.
-pub trait Retryable {
-    /// True when the operation may succeed if tried again.
-    fn is_retryable(&self) -> bool;
 }
 
 impl Retryable for WireError {
@@ -530,90 +524,9 @@ async fn read_max(
     Ok(Bytes::from(body))
 }
 
-/// Exponential backoff for [`retry`]: waits `initial`, then twice as long each time, at
-/// most `max`, for at most `attempts` tries in all (each wait is shortened by up to a
-/// quarter at random, so clones do not retry in lockstep).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    /// The first wait.
-    pub initial: Duration,
-    /// The longest wait.
-    pub max: Duration,
-    /// Tries in all, the first included (0 counts as 1).
-    pub attempts: u32,
-}
-
-impl Default for Backoff {
-    /// 250 ms, doubling up to 10 s, 6 tries (about 17 s of waiting in all).
-    fn default() -> Self {
-        Backoff {
-            initial: Duration::from_millis(250),
-            max: Duration::from_secs(10),
-            attempts: 6,
-        }
-    }
-}
-
-impl Backoff {
-    /// The wait before retry number `retry` (0-based), before jitter.
-    pub fn delay(&self, retry: u32) -> Duration {
-        let factor = 2u32.saturating_pow(retry.min(31));
-        self.initial.saturating_mul(factor).min(self.max)
-    }
-}
-
-/// A random value in `0..=n` from the standard library's per-process random keys.
-fn random_up_to(n: u64) -> u64 {
-    if n == 0 {
-        return 0;
-    }
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(n);
-    h.finish() % (n + 1)
-}
-
-/// Runs `op` until it succeeds, fails with a non-retryable error, or `backoff.attempts`
-/// tries are used up; returns the last result. Each retry is logged at `warn`.
-pub async fn retry<T, E, F, Fut>(backoff: &Backoff, mut op: F) -> Result<T, E>
-where
-    E: Retryable + fmt::Display,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-{
-    let attempts = backoff.attempts.max(1);
-    let mut tried = 0u32;
-    loop {
-        tried += 1;
-        match op().await {
-            Ok(v) => return Ok(v),
-            Err(e) if tried < attempts && e.is_retryable() => {
-                let full = backoff.delay(tried - 1);
-                let nanos = u64::try_from(full.as_nanos()).unwrap_or(u64::MAX);
-                let wait = full.saturating_sub(Duration::from_nanos(random_up_to(nanos / 4)));
-                tracing::warn!("attempt {tried}/{attempts} failed, retrying in {wait:?}: {e}");
-                tokio::time::sleep(wait).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let b = Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_millis(350),
-            attempts: 5,
-        };
-        assert_eq!(b.delay(0), Duration::from_millis(100));
-        assert_eq!(b.delay(1), Duration::from_millis(200));
-        assert_eq!(b.delay(2), Duration::from_millis(350));
-        assert_eq!(b.delay(40), Duration::from_millis(350));
-    }
 
     #[test]
     fn messages_from_bodies() {

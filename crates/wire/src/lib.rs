@@ -8,7 +8,8 @@
 //!   with graceful shutdown; [`server::Server::bind`] reports the bound address.
 //! - [`client`]: [`client::Client`], a reqwest wrapper that sends the peer token, trusts
 //!   an extra CA, and turns every failure into a [`client::WireError`] naming the URL,
-//!   status and the server's message; [`client::retry`] with exponential backoff.
+//!   status and the server's message.
+//! - [`retry`]: [`retry::retry`] with exponential backoff (also at `client::retry`).
 //! - [`metrics`]: a tiny Prometheus text-format registry ([`metrics::Metrics`]).
 //! - [`state`]: crash-safe JSON state files ([`state::write_json_atomic`],
 //!   [`state::read_json`]) and a daemon's written-through status ([`state::Durable`]).
@@ -38,6 +39,7 @@ pub mod hook;
 pub mod html;
 pub mod metrics;
 pub mod phase;
+pub mod retry;
 pub mod server;
 pub mod state;
 pub mod task;
