@@ -62,77 +62,56 @@ url = "http://127.0.0.1:$P_SPARE"
 token = "$T_PUSH2"
 spare = true
 TOML
-cat > "$W/exporter.toml" <<TOML
+# exporter_toml FILE NAME DIR PORT PULL_TOKEN NOTIFY_TOKEN [EXTRA TOML LINES]
+exporter_toml() {
+  cat > "$1" <<TOML
+name = "$2"
 source = "demo"
-backup_dir = "$W/exporter/backup"
-state_dir = "$W/exporter"
+backup_dir = "$3/backup"
+state_dir = "$3"
 schedule = "off"
+${7:-}
 [hooks]
 export = "$HOOKS/export"
+demote = "$HOOKS/demote"
 [server]
-listen = "127.0.0.1:$P_EXP"
-tokens = [{ peer = "pbs", token = "$T_PULL" }, { peer = "admin", token = "$T_ADMIN" }]
+listen = "127.0.0.1:$4"
+tokens = [{ peer = "pbs", token = "$5" }, { peer = "admin", token = "$T_ADMIN" }]
 [[pbs]]
 name = "pbs"
 url = "http://127.0.0.1:$P_PBS"
-token = "$T_NOTIFY"
+token = "$6"
 TOML
-# clone1 is one node with both configs and one role file: its launcher runs the importer
-# while it is a clone and the exporter once it is MAIN.
-cat > "$W/importer.toml" <<TOML
-name = "clone1"
-store = "$W/clone/store"
-restore_dir = "$W/clone/restore"
-state_dir = "$W/clone"
-role_file = "$W/clone/role.json"
+}
+# importer_toml FILE NAME DIR PORT PUSH_TOKEN COORDINATOR_TOKEN [EXTRA TOML LINES]
+importer_toml() {
+  cat > "$1" <<TOML
+name = "$2"
+store = "$3/store"
+restore_dir = "$3/restore"
+state_dir = "$3"
+${7:-}
 [hooks]
 import = "$HOOKS/import"
 verify = "$HOOKS/verify"
 promote = "$HOOKS/promote"
 [server]
-listen = "127.0.0.1:$P_IMP"
-tokens = [{ peer = "pbs", token = "$T_PUSH" }, { peer = "admin", token = "$T_ADMIN" }]
+listen = "127.0.0.1:$4"
+tokens = [{ peer = "pbs", token = "$5" }, { peer = "admin", token = "$T_ADMIN" }]
 [coordinator]
 name = "pbs"
 url = "http://127.0.0.1:$P_PBS"
-token = "$T_CLONE"
+token = "$6"
 [takeover]
 password_hash = "$HASH"
 TOML
-cat > "$W/clone-exporter.toml" <<TOML
-name = "clone1"
-source = "demo"
-backup_dir = "$W/clone/backup"
-state_dir = "$W/clone/exporter"
-role_file = "$W/clone/role.json"
-schedule = "off"
-[hooks]
-export = "$HOOKS/export"
-demote = "$HOOKS/demote"
-[server]
-listen = "127.0.0.1:$P_EXP1"
-tokens = [{ peer = "pbs", token = "$T_PULL1" }, { peer = "admin", token = "$T_ADMIN" }]
-[[pbs]]
-name = "pbs"
-url = "http://127.0.0.1:$P_PBS"
-token = "$T_CLONE"
-TOML
-cat > "$W/spare.toml" <<TOML
-name = "clone2"
-store = "$W/spare/store"
-restore_dir = "$W/spare/restore"
-state_dir = "$W/spare"
-[hooks]
-import = "$HOOKS/import"
-verify = "$HOOKS/verify"
-[server]
-listen = "127.0.0.1:$P_SPARE"
-tokens = [{ peer = "pbs", token = "$T_PUSH2" }, { peer = "admin", token = "$T_ADMIN" }]
-[coordinator]
-name = "pbs"
-url = "http://127.0.0.1:$P_PBS"
-token = "$T_SPARE"
-TOML
+}
+exporter_toml "$W/exporter.toml" exporter "$W/exporter" "$P_EXP" "$T_PULL" "$T_NOTIFY"
+# clone1 is one node with both configs and one role file: its launcher runs the importer
+# while it is a clone and the exporter once it is MAIN.
+importer_toml "$W/importer.toml" clone1 "$W/clone" "$P_IMP" "$T_PUSH" "$T_CLONE" "role_file = \"$W/clone/role.json\""
+exporter_toml "$W/clone-exporter.toml" clone1 "$W/clone/exporter" "$P_EXP1" "$T_PULL1" "$T_CLONE" "role_file = \"$W/clone/role.json\""
+importer_toml "$W/spare.toml" clone2 "$W/spare" "$P_SPARE" "$T_PUSH2" "$T_SPARE"
 
 say "start pbs, the exporter (the main), clone1 and a spare clone2 on 127.0.0.1:$P_PBS-$P_SPARE"
 export PULLBACK_LOG=${PULLBACK_LOG:-warn}
