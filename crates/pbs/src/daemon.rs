@@ -463,6 +463,16 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
         let e = epochs.entry(r.source.to_string()).or_default();
         *e = (*e).max(r.epoch.0);
     }
+    for i in cfg.importers.iter().filter(|i| !i.disabled) {
+        let exporter_of_source = cfg.sources.iter().any(|s| s.exporter.name == i.name);
+        if i.exporter.is_none() && !exporter_of_source {
+            tracing::warn!(
+                node = %i.name,
+                "[[importer]] {} has no exporter = {{ url, token }}: if it takes over, the PBS cannot pull its source from it",
+                i.name
+            );
+        }
+    }
     let coords = if cfg.sources.is_empty() {
         vec![Coordinator::open_group(&cfg, &state_dir, None, 0)?]
     } else {
