@@ -119,8 +119,18 @@ enum Piece {
         to: u64,
         len: u64,
     },
-    /// Chunk `chunk` of the file list goes to `to`, decoded from the archive.
-    Decode { chunk: usize, to: u64 },
+    /// Chunk `chunk` of the file list (`len` bytes) goes to `to`, decoded
+    /// from the archive.
+    Decode { chunk: usize, to: u64, len: u64 },
+}
+
+impl Piece {
+    /// Where in the file being filled it ends.
+    fn end(&self) -> u64 {
+        match *self {
+            Piece::Copy { to, len, .. } | Piece::Decode { to, len, .. } => to + len,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -196,19 +206,28 @@ fn copy_buffered(src: &File, dst: &File, from: u64, to: u64, len: u64) -> io::Re
     Ok(())
 }
 
-/// SHA-256 of the whole of `f`, read from its start.
-fn digest_of(f: &File) -> io::Result<FileDigest> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut at = 0u64;
-    loop {
-        let n = f.read_at(&mut buf, at)?;
+/// Bytes filled before they are hashed (while the next ones are filled).
+const WINDOW: u64 = 8 << 20;
+
+/// Feed bytes `from..to` of `f` to `h` (to its end when `to` is past it).
+fn hash_range(f: &File, h: &mut Sha256, buf: &mut [u8], from: u64, to: u64) -> io::Result<()> {
+    let mut at = from;
+    while at < to {
+        let want = buf.len().min(usize::try_from(to - at).unwrap_or(buf.len()));
+        let n = f.read_at(&mut buf[..want], at)?;
         if n == 0 {
             break;
         }
         h.update(&buf[..n]);
         at += n as u64;
     }
+    Ok(())
+}
+
+/// SHA-256 of the whole of `f`, read from its start.
+fn digest_of(f: &File) -> io::Result<FileDigest> {
+    let mut h = Sha256::new();
+    hash_range(f, &mut h, &mut vec![0u8; 1 << 20], 0, u64::MAX)?;
     Ok(FileDigest(h.finalize().into()))
 }
 
@@ -281,8 +300,8 @@ impl Archive {
     ) -> Result<()> {
         f.set_len(n.size).at(p)?;
         let (pieces, sources) = plan(n, prev);
-        if let Some((reused, decoded)) = self.fill(n, f, p, &pieces, &sources)? {
-            if Some(digest_of(f).at(p)?) == n.digest {
+        if let Some((reused, decoded, digest)) = self.fill_hashing(n, f, p, &pieces, &sources)? {
+            if Some(digest) == n.digest {
                 counters.reused.fetch_add(reused, Ordering::Relaxed);
                 counters.decoded.fetch_add(decoded, Ordering::Relaxed);
                 return Ok(());
@@ -306,6 +325,48 @@ impl Archive {
         Ok(())
     }
 
+    /// Carry out `pieces` a window at a time, and hash `f` read back from its
+    /// start: each window once it is filled, while the next one is being
+    /// filled (the hash is one stream; this keeps the other core busy), then
+    /// whatever follows to the end of the file. `None` as for [`Self::fill`];
+    /// else the bytes copied and decoded, and the file's digest.
+    fn fill_hashing(
+        &self,
+        n: &Node,
+        f: &File,
+        p: &Path,
+        pieces: &[Piece],
+        sources: &[(usize, File)],
+    ) -> Result<Option<(u64, u64, FileDigest)>> {
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let (mut hashed, mut filled) = (0u64, 0u64);
+        let (mut reused, mut decoded) = (0u64, 0u64);
+        let mut rest = pieces;
+        while !rest.is_empty() {
+            let mut k = 0;
+            while k < rest.len() && rest[k].end() - filled < WINDOW {
+                k += 1;
+            }
+            let (window, tail) = rest.split_at(k.clamp(1, rest.len()));
+            let (read, done) = rayon::join(
+                || hash_range(f, &mut h, &mut buf, hashed, filled),
+                || self.fill(n, f, p, window, sources),
+            );
+            read.at(p)?;
+            hashed = filled;
+            let Some((c, d)) = done? else {
+                return Ok(None);
+            };
+            reused += c;
+            decoded += d;
+            filled = window.last().map_or(filled, Piece::end);
+            rest = tail;
+        }
+        hash_range(f, &mut h, &mut buf, hashed, u64::MAX).at(p)?;
+        Ok(Some((reused, decoded, FileDigest(h.finalize().into()))))
+    }
+
     /// Carry out `pieces`: the copies in this thread, the decodes in the
     /// pool. `None` when a copy from the earlier restore failed (it shrank or
     /// went away) or a chunk did not decode: the caller rebuilds the file.
@@ -321,7 +382,7 @@ impl Archive {
     ) -> Result<Option<(u64, u64)>> {
         let chunks = n.chunk_list();
         let decode = |piece: &Piece| -> Result<Option<u64>> {
-            let Piece::Decode { chunk, to } = *piece else {
+            let Piece::Decode { chunk, to, .. } = *piece else {
                 return Ok(Some(0));
             };
             let c = chunks[chunk];
@@ -392,7 +453,11 @@ fn plan(n: &Node, prev: Option<&PrevIndex>) -> (Vec<Piece>, Vec<(usize, File)>) 
                     to: at,
                     len: run,
                 }),
-            ) if *node == s.node && *from + *run == s.offset && *at + *run == to => {
+            ) if *node == s.node
+                && *from + *run == s.offset
+                && *at + *run == to
+                && *run + len <= WINDOW =>
+            {
                 *run += len;
             }
             (Some(s), _) => pieces.push(Piece::Copy {
@@ -401,7 +466,7 @@ fn plan(n: &Node, prev: Option<&PrevIndex>) -> (Vec<Piece>, Vec<(usize, File)>) 
                 to,
                 len,
             }),
-            (None, _) => pieces.push(Piece::Decode { chunk: i, to }),
+            (None, _) => pieces.push(Piece::Decode { chunk: i, to, len }),
         }
         to += len;
     }

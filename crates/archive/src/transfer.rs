@@ -9,6 +9,7 @@
 //! archives: the same code serves both legs.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -318,21 +319,28 @@ impl Archive {
             .collect();
         changed.par_iter().try_for_each(|n| -> Result<()> {
             let mut h = Sha256::new();
+            // Each window is hashed while the next one decodes.
+            let mut decoded: Vec<Arc<Vec<u8>>> = Vec::new();
             for window in n.chunk_list().chunks(16) {
-                let data = window
-                    .par_iter()
-                    .map(|c| {
-                        if inc.received.contains_key(&c.0) {
-                            decode_from(&ov, &self.cache, &c.0, 0)
-                        } else {
-                            decode_unchecked(&ov, &self.cache, &c.0)
-                        }
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                for d in &data {
-                    h.update(&***d);
-                }
+                let ready = std::mem::take(&mut decoded);
+                let ((), next) = rayon::join(
+                    || ready.iter().for_each(|d| h.update(&***d)),
+                    || {
+                        window
+                            .par_iter()
+                            .map(|c| {
+                                if inc.received.contains_key(&c.0) {
+                                    decode_from(&ov, &self.cache, &c.0, 0)
+                                } else {
+                                    decode_unchecked(&ov, &self.cache, &c.0)
+                                }
+                            })
+                            .collect::<Result<Vec<_>>>()
+                    },
+                );
+                decoded = next?;
             }
+            decoded.iter().for_each(|d| h.update(&***d));
             if n.digest != Some(FileDigest(h.finalize().into())) {
                 for c in n.chunk_list() {
                     decode_from(&ov, &self.cache, &c.0, 0)?;
