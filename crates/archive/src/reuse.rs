@@ -190,7 +190,7 @@ fn copy_data(src: &File, dst: &File, from: u64, to: u64, len: u64) -> io::Result
 }
 
 fn copy_buffered(src: &File, dst: &File, from: u64, to: u64, len: u64) -> io::Result<()> {
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = read_buffer(len);
     let mut done = 0u64;
     while done < len {
         let want = buf
@@ -224,10 +224,17 @@ fn hash_range(f: &File, h: &mut Sha256, buf: &mut [u8], from: u64, to: u64) -> i
     Ok(())
 }
 
-/// SHA-256 of the whole of `f`, read from its start.
-fn digest_of(f: &File) -> io::Result<FileDigest> {
+/// A buffer to read a file of `size` bytes back through: small files (most
+/// of a tree) must not each zero a MiB.
+fn read_buffer(size: u64) -> Vec<u8> {
+    vec![0u8; usize::try_from(size.clamp(4096, 1 << 20)).unwrap_or(1 << 20)]
+}
+
+/// SHA-256 of the whole of `f` (`size` bytes, as far as the caller knows),
+/// read from its start.
+fn digest_of(f: &File, size: u64) -> io::Result<FileDigest> {
     let mut h = Sha256::new();
-    hash_range(f, &mut h, &mut vec![0u8; 1 << 20], 0, u64::MAX)?;
+    hash_range(f, &mut h, &mut read_buffer(size), 0, u64::MAX)?;
     Ok(FileDigest(h.finalize().into()))
 }
 
@@ -315,7 +322,7 @@ impl Archive {
         f.set_len(0).at(p)?;
         f.set_len(n.size).at(p)?;
         self.write_file(n, f, p)?;
-        if Some(digest_of(f).at(p)?) != n.digest {
+        if Some(digest_of(f, n.size).at(p)?) != n.digest {
             return Err(corrupt(
                 format!("restored file {}", p.display()),
                 "content does not match its SHA-256 digest",
@@ -339,7 +346,7 @@ impl Archive {
         sources: &[(usize, File)],
     ) -> Result<Option<(u64, u64, FileDigest)>> {
         let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = read_buffer(n.size);
         let (mut hashed, mut filled) = (0u64, 0u64);
         let (mut reused, mut decoded) = (0u64, 0u64);
         let mut rest = pieces;
@@ -772,6 +779,40 @@ mod tests {
         assert!(r.reused_bytes >= 16 << 20, "{r:?}");
         let blocks = fs::metadata(dir.join("s")).unwrap().blocks();
         assert!(blocks * 512 < 4 << 20, "{blocks} blocks allocated");
+    }
+
+    #[test]
+    fn copies_land_where_asked_in_the_kernel_or_through_a_buffer() {
+        let t = tempfile::tempdir().unwrap();
+        let data = noise(7, 3 << 20);
+        let src = t.path().join("src");
+        fs::write(&src, &data).unwrap();
+        let src = File::open(&src).unwrap();
+        for buffered in [false, true] {
+            let dst = t.path().join(format!("dst{buffered}"));
+            let dst = File::options()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&dst)
+                .unwrap();
+            dst.set_len(4 << 20).unwrap();
+            let (from, to, len) = (1_000_001, 2_500_003, 1_200_007);
+            if buffered {
+                copy_buffered(&src, &dst, from, to, len).unwrap();
+            } else {
+                copy_range(&src, &dst, from, to, len).unwrap();
+            }
+            let mut got = vec![0u8; 4 << 20];
+            dst.read_exact_at(&mut got, 0).unwrap();
+            let mut want = vec![0u8; 4 << 20];
+            want[to as usize..(to + len) as usize]
+                .copy_from_slice(&data[from as usize..(from + len) as usize]);
+            assert!(got == want, "buffered: {buffered}");
+            // Past the end of the source: an error, not zeros.
+            assert!(copy_buffered(&src, &dst, 3 << 20, 0, 10).is_err());
+            assert!(copy_data(&src, &dst, 3 << 20, 0, 10).is_err());
+        }
     }
 
     #[derive(Clone, Debug)]
