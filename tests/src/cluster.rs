@@ -429,6 +429,8 @@ pub struct Options {
     pub spares: Vec<usize>,
     /// Every importer's `receive_timeout_secs` (its default when None).
     pub receive_timeout_secs: Option<u64>,
+    /// More (peer, token) pairs the PBS accepts (e.g. a mirroring PBS).
+    pub pbs_peers: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -449,6 +451,7 @@ impl Default for Options {
             pbs_extra: String::new(),
             spares: Vec::new(),
             receive_timeout_secs: None,
+            pbs_peers: Vec::new(),
         }
     }
 }
@@ -706,6 +709,11 @@ exporter = {{ name = "exporter", url = "http://127.0.0.1:{ep}", token = "{pull}"
             pull = t.pull,
             coord_tokens = (0..o.importers)
                 .map(|i| format!(", {{ peer = \"clone{i}\", token = \"{}\" }}", t.coord[i]))
+                .chain(
+                    o.pbs_peers
+                        .iter()
+                        .map(|(p, tok)| format!(", {{ peer = \"{p}\", token = \"{tok}\" }}")),
+                )
                 .collect::<String>(),
         );
         for i in 0..o.importers {

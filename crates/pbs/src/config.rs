@@ -33,6 +33,27 @@ pub struct Config {
     /// Switchover, balance and the automatic failover policy.
     #[serde(default)]
     pub failover: Failover,
+    /// Sources this PBS keeps a second copy of, pulled from another PBS (`[[mirror]]`).
+    #[serde(default, rename = "mirror")]
+    pub mirrors: Vec<MirrorConfig>,
+    /// Other PBS that mirror this one's sources: told of every new generation
+    /// (`[[downstream]]`); their token peer (`name`) may read this archive.
+    #[serde(default, rename = "downstream")]
+    pub downstreams: Vec<wire::PeerConfig>,
+}
+
+/// `[[mirror]]`: keep the history of `source` that the PBS `from` holds, generation for
+/// generation (same numbers, epochs and contents), pulled with the one engine: when `from` says a
+/// generation is ready, at start, and on `schedule`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    pub source: String,
+    /// The upstream PBS (its URL and the token it accepts from this PBS, whose peer name
+    /// is in its `[[downstream]]`).
+    pub from: wire::PeerConfig,
+    /// 5-field cron (UTC): also look for new generations on this schedule.
+    pub schedule: Option<String>,
 }
 
 /// `[failover]`: planned switchover (`pbs switchover`, `pbs balance`) and the optional
@@ -209,6 +230,22 @@ pub fn load(path: &Path) -> Result<Config> {
     }
     if let Some(s) = &mut c.server {
         s.resolve_paths(base);
+    }
+    for m in &mut c.mirrors {
+        m.from.resolve_paths(base);
+        archive::SourceName::new(&m.source)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("config {}: [[mirror]] source", path.display()))?;
+        if c.sources.iter().any(|s| s.name == m.source) {
+            bail!(
+                "config {}: [[mirror]] {} is also a [[source]]: a source has one history, pulled either from its nodes or from another PBS",
+                path.display(),
+                m.source
+            );
+        }
+    }
+    for d in &mut c.downstreams {
+        d.resolve_paths(base);
     }
     for s in &mut c.sources {
         s.exporter.resolve_paths(base);

@@ -73,6 +73,8 @@ pub(crate) struct App {
     pub(crate) metrics: Metrics,
     /// One coordinator per source's group (config order): its epoch, main and nodes.
     pub(crate) coords: Vec<Coordinator>,
+    /// The `[[mirror]]` sources' wake-up bells (see `mirror.rs`).
+    pub(crate) mirrors: crate::mirror::Mirrors,
 }
 
 impl App {
@@ -285,6 +287,7 @@ async fn worker(app: Arc<App>, name: String, mut rx: mpsc::UnboundedReceiver<Not
                 // Queued for each clone's push job: a slow or dead clone never
                 // holds up the next pull, nor the other clones.
                 crate::push::push_all(&app, &gen);
+                crate::mirror::tell_downstreams(&app, &gen, rec.epoch.0);
             }
             Err(e) => {
                 app.metrics
@@ -425,12 +428,14 @@ pub(crate) async fn status(
 fn clones_may_pull(app: &Arc<App>) -> pull::Admit {
     let a = app.clone();
     Arc::new(move |peer: &Peer| {
-        let known = peer.0 == "admin" || a.cfg.importers.iter().any(|i| i.name == peer.0);
+        let known = peer.0 == "admin"
+            || a.cfg.importers.iter().any(|i| i.name == peer.0)
+            || a.cfg.downstreams.iter().any(|d| d.name == peer.0);
         if !known {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 format!(
-                    "peer {} may not read the archive (only the clones and the admin)",
+                    "peer {} may not read the archive (only the clones, the mirrors and the admin)",
                     peer.0
                 ),
             ));
@@ -498,6 +503,7 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
         .iter()
         .map(|i| (i.name.clone(), Arc::new(crate::push::PushJob::default())))
         .collect();
+    let cfg_mirrors = cfg.mirrors.clone();
     let app = Arc::new(App {
         cfg,
         state_dir,
@@ -507,6 +513,7 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
         switching: tokio::sync::Mutex::new(()),
         queues,
         metrics: Metrics::new(),
+        mirrors: crate::mirror::Mirrors::new(&cfg_mirrors),
         coords,
     });
     // Transactions cut short by a restart failed; the exporter notifies again.
@@ -524,6 +531,7 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
     crate::push::start_jobs(&app);
     tokio::spawn(crate::push::catch_up(app.clone()));
     let _sched = crate::housekeeping::schedule(&app).await?;
+    let _mirror_sched = crate::mirror::start(&app).await?;
     tokio::spawn(crate::grant::retry_promotions(app.clone()));
     if app.cfg.failover.auto {
         tokio::spawn(crate::failover::auto_failover(app.clone()));
@@ -532,6 +540,7 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
         .route("/v1/status", get(status))
         .route("/v1/notify", post(notify))
         .route("/v1/transactions/{tx}", get(transaction))
+        .route("/v1/mirror/notify", post(crate::mirror::notified))
         .merge(crate::ha_api::routes())
         .with_state(app.clone())
         .merge(pull::routes(app.archive.clone(), clones_may_pull(&app)))

@@ -10,6 +10,7 @@ mod failover;
 mod grant;
 mod ha_api;
 mod housekeeping;
+mod mirror;
 mod push;
 mod status;
 

@@ -70,6 +70,22 @@ pub fn report_with(cfg: &Config, state_dir: &Path, ar: Option<&Archive>) -> Resu
             "last_failure": ss.last_failure,
         }));
     }
+    // The sources kept as a second copy of another PBS's.
+    let mut mirrors = Vec::new();
+    for m in &cfg.mirrors {
+        let newest = match (&ar, SourceName::new(&m.source)) {
+            (Some(ar), Ok(n)) => ar.latest(&n)?,
+            _ => None,
+        };
+        let ss = st.sources.get(&m.source).cloned().unwrap_or_default();
+        mirrors.push(json!({
+            "source": m.source,
+            "from": m.from.name,
+            "newest": newest.map(|r| r.id().to_string()),
+            "last_success": ss.last_success,
+            "last_failure": ss.last_failure,
+        }));
+    }
     // The coordinator's view (written by `pbs serve`; none before its first start).
     // One per source's group; the first one's also at the top level (as with one source).
     let mut groups: Vec<(Option<String>, Option<CoordState>)> = Vec::new();
@@ -153,6 +169,7 @@ pub fn report_with(cfg: &Config, state_dir: &Path, ar: Option<&Archive>) -> Resu
         "status": status,
         "epoch": epoch,
         "sources": sources,
+        "mirrors": mirrors,
         "importers": importers,
         "main": coord.as_ref().and_then(|c| c.main.clone()),
         // Every source's group: its own epoch and main.
@@ -274,6 +291,16 @@ pub fn print(cfg: &Config, state_dir: &Path, json_out: bool) -> Result<std::proc
             )?;
             wire::outln!("    last success: {}", event(&s["last_success"]))?;
             wire::outln!("    last failure: {}", event(&s["last_failure"]))?;
+        }
+        for m in r.json["mirrors"].as_array().into_iter().flatten() {
+            wire::outln!(
+                "mirror {} from {}: newest {}",
+                m["source"].as_str().unwrap_or(""),
+                m["from"].as_str().unwrap_or(""),
+                m["newest"].as_str().unwrap_or("none"),
+            )?;
+            wire::outln!("    last success: {}", event(&m["last_success"]))?;
+            wire::outln!("    last failure: {}", event(&m["last_failure"]))?;
         }
         for i in r.json["importers"].as_array().into_iter().flatten() {
             wire::outln!(

@@ -61,6 +61,16 @@ impl HttpSource {
     }
 }
 
+impl HttpSource {
+    /// The numbers of `source`'s generations at the peer, oldest first.
+    pub async fn list(&self, source: &SourceName) -> Result<Vec<u64>> {
+        self.client
+            .get_json(&format!("/v1/generations/{source}"))
+            .await
+            .map_err(|e| anyhow!("{} ({}): {e}", self.what, self.client.base_url()))
+    }
+}
+
 impl GenSource for HttpSource {
     async fn record(&self, gen: &GenId) -> Result<Bytes> {
         let b = self
@@ -183,6 +193,29 @@ async fn generation(
     .await
 }
 
+/// `GET /v1/generations/{source}`: the numbers of the source's generations, oldest first.
+async fn list(
+    State(s): State<Served>,
+    Extension(peer): Extension<Peer>,
+    Path(source): Path<String>,
+) -> Result<axum::Json<Vec<u64>>, ApiError> {
+    (s.admit)(&peer)?;
+    let source = SourceName::new(&source).map_err(ApiError::bad_request)?;
+    let ar = s.archive.clone();
+    let seqs = tokio::task::spawn_blocking(move || {
+        ar.generations().map(|g| {
+            g.into_iter()
+                .filter(|g| g.source == source)
+                .map(|g| g.seq.0)
+                .collect::<Vec<_>>()
+        })
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(axum::Json(seqs))
+}
+
 /// Parse a `POST /v1/blobs` body: N × 32 raw bytes, 1 ≤ N ≤ [`MAX_BLOBS_PER_REQUEST`].
 pub fn parse_ids(body: &[u8]) -> Result<Vec<ChunkId>, String> {
     if body.is_empty() || !body.len().is_multiple_of(32) {
@@ -223,6 +256,7 @@ async fn blobs(
 /// token layer and its JSON body limit.
 pub fn routes(archive: Arc<Archive>, admit: Admit) -> Router {
     Router::new()
+        .route("/v1/generations/{source}", get(list))
         .route("/v1/generations/{source}/{seq}", get(generation))
         .route("/v1/blobs", post(blobs))
         .with_state(Served { archive, admit })
