@@ -392,6 +392,36 @@ pub struct Daemon {
     pub child: Child,
 }
 
+impl Daemon {
+    /// `BIN --config CONFIG serve`, its output appended to `log`, dying with the test.
+    pub fn serve(binary: &str, config: &Path, log: &Path, envs: &[(String, String)]) -> Daemon {
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("daemon log");
+        let mut c = Command::new(bin(binary));
+        c.arg("--config")
+            .arg(config)
+            .arg("serve")
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .env("PULLBACK_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out);
+        // SAFETY: prctl is async-signal-safe; the child dies with the test.
+        unsafe {
+            c.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        Daemon {
+            child: c.spawn().unwrap_or_else(|e| panic!("{binary} serve: {e}")),
+        }
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -330,22 +330,13 @@ password_hash = "{hash}"
 
     pub fn start_pbs(&mut self) {
         self.pbs_hold.release();
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path().join("pbs.log"))
-            .expect("pbs log");
-        let child = Command::new(bin("pbs"))
-            .arg("--config")
-            .arg(self.path().join("pbs.toml"))
-            .arg("serve")
-            .env("PULLBACK_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("pbs serve");
-        self.pbs = Some(Daemon { child });
+        let child = Daemon::serve(
+            "pbs",
+            &self.path().join("pbs.toml"),
+            &self.path().join("pbs.log"),
+            &[],
+        );
+        self.pbs = Some(child);
         let port = self.pbs_port;
         let admin = self.admin.clone();
         wait_for("the PBS to answer", || {

@@ -4,7 +4,7 @@
 //! is gone. Only the upstream may tell it; only the mirror's token may read the upstream.
 
 use std::fs;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use pullback_tests::cluster::{http, wait_for, Cluster, Daemon, Options, PortHold, Who};
 use pullback_tests::{bin, snapshot, Pbs};
@@ -56,23 +56,7 @@ from = {{ name = "pbs1", url = "http://127.0.0.1:{p1}", token = "{READS}" }}
     .expect("pbs2.toml");
     let start2 = |port2: &mut PortHold| {
         port2.release();
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(d2.join("pbs.log"))
-            .expect("log");
-        let d = Daemon {
-            child: Command::new(bin("pbs"))
-                .arg("--config")
-                .arg(&cfg2)
-                .arg("serve")
-                .env("PULLBACK_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log"))
-                .stderr(log)
-                .spawn()
-                .expect("pbs2 serve"),
-        };
+        let d = Daemon::serve("pbs", &cfg2, &d2.join("pbs.log"), &[]);
         wait_for("pbs2 to answer", || {
             let auth = format!("token {ADMIN2}");
             http(p2, "GET", "/v1/status", &[("Authorization", &auth)], b"")

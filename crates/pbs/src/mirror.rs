@@ -173,13 +173,7 @@ pub(crate) async fn notified(
 /// mirror that misses it looks on its schedule or at its next start).
 pub(crate) fn tell_downstreams(app: &Arc<App>, gen: &GenId, epoch: u64) {
     for d in app.cfg.downstreams.clone() {
-        let n = Notify {
-            source: gen.source.to_string(),
-            seq: gen.seq.0,
-            tx: format!("{gen}@{epoch}"),
-            epoch,
-            node: None,
-        };
+        let n = crate::push::announce(gen, epoch);
         tokio::spawn(async move {
             let r = match d.client(Duration::from_secs(30)) {
                 Ok(c) => c

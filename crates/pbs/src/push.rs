@@ -68,6 +68,17 @@ pub(crate) fn start_jobs(app: &Arc<App>) {
 
 use wire::api::{ApplyResult, Notify};
 
+/// What the PBS tells a clone or a mirror of generation `gen` (taken at `epoch`).
+pub(crate) fn announce(gen: &GenId, epoch: u64) -> Notify {
+    Notify {
+        source: gen.source.to_string(),
+        seq: gen.seq.0,
+        tx: format!("{gen}@{epoch}"),
+        epoch,
+        node: None,
+    }
+}
+
 /// Tell clone `imp` that `gen` is ready; it pulls the generation from this PBS (the one
 /// transfer engine, crates/pull) and answers once it restored, checked and verified it.
 async fn push(app: &Arc<App>, imp: &config::ImporterConfig, gen: &GenId) -> Result<()> {
@@ -78,13 +89,7 @@ async fn push(app: &Arc<App>, imp: &config::ImporterConfig, gen: &GenId) -> Resu
     let a = app.clone();
     let g = gen.clone();
     let epoch = blocking(move || anyhow::Ok(a.archive.record(&g)?.epoch.0)).await?;
-    let n = Notify {
-        source: gen.source.to_string(),
-        seq: gen.seq.0,
-        tx: format!("{gen}@{epoch}"),
-        epoch,
-        node: None,
-    };
+    let n = announce(gen, epoch);
     let r: ApplyResult = client
         .post_json("/v1/notify", &n)
         .await
