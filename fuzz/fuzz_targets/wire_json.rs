@@ -41,7 +41,8 @@ fuzz_target!(|data: &[u8]| {
         5 => round_trip::<RoleFile>(body),
         6 => round_trip::<wire::api::Notify>(body),
         7 => round_trip::<wire::api::TxState>(body),
-        8 => round_trip::<wire::api::Need>(body),
+        // The answer of GET /v1/generations/{source}.
+        8 => round_trip::<Vec<u64>>(body),
         9 => round_trip::<wire::api::ApplyResult>(body),
         _ => round_trip::<Verdict>(body),
     }
