@@ -12,15 +12,46 @@ use crate::coord::{clone_needed_text, CoordState, SHOW_TAKEOVERS};
 const CSS: &str = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}\
     td,th{border:1px solid #999;padding:.3em .6em}.Broken{color:#b00}.Leader{color:#070}";
 
-/// The page, from the coordinator's state, its node views and the status report.
-pub fn render(st: &CoordState, nodes: &[NodeView], report: &Value) -> String {
+/// One source's group as the page shows it: its source (none on a PBS without sources) and
+/// its coordinator's state.
+pub struct GroupView<'a> {
+    pub source: Option<&'a str>,
+    pub state: &'a CoordState,
+}
+
+/// The page, from every group's coordinator state, the node views and the status report.
+pub fn render(groups: &[GroupView<'_>], nodes: &[NodeView], report: &Value) -> String {
     let text = |v: &Value, or: &'static str| v.as_str().map_or(or.to_string(), str::to_string);
+    let empty = CoordState::default();
+    let first = groups.first().map_or(&empty, |g| g.state);
+    // The last takeovers of every group, newest first.
+    let mut takeovers: Vec<_> = groups
+        .iter()
+        .flat_map(|g| g.state.takeovers.iter().rev())
+        .collect();
+    if groups.len() > 1 {
+        takeovers.sort_by(|a, b| b.at.cmp(&a.at));
+    }
+    takeovers.truncate(SHOW_TAKEOVERS);
     let body = html! {
         h1 { "pullback backup server" }
-        p {
-            "Epoch " b { (st.epoch) }
-            ", main " b { (st.main.as_deref().unwrap_or("none")) }
-            ", archive status " b { (text(&report["status"], "")) }
+        @if groups.len() > 1 {
+            p { "Archive status " b { (text(&report["status"], "")) } }
+            ul {
+                @for g in groups {
+                    li {
+                        "Source " b { (g.source.unwrap_or("-")) }
+                        ": epoch " b { (g.state.epoch) }
+                        ", main " b { (g.state.main.as_deref().unwrap_or("none")) }
+                    }
+                }
+            }
+        } @else {
+            p {
+                "Epoch " b { (first.epoch) }
+                ", main " b { (first.main.as_deref().unwrap_or("none")) }
+                ", archive status " b { (text(&report["status"], "")) }
+            }
         }
         h2 { "Nodes" }
         table {
@@ -48,16 +79,19 @@ pub fn render(st: &CoordState, nodes: &[NodeView], report: &Value) -> String {
                 }
             }
         }
-        @if let Some(c) = &st.clone_needed {
-            p class="Broken" {
-                b { "A new clone is needed" }
-                " since the takeover at epoch " (c.epoch) " (" (c.at) "): " (clone_needed_text(c))
+        @for g in groups {
+            @if let Some(c) = &g.state.clone_needed {
+                p class="Broken" {
+                    b { "A new clone is needed" }
+                    @if groups.len() > 1 { " for source " (g.source.unwrap_or("-")) }
+                    " since the takeover at epoch " (c.epoch) " (" (c.at) "): " (clone_needed_text(c))
+                }
             }
         }
         h2 { "Takeovers" }
         table {
             (header_row(&["at", "node", "old main", "epoch", "forced", "by", "new clone"]))
-            @for t in st.takeovers.iter().rev().take(SHOW_TAKEOVERS) {
+            @for t in &takeovers {
                 tr {
                     td { (t.at) } td { (t.node) }
                     td { (t.old_main.as_deref().unwrap_or("-")) }
@@ -141,8 +175,12 @@ mod tests {
     #[test]
     fn the_page_is_what_it_was_and_escapes_every_value() {
         let (st, nodes, report) = fixture();
+        let one = [GroupView {
+            source: Some("db"),
+            state: &st,
+        }];
         assert_eq!(
-            render(&st, &nodes, &report),
+            render(&one, &nodes, &report),
             "<!doctype html><html><head><meta charset=\"utf-8\"><title>pullback PBS</title><style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #999;padding:.3em .6em}.Broken{color:#b00}.Leader{color:#070}</style></head><body><h1>pullback backup server</h1><p>Epoch <b>7</b>, main <b>c&lt;1&gt;</b>, archive status <b>ok &lt;fine&gt;</b></p><h2>Nodes</h2><table>\
          <tr><th>node</th><th>kind</th><th>role</th><th>status</th><th>epoch</th><th>generation</th><th>last seen</th></tr>\
          <tr><td>c&lt;1&gt;</td><td>importer</td><td>MAIN</td><td class=\"Leader\">Leader</td><td>7</td><td>db/3</td><td>2026-01-01T00:00:00Z</td></tr>\
@@ -155,5 +193,39 @@ mod tests {
          <tr><td>2026-01-02T00:00:00Z</td><td>c&lt;1&gt;</td><td>-</td><td>6</td><td>no</td><td>api</td><td>spare c2 activated</td></tr>\
          <tr><td>2026-01-01T00:00:00Z</td><td>c&lt;1&gt;</td><td>main&amp;1</td><td>5</td><td>no</td><td>page</td><td>spare c2 activated</td></tr></table></body></html>\n"
         );
+    }
+
+    #[test]
+    fn several_groups_each_show_their_epoch_main_and_needed_clone() {
+        let (st, nodes, report) = fixture();
+        let other = CoordState {
+            epoch: 2,
+            main: Some("x1".into()),
+            ..Default::default()
+        };
+        let two = [
+            GroupView {
+                source: Some("db"),
+                state: &st,
+            },
+            GroupView {
+                source: Some("books"),
+                state: &other,
+            },
+        ];
+        let page = render(&two, &nodes, &report);
+        assert!(
+            page.contains("<li>Source <b>db</b>: epoch <b>7</b>, main <b>c&lt;1&gt;</b></li>"),
+            "{page}"
+        );
+        assert!(
+            page.contains("<li>Source <b>books</b>: epoch <b>2</b>, main <b>x1</b></li>"),
+            "{page}"
+        );
+        assert!(
+            page.contains("A new clone is needed</b> for source db"),
+            "{page}"
+        );
+        assert!(!page.contains("for source books"), "{page}");
     }
 }

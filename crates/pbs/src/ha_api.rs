@@ -175,7 +175,19 @@ async fn nodes(State(app): State<Arc<App>>) -> Json<Vec<NodeView>> {
 
 async fn dashboard(State(app): State<Arc<App>>) -> Result<Html<String>, ApiError> {
     let report = crate::daemon::status(State(app.clone())).await?.0;
-    // The epoch, main and takeovers of the first source's group; the nodes of every group.
-    let st = app.coords.first().map(|c| c.snapshot()).unwrap_or_default();
-    Ok(Html(crate::dashboard::render(&st, &views(&app), &report)))
+    let states: Vec<_> = app.coords.iter().map(|c| c.snapshot()).collect();
+    let groups: Vec<_> = app
+        .coords
+        .iter()
+        .zip(&states)
+        .map(|(c, state)| crate::dashboard::GroupView {
+            source: c.group.as_deref(),
+            state,
+        })
+        .collect();
+    Ok(Html(crate::dashboard::render(
+        &groups,
+        &views(&app),
+        &report,
+    )))
 }
