@@ -113,6 +113,15 @@ impl App {
             .find(|c| c.group.as_deref().is_none_or(|g| g == source))
     }
 
+    /// The coordinator of the group clone `node` belongs to, for a grant (an unknown node is
+    /// an unknown clone).
+    pub(crate) fn coord_of_clone(&self, node: &str) -> Result<&Coordinator, crate::coord::Refusal> {
+        self.coord_of(node).map_err(|r| match r {
+            crate::coord::Refusal::UnknownNode(n) => crate::coord::Refusal::UnknownClone(n),
+            r => r,
+        })
+    }
+
     /// The coordinator of the group node `node` belongs to.
     pub(crate) fn coord_of(&self, node: &str) -> Result<&Coordinator, crate::coord::Refusal> {
         self.coords

@@ -78,10 +78,7 @@ pub(crate) async fn switchover(app: &Arc<App>, to: &str) -> Result<SwitchoverRes
         .switching
         .try_lock()
         .map_err(|_| conflict("a switchover or failover is already running"))?;
-    let coord = app.coord_of(to).map_err(|r| match r {
-        crate::coord::Refusal::UnknownNode(n) => crate::coord::Refusal::UnknownClone(n),
-        r => r,
-    })?;
+    let coord = app.coord_of_clone(to)?;
     coord.check_eligible(to)?;
     let st = coord.snapshot();
     let epoch = st.epoch;

@@ -86,13 +86,11 @@ async fn rejoin(
     admin_only(&peer, "rejoin a node")?;
     let a = app.clone();
     let node = req.node.clone();
-    // A node of no group is refused by the first group's rules ("no [[importer]] entry").
+    // A node of no group has no [[importer]] entry to rejoin as.
     let effects = blocking(move || {
-        let c = match a.coord_of(&node) {
-            Ok(c) => c,
-            Err(r) => a.coords.first().ok_or(r)?,
-        };
-        c.rejoin(&node)
+        a.coord_of(&node)
+            .map_err(|_| Refusal::NoImporterEntry(node.clone()))?
+            .rejoin(&node)
     })
     .await?;
     crate::effects::run(&app, effects).await?;
@@ -127,12 +125,8 @@ async fn takeover(
     Extension(peer): Extension<Peer>,
     Json(req): Json<TakeoverRequest>,
 ) -> Result<Json<Verdict>, ApiError> {
-    app.coord_of(&req.node)
-        .and_then(|c| c.check_peer(&peer.0, &req.node))
-        .map_err(|r| match r {
-            Refusal::UnknownNode(n) => Refusal::UnknownClone(n),
-            r => r,
-        })?;
+    app.coord_of_clone(&req.node)?
+        .check_peer(&peer.0, &req.node)?;
     crate::grant::authorize(&app, &peer.0, &req).await?;
     // Only the automatic failover is recorded as `auto`.
     let mut req = req;

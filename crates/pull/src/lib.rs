@@ -242,9 +242,8 @@ async fn blobs(
     Extension(peer): Extension<Peer>,
     body: Bytes,
 ) -> Result<Bytes, ApiError> {
-    (s.admit)(&peer)?;
-    let ids = parse_ids(&body).map_err(ApiError::bad_request)?;
     s.serve(&peer, move |ar| {
+        let ids = parse_ids(&body).map_err(ApiError::bad_request)?;
         ar.export_blobs(&ids)
             .map_err(|e| ApiError::bad_request(e.to_string()))
     })
