@@ -1,6 +1,7 @@
 //! The transitions alone: a state and a request in, a refusal or a state and effects out.
 
 use super::*;
+use crate::coord::tests::req;
 use crate::coord::NodeState;
 use wire::server::ApiError;
 
@@ -44,16 +45,6 @@ fn world() -> (Rules, CoordState) {
 fn set_status(st: &mut CoordState, node: &str, status: NodeStatus) {
     if let Some(n) = st.nodes.get_mut(node) {
         n.status = status;
-    }
-}
-
-fn req(node: &str, force: bool, epoch: Option<u64>) -> TakeoverRequest {
-    TakeoverRequest {
-        node: node.into(),
-        force,
-        epoch,
-        by: None,
-        password: None,
     }
 }
 

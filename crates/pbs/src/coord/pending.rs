@@ -62,14 +62,7 @@ impl Coordinator {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hello(node: &str, role: Role, epoch: u64) -> Hello {
-        Hello {
-            node: node.into(),
-            epoch,
-            role,
-        }
-    }
+    use crate::coord::tests::{cfg, hello_of as hello, req};
 
     #[test]
     fn only_the_granted_node_as_main_at_the_granted_epoch_confirms() {
@@ -91,26 +84,8 @@ mod tests {
     fn a_grant_at_the_maximum_epoch_is_refused_and_changes_nothing() {
         let tmp = tempfile::tempdir().expect("tmp");
         let dir = tmp.path();
-        let cfg: crate::config::Config = toml::from_str(
-            r#"
-[[source]]
-name = "db"
-exporter = { name = "main1", url = "http://127.0.0.1:1", token = "0123456789abcdef" }
-[[importer]]
-name = "c1"
-url = "http://127.0.0.1:2"
-token = "0123456789abcdeg"
-"#,
-        )
-        .expect("config");
-        let c = Coordinator::open(&cfg, dir, u64::MAX).expect("open");
-        let req = wire::ha::TakeoverRequest {
-            node: "c1".into(),
-            force: true,
-            epoch: None,
-            by: None,
-            password: None,
-        };
+        let c = Coordinator::open(&cfg(), dir, u64::MAX).expect("open");
+        let req = req("c1", true, None);
         let e = c
             .grant(
                 &req,

@@ -6,7 +6,7 @@ use crate::coord::machine::NewClone;
 use crate::daemon::{Event, ImporterStatus};
 use wire::ha::{Role, TakeoverBy};
 
-fn cfg() -> Config {
+pub(super) fn cfg() -> Config {
     toml::from_str(
         r#"
 [[source]]
@@ -54,7 +54,16 @@ fn takeover(c: &Coordinator, r: &TakeoverRequest, st: &ServerStatus) -> Result<G
         .map(|(g, _)| g)
 }
 
-fn req(node: &str, force: bool, epoch: Option<u64>) -> TakeoverRequest {
+/// What node `node` says in a hello.
+pub(super) fn hello_of(node: &str, role: Role, epoch: u64) -> Hello {
+    Hello {
+        node: node.into(),
+        epoch,
+        role,
+    }
+}
+
+pub(super) fn req(node: &str, force: bool, epoch: Option<u64>) -> TakeoverRequest {
     TakeoverRequest {
         node: node.into(),
         force,
@@ -69,14 +78,8 @@ fn hello_grants_then_takeover_fences() {
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path();
     let c = Coordinator::open(&cfg(), dir, 4).expect("open");
-    let hello = |node: &str, role: Role, epoch: u64| {
-        c.hello(&Hello {
-            node: node.into(),
-            epoch,
-            role,
-        })
-        .map(|(v, _)| v)
-    };
+    let hello =
+        |node: &str, role: Role, epoch: u64| c.hello(&hello_of(node, role, epoch)).map(|(v, _)| v);
     // A clone's hello before any main: BACKUP; the exporter's: MAIN at the archive's epoch.
     let v = hello("c1", Role::Backup, 0).expect("hello");
     assert_eq!(
@@ -162,14 +165,8 @@ fn switchover_keeps_the_old_main_a_follower_and_rejoin_waits_for_the_latest() {
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path();
     let c = Coordinator::open(&cfg(), dir, 0).expect("open");
-    let hello = |node: &str, role: Role, epoch: u64| {
-        c.hello(&Hello {
-            node: node.into(),
-            epoch,
-            role,
-        })
-        .map(|(v, _)| v)
-    };
+    let hello =
+        |node: &str, role: Role, epoch: u64| c.hello(&hello_of(node, role, epoch)).map(|(v, _)| v);
     assert_eq!(
         hello("main1", Role::Backup, 0).map(|v| v.role).ok(),
         Some(Role::Main)
