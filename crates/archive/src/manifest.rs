@@ -343,20 +343,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn record_round_trip_and_tamper() {
-        let r = GenRecord {
+    /// Generation db/3 at epoch 2 with a one-chunk file list of 10 bytes.
+    fn record(label: Option<&str>) -> GenRecord {
+        GenRecord {
             source: SourceName::new("db").unwrap(),
             seq: Seq(3),
             epoch: Epoch(2),
             taken_at_ns: 5,
             committed_at_ns: 6,
-            label: Some("tx".into()),
+            label: label.map(str::to_string),
             stats: GenStats::default(),
             manifest_len: 10,
             manifest_digest: FileDigest::of(b"m"),
             manifest_chunks: vec![ChunkRef(ChunkId::of(b"m"), 10)],
-        };
+        }
+    }
+
+    #[test]
+    fn record_round_trip_and_tamper() {
+        let r = record(Some("tx"));
         let mut b = r.encode().unwrap();
         assert_eq!(GenRecord::decode(&b, "g").unwrap(), r);
         b[12] ^= 1;
@@ -366,18 +371,7 @@ mod tests {
 
     #[test]
     fn record_sizes_are_bounded() {
-        let r = GenRecord {
-            source: SourceName::new("db").unwrap(),
-            seq: Seq(3),
-            epoch: Epoch(2),
-            taken_at_ns: 5,
-            committed_at_ns: 6,
-            label: None,
-            stats: GenStats::default(),
-            manifest_len: 10,
-            manifest_digest: FileDigest::of(b"m"),
-            manifest_chunks: vec![ChunkRef(ChunkId::of(b"m"), 10)],
-        };
+        let r = record(None);
         assert!(GenRecord::decode(&r.encode().unwrap(), "g").is_ok());
         let bad = |f: &dyn Fn(&mut GenRecord)| {
             let mut x = r.clone();
