@@ -37,30 +37,31 @@ impl Mirrors {
         }
     }
 
-    fn ring(&self, source: &str) -> bool {
-        self.bells.get(source).map(|b| b.notify_one()).is_some()
+    fn ring(&self, source: &str) {
+        if let Some(b) = self.bells.get(source) {
+            b.notify_one();
+        }
     }
 }
 
 /// Start one job per mirrored source (each looks at once) and the schedules.
 pub(crate) async fn start(app: &Arc<App>) -> Result<Option<wire::cron::Cron>> {
-    let mut cron = None;
+    let cron = if app.cfg.mirrors.iter().any(|m| m.schedule.is_some()) {
+        Some(wire::cron::Cron::new().await?)
+    } else {
+        None
+    };
     for m in app.cfg.mirrors.clone() {
         let Some(bell) = app.mirrors.bells.get(&m.source).cloned() else {
             continue;
         };
-        if let Some(expr) = &m.schedule {
-            let c = match cron.take() {
-                Some(c) => c,
-                None => wire::cron::Cron::new().await?,
-            };
+        if let (Some(c), Some(expr)) = (&cron, &m.schedule) {
             let b = bell.clone();
             c.add("mirror.schedule", expr, move || {
                 let b = b.clone();
                 async move { b.notify_one() }
             })
             .await?;
-            cron = Some(c);
         }
         let app = app.clone();
         tokio::spawn(async move {
