@@ -7,7 +7,7 @@ APT_PACKAGES := gcc make pkg-config rsync zstd time curl bc python3 procps postg
 # Only the tests need these (the browser test, tests/tests/chromium.rs): not `make demo`.
 TEST_APT_PACKAGES := chromium chromium-driver
 
-.PHONY: all deps test-deps apt build test lint unit e2e demo bench fmt clean fuzz fuzz-deps fuzz-seeds
+.PHONY: all deps test-deps garage-dep apt build test lint unit e2e demo bench fmt clean fuzz fuzz-deps fuzz-seeds
 
 all: build
 
@@ -18,8 +18,15 @@ deps:
 	@$(MAKE) --no-print-directory apt PACKAGES="$(APT_PACKAGES)"
 	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
 
-test-deps: deps
+test-deps: deps garage-dep
 	@$(MAKE) --no-print-directory apt PACKAGES="$(TEST_APT_PACKAGES)"
+
+# The S3 server that the object-store tests and `make bench` start (Garage): built once
+# into ~/.cargo/bin by cargo (about 8 minutes on 2 cores), then reused.
+GARAGE_VERSION ?= 2.5.0
+garage-dep:
+	@command -v garage >/dev/null 2>&1 || [ -x "$(HOME)/.cargo/bin/garage" ] || \
+	  $(CARGO) install garage --locked --version $(GARAGE_VERSION)
 
 apt:
 	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -48,7 +55,7 @@ fmt:
 demo: build
 	bash deploy/demo.sh
 
-bench: deps
+bench: deps garage-dep
 	bash bench/bench.sh "$(BENCH_DIR)"
 	bash bench/pipeline.sh "$(BENCH_DIR)"
 	bash bench/fanout.sh "$(BENCH_DIR)"

@@ -11,7 +11,8 @@
 # Usage:   bash bench/bench.sh WORKDIR          (as root, Debian 12)
 # Knobs (environment variables):
 #   DATASETS="pgtext tree"          data sets to run
-#   TOOLS="pullback restic borg"    tools to run
+#   TOOLS="pullback pullback-s3 restic borg"  tools to run (pullback-s3: the archive in a
+#                                   Garage S3 server on loopback, started by this script)
 #   REPEAT=1                        runs per sequence (fresh repository each); medians reported
 #   SCALE=30                        pgbench scale factor of pgtext
 #   PGB_TX=10000                    pgbench transactions per client (2 clients) for the next day
@@ -39,7 +40,7 @@ PGB_TX=${PGB_TX:-10000}
 TREE_SOURCES=${TREE_SOURCES:-/usr/share /usr/lib/python3.11 /usr/lib/python3 /usr/lib/gcc}
 TREE_EXCLUDES=${TREE_EXCLUDES:-package-lists locale}
 DATASETS=${DATASETS:-pgtext tree}
-TOOLS=${TOOLS:-pullback restic borg}
+TOOLS=${TOOLS:-pullback pullback-s3 restic borg}
 REPEAT=${REPEAT:-1}
 FORCE_DATA=${FORCE_DATA:-0}
 COLD=${COLD:-0}
@@ -63,7 +64,10 @@ has() { command -v "$1" >/dev/null 2>&1; }
 listed() { [[ " $2 " == *" $1 "* ]]; } # listed WORD LIST
 bytes() { du -sb "$1" | cut -f1; }
 
-for t in $TOOLS; do listed "$t" "pullback restic borg" || die "unknown tool '$t' (TOOLS: pullback restic borg)"; done
+for t in $TOOLS; do listed "$t" "pullback pullback-s3 restic borg" || die "unknown tool '$t' (TOOLS: pullback pullback-s3 restic borg)"; done
+# shellcheck source=bench/garage.sh
+source "$ROOT/bench/garage.sh"
+trap garage_stop EXIT
 for ds in $DATASETS; do listed "$ds" "pgtext tree" || die "unknown data set '$ds' (DATASETS: pgtext tree)"; done
 [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "REPEAT must be a positive integer"
 [[ $SCALE =~ ^[1-9][0-9]*$ ]] || die "SCALE must be a positive integer"
@@ -339,6 +343,28 @@ seq_pullback() {
   rm -rf "$T"
 }
 
+# The same three steps with the archive in the bucket (local folder: scratch only); repo
+# size = the objects under the run's prefix.
+seq_pullback_s3() {
+  local ds=$1 r=$2 R=$W/repo/$1-pullback-s3 T=$W/restore/$1-pullback-s3 L=$LOG/$1-pullback-s3.log b1 b2
+  local C=$W/repo/$1-pullback-s3.toml P=$1-run$2-$$
+  garage_start "$W/garage"
+  rm -rf "$R" "$T"
+  garage_pbs_config "$C" "$R" "$P"
+  timed "$L" "$PB" archive init --config "$C"
+  put_stage "$ds" 1
+  b1=$(bytes "$W/stage/$ds")
+  timed "$L" "$PB" archive ingest --config "$C" --source "$ds" "$W/stage/$ds"
+  rec "$ds" pullback-s3 "backup v1" "$r" "$b1" "$(garage_bytes "$P")"
+  put_stage "$ds" 2
+  b2=$(bytes "$W/stage/$ds")
+  timed "$L" "$PB" archive ingest --config "$C" --source "$ds" "$W/stage/$ds"
+  rec "$ds" pullback-s3 "backup v2" "$r" "$b2" "$(garage_bytes "$P")"
+  timed "$L" "$PB" archive restore --config "$C" "$ds/latest" --to "$T"
+  rec "$ds" pullback-s3 "restore v2" "$r" "$b2" "$(garage_bytes "$P")" "$(verify "$T" "$W/stage/$ds")"
+  rm -rf "$T"
+}
+
 seq_restic() {
   local ds=$1 r=$2 R=$W/repo/$1-restic T=$W/restore/$1-restic L=$LOG/$1-restic.log b1 b2
   rm -rf "$R" "$T" "$W/cache"
@@ -404,7 +430,7 @@ run_all() {
       : >"$LOG/$ds-$t.log"
       for ((r = 1; r <= REPEAT; r++)); do
         say "run: $ds / $t ($r/$REPEAT)"
-        "seq_$t" "$ds" "$r"
+        "seq_${t//-/_}" "$ds" "$r"
       done
     done
     if [[ $ds == tree ]]; then tree_floor; fi
@@ -506,6 +532,20 @@ else:
     target("pgtext backup v2 repo growth, MB", g / MB, 2.0, "fixed 2 MB")
 vs_wall("pgtext backup v2 wall, s", "pgtext", "backup v2", "borg", "backup v2", 0.75)
 vs_wall("pgtext restore v2 wall, s", "pgtext", "restore v2", "borg", "restore v2", 0.75)
+# The archive on Garage: ≥ 0.8 × the local throughput (wall ≤ 1.25 × local), same growth.
+for step in ("backup v1", "backup v2", "restore v2"):
+    s3, local = val("pgtext", "pullback-s3", step, "wall"), val("pgtext", "pullback", step, "wall")
+    name = f"pgtext {step} on Garage wall, s"
+    if s3 is None or local is None:
+        target(name, None, None, "pullback and pullback-s3 on pgtext")
+    else:
+        check = val("pgtext", "pullback-s3", step, "check") if step.startswith("restore") else None
+        target(name, s3, 1.25 * local, f"1.25 × local {local:.2f} s, i.e. ≥ 0.8 × its throughput", check)
+gs, gl = val("pgtext", "pullback-s3", "backup v2", "growth"), val("pgtext", "pullback", "backup v2", "growth")
+if gs is None or gl is None:
+    target("pgtext backup v2 growth on Garage, MB", None, None, "pullback and pullback-s3 on pgtext")
+else:
+    target("pgtext backup v2 growth on Garage, MB", gs / MB, gl / MB * 1.01 + 0.01, f"the local growth {gl / MB:.2f} MB")
 vs_wall("tree backup v1 wall, s", "tree", "backup v1", "restic", "backup v1", 1.0)
 vs_wall("tree backup v2 wall, s", "tree", "backup v2", "restic", "backup v2", 0.5)
 vs_wall("tree restore v2 wall, s", "tree", "restore v2", "tar-copy", "write floor v2", 1.25)

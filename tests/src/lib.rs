@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod db;
 pub mod evil;
 pub mod group;
+pub mod garage;
 pub mod ha;
 
 use std::collections::BTreeMap;
@@ -76,12 +77,23 @@ impl Run {
 #[derive(Clone, Debug)]
 pub struct Pbs {
     pub archive: PathBuf,
+    /// A PBS config to pass (`--config`): e.g. one whose archive is in a bucket.
+    pub config: Option<PathBuf>,
 }
 
 impl Pbs {
     pub fn new(archive: impl Into<PathBuf>) -> Self {
         Pbs {
             archive: archive.into(),
+            config: None,
+        }
+    }
+
+    /// The archive of PBS config `config` (`[archive] path` is `archive`).
+    pub fn with_config(archive: impl Into<PathBuf>, config: impl Into<PathBuf>) -> Self {
+        Pbs {
+            archive: archive.into(),
+            config: Some(config.into()),
         }
     }
 
@@ -90,7 +102,11 @@ impl Pbs {
         let mut c = Command::new(bin("pbs"));
         c.arg("archive");
         if let Some((cmd, rest)) = args.split_first() {
-            c.arg(cmd).arg("--archive").arg(&self.archive).args(rest);
+            c.arg(cmd).arg("--archive").arg(&self.archive);
+            if let Some(cfg) = &self.config {
+                c.arg("--config").arg(cfg);
+            }
+            c.args(rest);
         }
         c.env_remove("PULLBACK_LOG").stdin(Stdio::null());
         c

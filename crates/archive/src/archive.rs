@@ -63,16 +63,40 @@ impl Archive {
             path: path.into(),
             source,
         })?;
-        let backend = Arc::new(LocalBackend::new(path));
+        Self::init_on(Arc::new(LocalBackend::new(path)))
+    }
+
+    /// Create a new archive on `backend` (which must not hold one).
+    pub fn init_on(backend: Arc<dyn Backend>) -> Result<Archive> {
         let cfg = ArchiveConfig::default();
         let bytes = serde_json::to_vec_pretty(&cfg).map_err(|e| Error::Invalid(e.to_string()))?;
         if !backend.create(CONFIG_KEY, &bytes)? {
             return Err(Error::Invalid(format!(
                 "{} already holds an archive",
-                path.display()
+                backend.location()
             )));
         }
         Self::with_backend(backend)
+    }
+
+    /// Open the archive on `backend`, creating it when the backend holds no
+    /// config, no pack and no generation. A backend holding packs or
+    /// generations without a config is refused (never overwritten).
+    pub fn open_or_init_on(backend: Arc<dyn Backend>) -> Result<Archive> {
+        match backend.read(CONFIG_KEY) {
+            Ok(_) => Self::with_backend(backend),
+            Err(e) if crate::index::is_not_found(&e) => {
+                if backend.list("packs")?.is_empty() && backend.list("gens")?.is_empty() {
+                    Self::init_on(backend)
+                } else {
+                    Err(Error::NotAnArchive {
+                        path: backend.location().into(),
+                        why: "packs or generations but no config file".into(),
+                    })
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Open the archive in `path`.

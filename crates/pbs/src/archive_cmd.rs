@@ -161,15 +161,42 @@ fn record_json(r: &archive::GenRecord) -> serde_json::Value {
     })
 }
 
+/// How [`open_archive`] treats a missing archive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Open {
+    Existing,
+    Create,
+    OrCreate,
+}
+
+/// The archive at `path`, or, with `[archive.s3]`, in the bucket (`path` then holds the
+/// local scratch: staged writes, pins, locks).
+pub fn open_archive(path: &Path, cfg: &Config, how: Open) -> Result<Archive> {
+    let Some(s3) = &cfg.archive.s3 else {
+        return Ok(match how {
+            Open::Existing => Archive::open(path)?,
+            Open::Create => Archive::init(path)?,
+            Open::OrCreate => Archive::open_or_init(path)?,
+        });
+    };
+    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    let backend = std::sync::Arc::new(objstore::ObjectBackend::new(s3, path)?);
+    Ok(match how {
+        Open::Existing => Archive::with_backend(backend)?,
+        Open::Create => Archive::init_on(backend)?,
+        Open::OrCreate => Archive::open_or_init_on(backend)?,
+    })
+}
+
 pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCode> {
     let path = path.ok_or_else(|| {
         anyhow!("no archive given: pass --archive DIR or set [archive] path in --config")
     })?;
-    let open = |p: &Path| Archive::open(p).map_err(anyhow::Error::from);
+    let open = |p: &Path| open_archive(p, cfg, Open::Existing);
     match a.cmd {
         ArchiveCmd::Init => {
-            Archive::init(&path)?;
-            wire::outln!("initialised archive {}", path.display())?;
+            let ar = open_archive(&path, cfg, Open::Create)?;
+            wire::outln!("initialised archive {}", ar.backend().location())?;
         }
         ArchiveCmd::Ingest {
             source,
@@ -182,7 +209,7 @@ pub fn run(a: ArchiveArgs, path: Option<PathBuf>, cfg: &Config) -> Result<ExitCo
             dir,
         } => {
             let source = SourceName::new(&source).map_err(|e| anyhow!(e))?;
-            let ar = Archive::open_or_init(&path)?;
+            let ar = open_archive(&path, cfg, Open::OrCreate)?;
             let opts = IngestOptions {
                 epoch: Epoch(epoch),
                 taken_at_ns: taken_at.as_deref().map(parse_time).transpose()?,

@@ -110,8 +110,11 @@ fn default_promote_retry() -> u64 {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArchiveSection {
-    /// Where the archive lives.
+    /// Where the archive lives; with `[archive.s3]`, the local folder for what stays on
+    /// this host (staged writes, pins, locks) while packs and records go to the bucket.
     pub path: Option<PathBuf>,
+    /// The archive on an S3-compatible object store (crates/objstore).
+    pub s3: Option<objstore::S3Config>,
 }
 
 /// Retention policy for `pbs archive prune` and the scheduled prune.
@@ -223,6 +226,14 @@ pub fn load(path: &Path) -> Result<Config> {
         }
     };
     if let Some(p) = &mut c.archive.path {
+        fix(p);
+    }
+    if let Some(p) = c
+        .archive
+        .s3
+        .as_mut()
+        .and_then(|s| s.secret_access_key_file.as_mut())
+    {
         fix(p);
     }
     if let Some(p) = &mut c.state_dir {

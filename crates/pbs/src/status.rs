@@ -25,7 +25,9 @@ pub struct Report {
 /// own, already open, to [`report_with`]).
 pub fn report(cfg: &Config, state_dir: &Path) -> Result<Report> {
     let ar = match &cfg.archive.path {
-        Some(p) if p.join("config").exists() => Some(Archive::open(p)?),
+        Some(p) if cfg.archive.s3.is_some() || p.join("config").exists() => Some(
+            crate::archive_cmd::open_archive(p, cfg, crate::archive_cmd::Open::Existing)?,
+        ),
         _ => None,
     };
     report_with(cfg, state_dir, ar.as_ref())

@@ -1,0 +1,499 @@
+//! The archive on an S3-compatible object store: [`ObjectBackend`] implements the
+//! archive's [`Backend`] over the `object_store` crate, so that packs, generation records
+//! and the config live in a bucket (under a prefix) while everything else stays the same.
+//!
+//! What goes where (FORMAT.md beside this crate):
+//! - `config`, `packs/…`, `gens/…`: objects `<prefix>/<key>` in the bucket;
+//! - `tmp/…` (staged writes), `pins/…` and the locks: a local folder (`[archive] path`),
+//!   because they matter only to the process that writes and are taken by flock(2). One
+//!   bucket prefix belongs to one PBS at a time (a second PBS keeps its own prefix and
+//!   mirrors, `[[mirror]]`).
+//!
+//! The commit point stays atomic: a generation record is one PUT, visible whole or not at
+//! all, and it is put only after every pack it refers to has been put. A record is never
+//! replaced: with `conditional_put = true` the PUT carries `If-None-Match: *` (AWS S3,
+//! MinIO, R2 refuse it when the key exists); without, the backend asks (HEAD) first — safe
+//! because the writer holds the source's lock (a local flock) and no other process writes
+//! under this prefix. (Garage 2.5 ignores `If-None-Match` on PUT.)
+//!
+//! The archive is synchronous (no async runtime); this backend owns a small tokio
+//! runtime and waits for each request on it, so it may be called from any thread,
+//! including a runtime's blocking pool.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use archive::backend::{Backend, LocalBackend, LockGuard, Staged};
+use archive::{Error, Result};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjPath;
+use object_store::{ClientOptions, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig};
+use serde::Deserialize;
+
+#[cfg(test)]
+mod tests;
+
+/// `[archive.s3]` in the PBS config.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// `http://host:port` or `https://…` of the S3 API.
+    pub endpoint: String,
+    pub bucket: String,
+    /// Keys go under `<prefix>/` (no leading or trailing `/`); empty: the bucket's root.
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    pub access_key_id: String,
+    /// The secret, or `secret_access_key_file` naming a file that holds it.
+    pub secret_access_key: Option<String>,
+    pub secret_access_key_file: Option<PathBuf>,
+    /// The store refuses a PUT with `If-None-Match: *` on an existing key (AWS S3, MinIO,
+    /// R2): records are then created by that condition instead of HEAD-then-PUT.
+    #[serde(default)]
+    pub conditional_put: bool,
+    /// A request without an answer for this long fails (after the retries).
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// Memory for read-ahead of pack ranges, MiB.
+    #[serde(default = "default_cache_mib")]
+    pub cache_mib: usize,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("conditional_put", &self.conditional_put)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_timeout() -> u64 {
+    30
+}
+fn default_cache_mib() -> usize {
+    32
+}
+
+/// What one miss reads at least (the rest of a pack is usually read next).
+const READ_AHEAD: u64 = 4 << 20;
+/// A read that ends at an object's end (a pack footer) fetches this much of its tail, so
+/// that the trailer before it needs no second request.
+const TAIL: u64 = 256 << 10;
+
+/// Keys that stay in the local folder.
+fn is_local(key: &str) -> bool {
+    let top = key.split('/').next().unwrap_or("");
+    matches!(top, "tmp" | "pins" | "locks")
+}
+
+pub struct ObjectBackend {
+    store: Arc<AmazonS3>,
+    prefix: String,
+    local: LocalBackend,
+    rt: tokio::runtime::Runtime,
+    conditional: bool,
+    location: String,
+    /// Object sizes seen (objects never change, so a size stays true until removal).
+    sizes: Mutex<HashMap<String, u64>>,
+    cache: Mutex<Segments>,
+}
+
+/// Recently read ranges of objects, newest first, within a byte budget.
+struct Segments {
+    budget: usize,
+    used: usize,
+    list: VecDeque<(String, u64, Bytes)>,
+}
+
+impl Segments {
+    fn get(&mut self, key: &str, off: u64, len: usize) -> Option<Vec<u8>> {
+        let i = self.list.iter().position(|(k, start, b)| {
+            k == key && *start <= off && off + len as u64 <= start + b.len() as u64
+        })?;
+        let seg = self.list.remove(i)?;
+        let from = (off - seg.1) as usize;
+        let out = seg.2[from..from + len].to_vec();
+        self.list.push_front(seg);
+        Some(out)
+    }
+
+    fn put(&mut self, key: &str, start: u64, b: Bytes) {
+        if b.len() > self.budget {
+            return;
+        }
+        self.used += b.len();
+        self.list.push_front((key.to_string(), start, b));
+        while self.used > self.budget {
+            match self.list.pop_back() {
+                Some((_, _, old)) => self.used -= old.len(),
+                None => break,
+            }
+        }
+    }
+
+    fn forget(&mut self, key: &str) {
+        self.list.retain(|(k, _, _)| k != key);
+        self.used = self.list.iter().map(|(_, _, b)| b.len()).sum();
+    }
+}
+
+fn io_err(kind: io::ErrorKind, msg: String) -> io::Error {
+    io::Error::new(kind, msg)
+}
+
+impl ObjectBackend {
+    /// Connects nothing yet (the first request does); fails on a bad config.
+    /// `local` is the folder for staged writes, pins and locks.
+    pub fn new(cfg: &S3Config, local: impl Into<PathBuf>) -> Result<ObjectBackend> {
+        let secret = match (&cfg.secret_access_key, &cfg.secret_access_key_file) {
+            (Some(s), None) => s.clone(),
+            (None, Some(p)) => std::fs::read_to_string(p)
+                .map_err(|source| Error::Io {
+                    path: p.clone(),
+                    source,
+                })?
+                .trim()
+                .to_string(),
+            _ => {
+                return Err(Error::Invalid(
+                    "archive.s3: give exactly one of secret_access_key and secret_access_key_file"
+                        .into(),
+                ))
+            }
+        };
+        let prefix = cfg.prefix.trim_matches('/').to_string();
+        if prefix.split('/').any(|p| p == "." || p == "..") {
+            return Err(Error::Invalid(format!(
+                "archive.s3.prefix {prefix:?}: no . or .. parts"
+            )));
+        }
+        let timeout = Duration::from_secs(cfg.timeout_secs.max(1));
+        let store = AmazonS3Builder::new()
+            .with_endpoint(&cfg.endpoint)
+            .with_bucket_name(&cfg.bucket)
+            .with_region(&cfg.region)
+            .with_access_key_id(&cfg.access_key_id)
+            .with_secret_access_key(secret)
+            .with_allow_http(cfg.endpoint.starts_with("http://"))
+            .with_virtual_hosted_style_request(false)
+            // Every object is checked by its content hash when read.
+            .with_unsigned_payload(true)
+            .with_client_options(ClientOptions::new().with_timeout(timeout))
+            .with_retry(RetryConfig {
+                max_retries: 3,
+                retry_timeout: timeout,
+                ..Default::default()
+            })
+            .build()
+            .map_err(|e| Error::Invalid(format!("archive.s3: {e}")))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("objstore")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Invalid(format!("object store runtime: {e}")))?;
+        let location = format!(
+            "s3://{}/{} at {}",
+            cfg.bucket,
+            prefix,
+            cfg.endpoint.trim_end_matches('/')
+        );
+        Ok(ObjectBackend {
+            store: Arc::new(store),
+            prefix,
+            local: LocalBackend::new(local),
+            rt,
+            conditional: cfg.conditional_put,
+            location,
+            sizes: Mutex::new(HashMap::new()),
+            cache: Mutex::new(Segments {
+                budget: cfg.cache_mib << 20,
+                used: 0,
+                list: VecDeque::new(),
+            }),
+        })
+    }
+
+    fn obj(&self, key: &str) -> ObjPath {
+        if self.prefix.is_empty() {
+            ObjPath::from(key)
+        } else {
+            ObjPath::from(format!("{}/{key}", self.prefix))
+        }
+    }
+
+    fn err_path(&self, key: &str) -> PathBuf {
+        PathBuf::from(format!("{}/{key}", self.location))
+    }
+
+    fn map_err(&self, key: &str, e: object_store::Error) -> Error {
+        let kind = match &e {
+            object_store::Error::NotFound { .. } => io::ErrorKind::NotFound,
+            object_store::Error::AlreadyExists { .. } => io::ErrorKind::AlreadyExists,
+            _ => io::ErrorKind::Other,
+        };
+        Error::Io {
+            path: self.err_path(key),
+            source: io_err(kind, e.to_string()),
+        }
+    }
+
+    /// Run `f` on this backend's runtime and wait for it (from any thread).
+    fn run<T: Send + 'static>(
+        &self,
+        key: &str,
+        f: impl Future<Output = std::result::Result<T, object_store::Error>> + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.rt.spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        match rx.recv() {
+            Ok(r) => r.map_err(|e| self.map_err(key, e)),
+            Err(_) => Err(Error::Io {
+                path: self.err_path(key),
+                source: io_err(io::ErrorKind::Other, "the request's task failed".into()),
+            }),
+        }
+    }
+
+    fn remember_size(&self, key: &str, size: u64) {
+        let mut m = self.sizes.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= 100_000 {
+            m.clear();
+        }
+        m.insert(key.to_string(), size);
+    }
+
+    fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes> {
+        let store = self.store.clone();
+        let path = self.obj(key);
+        let b = self.run(key, async move { store.get_range(&path, start..end).await })?;
+        if b.len() as u64 != end - start {
+            return Err(Error::Io {
+                path: self.err_path(key),
+                source: io_err(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "asked {} bytes at {start}, got {}",
+                        end - start,
+                        b.len()
+                    ),
+                ),
+            });
+        }
+        Ok(b)
+    }
+
+    fn exists(&self, key: &str) -> Result<bool> {
+        match self.size(key) {
+            Ok(_) => Ok(true),
+            Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<()> {
+        let store = self.store.clone();
+        let path = self.obj(key);
+        let len = data.len() as u64;
+        let opts = PutOptions {
+            mode,
+            ..Default::default()
+        };
+        self.run(key, async move {
+            store
+                .put_opts(&path, PutPayload::from_bytes(data), opts)
+                .await
+        })?;
+        self.remember_size(key, len);
+        Ok(())
+    }
+}
+
+impl Backend for ObjectBackend {
+    fn read(&self, key: &str) -> Result<Vec<u8>> {
+        if is_local(key) {
+            return self.local.read(key);
+        }
+        let store = self.store.clone();
+        let path = self.obj(key);
+        let b = self.run(key, async move { store.get(&path).await?.bytes().await })?;
+        Ok(b.to_vec())
+    }
+
+    fn read_at(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        if is_local(key) {
+            return self.local.read_at(key, offset, len);
+        }
+        if let Some(v) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key, offset, len)
+        {
+            return Ok(v);
+        }
+        let size = self.size(key)?;
+        let end = offset
+            .checked_add(len as u64)
+            .filter(|e| *e <= size)
+            .ok_or_else(|| Error::Io {
+                path: self.err_path(key),
+                source: io_err(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{len} bytes at {offset}: the object has {size}"),
+                ),
+            })?;
+        let (start, stop) = if end == size {
+            (offset.min(size.saturating_sub(TAIL)), size)
+        } else {
+            (offset, end.max(offset + READ_AHEAD).min(size))
+        };
+        let b = self.get_range(key, start, stop)?;
+        let from = (offset - start) as usize;
+        let out = b[from..from + len].to_vec();
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(key, start, b);
+        Ok(out)
+    }
+
+    fn size(&self, key: &str) -> Result<u64> {
+        if is_local(key) {
+            return self.local.size(key);
+        }
+        if let Some(s) = self
+            .sizes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+        {
+            return Ok(*s);
+        }
+        let store = self.store.clone();
+        let path = self.obj(key);
+        let meta = self.run(key, async move { store.head(&path).await })?;
+        self.remember_size(key, meta.size);
+        Ok(meta.size)
+    }
+
+    fn stage(&self, data: &[u8]) -> Result<Staged> {
+        self.local.stage(data)
+    }
+
+    fn publish(&self, staged: &Staged, key: &str) -> Result<bool> {
+        if is_local(key) {
+            return self.local.publish(staged, key);
+        }
+        let data = std::fs::read(&staged.tmp).map_err(|source| Error::Io {
+            path: staged.tmp.clone(),
+            source,
+        })?;
+        let data = Bytes::from(data);
+        if key.starts_with("packs/") {
+            // Named by the hash of its content: putting it again changes nothing.
+            self.put(key, data, PutMode::Overwrite)?;
+            return Ok(true);
+        }
+        if self.conditional {
+            return match self.put(key, data, PutMode::Create) {
+                Ok(()) => Ok(true),
+                Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
+                    Ok(false)
+                }
+                Err(e) => Err(e),
+            };
+        }
+        if self.exists(key)? {
+            return Ok(false);
+        }
+        self.put(key, data, PutMode::Overwrite)?;
+        Ok(true)
+    }
+
+    fn discard(&self, staged: Staged) {
+        self.local.discard(staged)
+    }
+
+    fn append(&self, key: &str, data: &[u8]) -> Result<()> {
+        if is_local(key) {
+            return self.local.append(key, data);
+        }
+        Err(Error::Invalid(format!(
+            "{key}: an object store cannot append (only to local scratch keys)"
+        )))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let prefix = prefix.trim_end_matches('/');
+        if is_local(prefix) {
+            return self.local.list(prefix);
+        }
+        let store = self.store.clone();
+        let path = self.obj(prefix);
+        let metas = self.run(prefix, async move {
+            store.list(Some(&path)).try_collect::<Vec<_>>().await
+        })?;
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let mut out = Vec::with_capacity(metas.len());
+        for m in metas {
+            let full = m.location.to_string();
+            let Some(key) = full.strip_prefix(&strip) else {
+                continue;
+            };
+            self.remember_size(key, m.size);
+            out.push(key.to_string());
+        }
+        Ok(out)
+    }
+
+    fn remove(&self, key: &str) -> Result<()> {
+        if is_local(key) {
+            return self.local.remove(key);
+        }
+        self.sizes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .forget(key);
+        let store = self.store.clone();
+        let path = self.obj(key);
+        match self.run(key, async move { store.delete(&path).await }) {
+            Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+
+    fn lock(&self, name: &str, exclusive: bool, wait: bool) -> Result<Box<dyn LockGuard>> {
+        self.local.lock(name, exclusive, wait)
+    }
+
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+}

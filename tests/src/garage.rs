@@ -1,0 +1,238 @@
+//! A real S3 server for the tests: Garage (single node, sqlite metadata, fsync on),
+//! started on loopback in a temporary folder, with one bucket and one key.
+//! `make test-deps` installs the binary (`cargo install garage --locked`) when missing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::db::free_port;
+
+/// The access key the tests import into every Garage (Garage's key ids are `GK` + 24 hex).
+pub const KEY_ID: &str = "GK0123456789abcdef01234567";
+pub const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+pub const BUCKET: &str = "pullback";
+pub const REGION: &str = "garage";
+
+/// The garage binary: on PATH, or where `cargo install` puts it.
+pub fn garage_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("garage"))
+            .find(|p| p.is_file())
+    }) {
+        return p;
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let p = home.join(".cargo/bin/garage");
+    assert!(
+        p.is_file(),
+        "garage not found on PATH nor in ~/.cargo/bin: run `make test-deps` (it runs `cargo install garage --locked`)"
+    );
+    p
+}
+
+pub struct Garage {
+    child: Child,
+    conf: PathBuf,
+    pub s3_port: u16,
+    pub dir: PathBuf,
+}
+
+impl Garage {
+    /// Start Garage in `dir` (created), lay out its one node, create the bucket and key.
+    pub fn start(dir: &Path) -> Garage {
+        std::fs::create_dir_all(dir).expect("garage dir");
+        let (rpc, s3, admin) = (free_port(), free_port(), free_port());
+        let conf = dir.join("garage.toml");
+        let text = format!(
+            r#"metadata_dir = "{d}/meta"
+data_dir = "{d}/data"
+db_engine = "sqlite"
+metadata_fsync = true
+data_fsync = true
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:{rpc}"
+rpc_public_addr = "127.0.0.1:{rpc}"
+rpc_secret = "{SECRET}"
+
+[s3_api]
+s3_region = "{REGION}"
+api_bind_addr = "127.0.0.1:{s3}"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:{admin}"
+"#,
+            d = dir.display()
+        );
+        std::fs::write(&conf, text).expect("garage config");
+        let log = std::fs::File::create(dir.join("garage.log")).expect("garage log");
+        let child = Command::new(garage_bin())
+            .arg("-c")
+            .arg(&conf)
+            .arg("server")
+            .env("RUST_LOG", "garage=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start garage");
+        let mut g = Garage {
+            child,
+            conf,
+            s3_port: s3,
+            dir: dir.to_path_buf(),
+        };
+        g.setup();
+        g
+    }
+
+    /// `garage -c CONF ARGS`, required to succeed; its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(garage_bin())
+            .arg("-c")
+            .arg(&self.conf)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run garage");
+        assert!(
+            out.status.success(),
+            "garage {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn setup(&mut self) {
+        // The node id, once the server answers.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let id = loop {
+            if let Some(st) = self.child.try_wait().expect("garage status") {
+                panic!(
+                    "garage exited ({st}) at start: {}",
+                    std::fs::read_to_string(self.dir.join("garage.log")).unwrap_or_default()
+                );
+            }
+            let out = Command::new(garage_bin())
+                .arg("-c")
+                .arg(&self.conf)
+                .args(["node", "id", "-q"])
+                .stdin(Stdio::null())
+                .output()
+                .expect("run garage");
+            if out.status.success() {
+                let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                break s.split('@').next().unwrap_or_default().to_string();
+            }
+            assert!(Instant::now() < deadline, "garage did not answer in 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        self.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &id]);
+        self.cli(&["layout", "apply", "--version", "1"]);
+        self.cli(&["bucket", "create", BUCKET]);
+        self.cli(&["key", "import", "--yes", "-n", "pullback-tests", KEY_ID, SECRET]);
+        self.cli(&[
+            "bucket", "allow", "--read", "--write", "--owner", BUCKET, "--key", KEY_ID,
+        ]);
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    /// `[archive.s3]` for a PBS config: this Garage's bucket under `prefix`.
+    pub fn archive_s3_toml(&self, prefix: &str) -> String {
+        format!(
+            "[archive.s3]\nendpoint = \"{}\"\nbucket = \"{BUCKET}\"\nprefix = \"{prefix}\"\nregion = \"{REGION}\"\naccess_key_id = \"{KEY_ID}\"\nsecret_access_key = \"{SECRET}\"\n",
+            self.endpoint()
+        )
+    }
+
+    /// A PBS config file at `at` whose archive is in this Garage under `prefix`, with
+    /// `scratch` as the local folder.
+    pub fn pbs_config(&self, at: &Path, scratch: &Path, prefix: &str) -> PathBuf {
+        let text = format!(
+            "[archive]\npath = \"{}\"\n{}",
+            scratch.display(),
+            self.archive_s3_toml(prefix)
+        );
+        std::fs::write(at, text).expect("pbs config");
+        at.to_path_buf()
+    }
+
+    /// Every object key under `prefix` in the bucket, as `garage` lists them through S3.
+    pub fn objects(&self, prefix: &str) -> Vec<String> {
+        let list = s3_request(self, "GET", &format!("/{BUCKET}?list-type=2&prefix={prefix}/"), &[]);
+        let mut out = Vec::new();
+        let mut rest = list.as_str();
+        while let Some(i) = rest.find("<Key>") {
+            rest = &rest[i + 5..];
+            if let Some(j) = rest.find("</Key>") {
+                out.push(rest[..j].to_string());
+                rest = &rest[j..];
+            }
+        }
+        out
+    }
+}
+
+/// One signed S3 request with curl's AWS SigV4 support (the tests read and write the
+/// archive through the pbs binary; this is for looking at and damaging objects).
+fn s3_request(g: &Garage, method: &str, path: &str, extra: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "-f", "-X", method])
+        .arg("--aws-sigv4")
+        .arg(format!("aws:amz:{REGION}:s3"))
+        .arg("--user")
+        .arg(format!("{KEY_ID}:{SECRET}"))
+        .args(extra)
+        .arg(format!("{}{path}", g.endpoint()))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "curl {method} {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// GET one object's bytes.
+pub fn get_object(g: &Garage, key: &str) -> Vec<u8> {
+    let out = Command::new("curl")
+        .args(["-sS", "-f"])
+        .arg("--aws-sigv4")
+        .arg(format!("aws:amz:{REGION}:s3"))
+        .arg("--user")
+        .arg(format!("{KEY_ID}:{SECRET}"))
+        .arg(format!("{}/{BUCKET}/{key}", g.endpoint()))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run curl");
+    assert!(out.status.success(), "GET {key}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// PUT one object (replacing it): what a bit flip in the store, or a hostile writer with
+/// the bucket's key, looks like to the archive.
+pub fn put_object(g: &Garage, key: &str, data: &[u8]) {
+    let f = g.dir.join("put.tmp");
+    std::fs::write(&f, data).expect("write put body");
+    s3_request(
+        g,
+        "PUT",
+        &format!("/{BUCKET}/{key}"),
+        &["--data-binary", &format!("@{}", f.display())],
+    );
+}
+
+impl Drop for Garage {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
