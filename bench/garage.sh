@@ -66,8 +66,8 @@ garage_stop() {
 }
 
 garage_bytes() {
-  curl -sS -f --aws-sigv4 "aws:amz:garage:s3" --user "$GARAGE_KEY_ID:$GARAGE_SECRET" \
-    "$GARAGE_ENDPOINT/$GARAGE_BUCKET?list-type=2&max-keys=100000&prefix=$1/" |
+  curl -sS -f -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" --aws-sigv4 "aws:amz:garage:s3" --user "$GARAGE_KEY_ID:$GARAGE_SECRET" \
+    "$GARAGE_ENDPOINT/$GARAGE_BUCKET?list-type=2&max-keys=100000&prefix=$1%2F" |
     python3 -c 'import re, sys; t = sys.stdin.read(); print(sum(int(s) for s in re.findall(r"<Size>(\d+)</Size>", t)))'
 }
 

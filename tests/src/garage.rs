@@ -165,7 +165,12 @@ api_bind_addr = "127.0.0.1:{admin}"
 
     /// Every object key under `prefix` in the bucket, as `garage` lists them through S3.
     pub fn objects(&self, prefix: &str) -> Vec<String> {
-        let list = s3_request(self, "GET", &format!("/{BUCKET}?list-type=2&prefix={prefix}/"), &[]);
+        let list = s3_request(
+            self,
+            "GET",
+            &format!("/{BUCKET}?list-type=2&max-keys=100000&prefix={prefix}%2F"),
+            &[],
+        );
         let mut out = Vec::new();
         let mut rest = list.as_str();
         while let Some(i) = rest.find("<Key>") {
@@ -184,6 +189,7 @@ api_bind_addr = "127.0.0.1:{admin}"
 fn s3_request(g: &Garage, method: &str, path: &str, extra: &[&str]) -> String {
     let out = Command::new("curl")
         .args(["-sS", "-f", "-X", method])
+        .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
         .arg("--aws-sigv4")
         .arg(format!("aws:amz:{REGION}:s3"))
         .arg("--user")
@@ -205,6 +211,7 @@ fn s3_request(g: &Garage, method: &str, path: &str, extra: &[&str]) -> String {
 pub fn get_object(g: &Garage, key: &str) -> Vec<u8> {
     let out = Command::new("curl")
         .args(["-sS", "-f"])
+        .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
         .arg("--aws-sigv4")
         .arg(format!("aws:amz:{REGION}:s3"))
         .arg("--user")

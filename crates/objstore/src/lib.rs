@@ -184,17 +184,23 @@ impl ObjectBackend {
             )));
         }
         let timeout = Duration::from_secs(cfg.timeout_secs.max(1));
+        // object_store's HTTP client brings no TLS provider of its own: ring, as everywhere
+        // else in pullback (an already installed one is kept).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let store = AmazonS3Builder::new()
             .with_endpoint(&cfg.endpoint)
             .with_bucket_name(&cfg.bucket)
             .with_region(&cfg.region)
             .with_access_key_id(&cfg.access_key_id)
             .with_secret_access_key(secret)
-            .with_allow_http(cfg.endpoint.starts_with("http://"))
             .with_virtual_hosted_style_request(false)
             // Every object is checked by its content hash when read.
             .with_unsigned_payload(true)
-            .with_client_options(ClientOptions::new().with_timeout(timeout))
+            .with_client_options(
+                ClientOptions::new()
+                    .with_timeout(timeout)
+                    .with_allow_http(cfg.endpoint.starts_with("http://")),
+            )
             .with_retry(RetryConfig {
                 max_retries: 3,
                 retry_timeout: timeout,
@@ -248,9 +254,19 @@ impl ObjectBackend {
             object_store::Error::AlreadyExists { .. } => io::ErrorKind::AlreadyExists,
             _ => io::ErrorKind::Other,
         };
+        // The whole chain: object_store's own text often hides the cause.
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            let t = s.to_string();
+            if !msg.contains(&t) {
+                msg = format!("{msg}: {t}");
+            }
+            src = s.source();
+        }
         Error::Io {
             path: self.err_path(key),
-            source: io_err(kind, e.to_string()),
+            source: io_err(kind, msg),
         }
     }
 
