@@ -23,7 +23,9 @@ pub fn garage_bin() -> PathBuf {
     }) {
         return p;
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
     let p = home.join(".cargo/bin/garage");
     assert!(
         p.is_file(),
@@ -133,7 +135,15 @@ api_bind_addr = "127.0.0.1:{admin}"
         self.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &id]);
         self.cli(&["layout", "apply", "--version", "1"]);
         self.cli(&["bucket", "create", BUCKET]);
-        self.cli(&["key", "import", "--yes", "-n", "pullback-tests", KEY_ID, SECRET]);
+        self.cli(&[
+            "key",
+            "import",
+            "--yes",
+            "-n",
+            "pullback-tests",
+            KEY_ID,
+            SECRET,
+        ]);
         self.cli(&[
             "bucket", "allow", "--read", "--write", "--owner", BUCKET, "--key", KEY_ID,
         ]);
@@ -220,7 +230,11 @@ pub fn get_object(g: &Garage, key: &str) -> Vec<u8> {
         .stdin(Stdio::null())
         .output()
         .expect("run curl");
-    assert!(out.status.success(), "GET {key}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "GET {key}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 

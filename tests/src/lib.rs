@@ -4,8 +4,8 @@
 pub mod cluster;
 pub mod db;
 pub mod evil;
-pub mod group;
 pub mod garage;
+pub mod group;
 pub mod ha;
 
 use std::collections::BTreeMap;

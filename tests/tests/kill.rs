@@ -200,8 +200,14 @@ fn sigkill_at_random_moments_on_object_storage_never_loses_a_committed_generatio
     kill_cycle(&tmp, &pbs, 24, 0x5eed_0b1e_c7ed);
     // Everything the archive refers to is in the bucket, nothing but scratch is local.
     let objects = garage.objects("kill");
-    assert!(objects.iter().any(|k| k.starts_with("kill/gens/db/")), "{objects:?}");
-    assert!(objects.iter().any(|k| k.starts_with("kill/packs/")), "{objects:?}");
+    assert!(
+        objects.iter().any(|k| k.starts_with("kill/gens/db/")),
+        "{objects:?}"
+    );
+    assert!(
+        objects.iter().any(|k| k.starts_with("kill/packs/")),
+        "{objects:?}"
+    );
     assert!(!local.join("packs").exists() && !local.join("gens").exists());
 }
 

@@ -161,22 +161,21 @@ impl ObjectBackend {
     /// Connects nothing yet (the first request does); fails on a bad config.
     /// `local` is the folder for staged writes, pins and locks.
     pub fn new(cfg: &S3Config, local: impl Into<PathBuf>) -> Result<ObjectBackend> {
-        let secret = match (&cfg.secret_access_key, &cfg.secret_access_key_file) {
-            (Some(s), None) => s.clone(),
-            (None, Some(p)) => std::fs::read_to_string(p)
-                .map_err(|source| Error::Io {
-                    path: p.clone(),
-                    source,
-                })?
-                .trim()
-                .to_string(),
-            _ => {
-                return Err(Error::Invalid(
+        let secret =
+            match (&cfg.secret_access_key, &cfg.secret_access_key_file) {
+                (Some(s), None) => s.clone(),
+                (None, Some(p)) => std::fs::read_to_string(p)
+                    .map_err(|source| Error::Io {
+                        path: p.clone(),
+                        source,
+                    })?
+                    .trim()
+                    .to_string(),
+                _ => return Err(Error::Invalid(
                     "archive.s3: give exactly one of secret_access_key and secret_access_key_file"
                         .into(),
-                ))
-            }
-        };
+                )),
+            };
         let prefix = cfg.prefix.trim_matches('/').to_string();
         if prefix.split('/').any(|p| p == "." || p == "..") {
             return Err(Error::Invalid(format!(
@@ -306,11 +305,7 @@ impl ObjectBackend {
                 path: self.err_path(key),
                 source: io_err(
                     io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "asked {} bytes at {start}, got {}",
-                        end - start,
-                        b.len()
-                    ),
+                    format!("asked {} bytes at {start}, got {}", end - start, b.len()),
                 ),
             });
         }

@@ -14,8 +14,14 @@ fn segments_serve_only_what_they_cover() {
     s.put("packs/a", 100, Bytes::from(vec![7u8; 1000]));
     assert_eq!(s.get("packs/a", 100, 1000), Some(vec![7u8; 1000]));
     assert_eq!(s.get("packs/a", 600, 10), Some(vec![7u8; 10]));
-    assert!(s.get("packs/a", 99, 10).is_none(), "starts before the segment");
-    assert!(s.get("packs/a", 1095, 10).is_none(), "ends after the segment");
+    assert!(
+        s.get("packs/a", 99, 10).is_none(),
+        "starts before the segment"
+    );
+    assert!(
+        s.get("packs/a", 1095, 10).is_none(),
+        "ends after the segment"
+    );
     assert!(s.get("packs/b", 100, 10).is_none(), "another object");
     s.forget("packs/a");
     assert!(s.get("packs/a", 100, 10).is_none());
@@ -31,7 +37,10 @@ fn segments_stay_within_budget_dropping_the_oldest() {
     assert!(s.get("k", 0, 1).is_some());
     s.put("k", 2000, Bytes::from(vec![3u8; 1000]));
     assert!(s.used <= 2500);
-    assert!(s.get("k", 1000, 1).is_none(), "the least recently used went");
+    assert!(
+        s.get("k", 1000, 1).is_none(),
+        "the least recently used went"
+    );
     assert_eq!(s.get("k", 0, 1), Some(vec![1]));
     assert_eq!(s.get("k", 2000, 1), Some(vec![3]));
     // Larger than the whole budget: not kept.
@@ -41,10 +50,21 @@ fn segments_stay_within_budget_dropping_the_oldest() {
 
 #[test]
 fn scratch_keys_stay_local() {
-    for k in ["tmp/1-2.tmp", "pins/owner.pin", "locks/archive", "tmp", "pins"] {
+    for k in [
+        "tmp/1-2.tmp",
+        "pins/owner.pin",
+        "locks/archive",
+        "tmp",
+        "pins",
+    ] {
         assert!(is_local(k), "{k}");
     }
-    for k in ["config", "packs/ab/abcd.pack", "gens/db/00000000000000000001.gen", "tmpx/a"] {
+    for k in [
+        "config",
+        "packs/ab/abcd.pack",
+        "gens/db/00000000000000000001.gen",
+        "tmpx/a",
+    ] {
         assert!(!is_local(k), "{k}");
     }
 }

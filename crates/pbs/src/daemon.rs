@@ -470,7 +470,8 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
         .with_context(|| format!("creating {}", state_dir.display()))?;
     let tokens = server.token_set()?;
     let tls = server.tls_files()?;
-    let ar = crate::archive_cmd::open_archive(&archive_path, &cfg, crate::archive_cmd::Open::OrCreate)?;
+    let ar =
+        crate::archive_cmd::open_archive(&archive_path, &cfg, crate::archive_cmd::Open::OrCreate)?;
     // Each group's epoch starts at least at the highest epoch of its source's generations.
     let mut epochs: HashMap<String, u64> = HashMap::new();
     for r in ar.generations()?.iter().filter_map(|g| ar.record(g).ok()) {
