@@ -190,6 +190,16 @@ pub struct NodeExporter {
     pub ca: Option<PathBuf>,
 }
 
+impl Config {
+    /// Every source this PBS holds: its `[[source]]`s, then its `[[mirror]]`s.
+    pub fn source_names(&self) -> impl Iterator<Item = &str> {
+        self.sources
+            .iter()
+            .map(|s| s.name.as_str())
+            .chain(self.mirrors.iter().map(|m| m.source.as_str()))
+    }
+}
+
 impl ImporterConfig {
     pub fn peer(&self) -> wire::PeerConfig {
         wire::PeerConfig {
@@ -253,25 +263,38 @@ pub fn load(path: &Path) -> Result<Config> {
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("config {}: [[source]] name", path.display()))?;
     }
-    let only_source = match c.sources.as_slice() {
-        [s] => Some(s.name.clone()),
+    // A PBS that only mirrors feeds clones of its mirrored sources (one group).
+    let only_mirrors = c.sources.is_empty();
+    let clone_sources: Vec<String> = if only_mirrors {
+        c.mirrors.iter().map(|m| m.source.clone()).collect()
+    } else {
+        c.sources.iter().map(|s| s.name.clone()).collect()
+    };
+    let only_source = match clone_sources.as_slice() {
+        [s] => Some(s.clone()),
         _ => None,
     };
     for i in &mut c.importers {
         if let Some(ca) = &mut i.ca {
             fix(ca);
         }
+        let kind = if only_mirrors {
+            "[[mirror]]"
+        } else {
+            "[[source]]"
+        };
         match &i.source {
-            None if c.sources.len() > 1 => bail!(
-                "config {}: [[importer]] {}: say which [[source]] it is a clone of (source = ...): there are several",
+            None if clone_sources.len() > 1 => bail!(
+                "config {}: [[importer]] {}: say which {kind} it is a clone of (source = ...): there are several",
                 path.display(),
                 i.name
             ),
             None => i.source = only_source.clone(),
-            Some(s) if !c.sources.iter().any(|x| &x.name == s) => bail!(
-                "config {}: [[importer]] {}: source = {s:?} is not a [[source]] name",
+            Some(s) if !clone_sources.contains(s) => bail!(
+                "config {}: [[importer]] {}: source = {s:?} is not a {kind} {}",
                 path.display(),
-                i.name
+                i.name,
+                if only_mirrors { "source" } else { "name" }
             ),
             Some(_) => {}
         }
