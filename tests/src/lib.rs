@@ -6,6 +6,7 @@ pub mod db;
 pub mod evil;
 pub mod group;
 pub mod ha;
+pub mod two_pbs;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
