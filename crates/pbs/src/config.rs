@@ -404,4 +404,34 @@ mod tests {
         let e = imp("disable = true\n").unwrap_err();
         assert!(e.to_string().contains("disable"), "{e}");
     }
+
+    #[test]
+    fn a_pbs_that_only_mirrors_feeds_clones_of_its_mirrored_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pbs.toml");
+        let mirror = |name: &str| {
+            format!(
+                "[[mirror]]\nsource = \"{name}\"\nfrom = {{ name = \"pbs1\", url = \"http://127.0.0.1:1\", token = \"0123456789abcdef\" }}\n"
+            )
+        };
+        let clone = |source: &str| {
+            format!("[[importer]]\nname = \"c1\"\nurl = \"http://127.0.0.1:2\"\ntoken = \"0123456789abcdef\"\n{source}")
+        };
+        let load_text = |text: String| {
+            std::fs::write(&path, text).unwrap();
+            load(&path).map_err(|e| format!("{e:#}"))
+        };
+        // One mirrored source: the clone's source by default.
+        let c = load_text(mirror("files") + &clone("")).unwrap();
+        assert_eq!(c.importers[0].source.as_deref(), Some("files"));
+        assert_eq!(c.source_names().collect::<Vec<_>>(), ["files"]);
+        // Several: say which; it must be one of them.
+        let two = mirror("files") + &mirror("books");
+        let e = load_text(two.clone() + &clone("")).unwrap_err();
+        assert!(e.contains("say which [[mirror]]"), "{e}");
+        let c = load_text(two.clone() + &clone("source = \"books\"\n")).unwrap();
+        assert_eq!(c.importers[0].source.as_deref(), Some("books"));
+        let e = load_text(two + &clone("source = \"maps\"\n")).unwrap_err();
+        assert!(e.contains("\"maps\" is not a [[mirror]] source"), "{e}");
+    }
 }
