@@ -7,7 +7,8 @@
 //!    exporter tells it first what it missed, so both PBS hold the same history; a refusal
 //!    of a takeover by the first PBS is final; with PBS 1 dead, PBS 2 grants it.
 //! 2. PBS 2 mirrors PBS 1 (`[[mirror]]`, no `[[source]]`) and pushes what it mirrors to the
-//!    clone: with PBS 1 unable to reach the clone, the clone gets the generation from PBS 2.
+//!    clone: with PBS 1 unable to reach the clone, the clone gets the generation from PBS 2;
+//!    with PBS 1 dead, the restarted mirror brings a clone that was down up to date.
 //! 3. Edge rows: a notification or a promotion from a token peer the clone does not list
 //!    is 403; a config that names a coordinator twice is refused, naming it; a generation
 //!    told by a PBS under the name of another one the clone holds (the PBS numbered the
@@ -218,13 +219,24 @@ fn a_mirror_pbs_pushes_what_it_mirrors_to_the_clone() {
     t.wait_pushed(2, 0, "files/2");
     assert_eq!(t.records(1), t.records(2));
 
-    // PBS 1 dies too; the restarted mirror tells the clone of its newest generation at
-    // start (a mirrored source counts): the clone, which holds it, answers at once.
+    // The clone is down while files/3 comes; then PBS 1 dies (SIGKILL). The mirror, when
+    // it starts again, tells the clone of its newest generation (a mirrored source too).
+    t.kill(Node::Clone(0));
+    write_data(&t, "three\n");
+    let out = t.export_ok();
+    assert!(out.contains("committed as files/3 by pbs1"), "{out}");
+    wait_for("pbs2 to fail to push files/3", || {
+        let st = t.pbs_status(2);
+        (st["importers"][0]["last_failure"]["generation"] == "files/3").then_some(())
+    });
     t.kill(Node::Pbs(1));
+    t.start(Node::Clone(0));
     t.kill(Node::Pbs(2));
     t.start(Node::Pbs(2));
-    t.wait_pushed(2, 0, "files/2");
-    assert_eq!(t.hook_runs(0), ["files/1", "files/2"]);
+    let st = t.wait_clone(0, "files/3");
+    assert_eq!(st["last_valid"]["from"], "pbs2", "{st}");
+    assert_clone_is_src(&t, 0, "files/3 from the restarted mirror");
+    assert_eq!(t.hook_runs(0), ["files/1", "files/2", "files/3"]);
 }
 
 #[test]

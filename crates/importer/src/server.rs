@@ -431,6 +431,15 @@ pub async fn serve(cfg: Config) -> Result<()> {
     st.importing = None;
     let store = Archive::open_or_init(&cfg.store)?;
     let tokens = cfg.server.token_set()?;
+    for p in cfg.coordinator.iter() {
+        if !tokens.peers().any(|t| t == p.name) {
+            tracing::warn!(
+                pbs = %p.name,
+                "[server] tokens has no token for peer {}: that coordinator cannot notify or promote this clone",
+                p.name
+            );
+        }
+    }
     let tls = cfg.server.tls_files()?;
     let listen = cfg.server.listen;
     let st = wire::Durable::new("status", status_path(&cfg), st);
