@@ -91,6 +91,11 @@ fn either_pbs_feeds_the_clones_and_grants_a_takeover_when_the_other_is_dead() {
     }
     let st = t.live(Node::Exporter).expect("exporter status");
     assert_eq!(st["missed"]["pbs1"][0]["seq"], 2, "{st}");
+    let text = t.run(Node::Exporter, &["status"]).stdout;
+    assert!(
+        text.contains("pbs1 missed outbox generation(s) 2"),
+        "{text}"
+    );
     let text = t.run(Node::Clone(0), &["status"]).stdout;
     assert!(
         text.contains("last valid: files/2") && text.contains("from pbs2"),
