@@ -7,6 +7,7 @@ pub mod evil;
 pub mod garage;
 pub mod group;
 pub mod ha;
+pub mod two_pbs;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

@@ -147,6 +147,13 @@ pub async fn status_cli(cfg: Config, json: bool) -> Result<ExitCode> {
         line("last run", &st.last_run)?;
         line("last success", &st.last_success)?;
         line("last failure", &st.last_failure)?;
+        for (pbs, list) in &st.missed {
+            let seqs: Vec<String> = list.iter().map(|n| n.seq.to_string()).collect();
+            wire::outln!(
+                "{pbs} missed outbox generation(s) {}: told again before the next",
+                seqs.join(", ")
+            )?;
+        }
     }
     Ok(
         if st.last_failure.is_some()

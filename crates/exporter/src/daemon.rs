@@ -49,6 +49,10 @@ pub struct Status {
     pub last_run: Option<RunState>,
     pub last_success: Option<RunState>,
     pub last_failure: Option<RunState>,
+    /// Per PBS name, the notifications it missed while another PBS took them, oldest
+    /// first: told again before its next one (`missed.rs`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub missed: std::collections::BTreeMap<String, Vec<wire::api::Notify>>,
 }
 
 pub(crate) struct App {
@@ -262,10 +266,13 @@ async fn notify_and_wait(app: &Arc<App>, run: &mut RunState, seq: Seq, epoch: u6
     };
     let mut notified = Vec::new();
     let mut errors = Vec::new();
+    let mut missed = Vec::new();
     for p in &cfg.pbs {
         let client = p
             .client(Duration::from_secs(30))
             .map_err(|e| anyhow!("{e}"))?;
+        // What this PBS missed while another took it goes first, in order.
+        crate::missed::resend(app, p, &client, epoch).await;
         let backoff = wire::Backoff {
             initial: Duration::from_millis(500),
             max: Duration::from_secs(10),
@@ -283,11 +290,17 @@ async fn notify_and_wait(app: &Arc<App>, run: &mut RunState, seq: Seq, epoch: u6
                     p.name
                 );
             }
-            Err(e) => errors.push(format!("notifying {}: {e}", p.name)),
+            Err(e) => {
+                errors.push(format!("notifying {}: {e}", p.name));
+                missed.push(p.name.clone());
+            }
         }
     }
     if notified.is_empty() {
         bail!("{}", errors.join("; "));
+    }
+    for pbs in &missed {
+        crate::missed::record(app, pbs, &body);
     }
     let deadline = Instant::now() + Duration::from_secs(cfg.commit_timeout_secs);
     let mut failures: Vec<String> = errors;

@@ -6,6 +6,7 @@
 mod cli;
 mod daemon;
 mod ha;
+mod missed;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

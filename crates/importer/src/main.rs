@@ -6,6 +6,7 @@
 mod apply;
 mod coordinator;
 mod guard;
+mod pbs_list;
 mod server;
 mod status;
 mod takeover;
@@ -102,11 +103,14 @@ pub struct Config {
     #[serde(default = "default_receive_timeout")]
     pub receive_timeout_secs: u64,
     pub server: wire::ListenConfig,
-    /// The PBS this clone belongs to: it pulls every generation from it, says hello at
-    /// start, asks it before it believes an epoch or a promotion, sends it takeover
-    /// requests. The token is the one the PBS accepts for peer = this clone's name; `name`
-    /// is the peer name the PBS uses here (the only peer that may notify or promote).
-    pub coordinator: wire::PeerConfig,
+    /// The PBS this clone belongs to: `[coordinator]`, or several `[[coordinator]]` in
+    /// order of preference. Each one's `name` is the token peer it uses here (the peers
+    /// that may notify or promote this clone); a notified generation is pulled from the
+    /// PBS that notified it. The clone says hello to every one at start, and asks them in
+    /// order (the first that answers decides) before it believes an epoch or a promotion,
+    /// and for a takeover. Each token is the one that PBS accepts for peer = this clone's
+    /// name. See `pbs_list.rs`.
+    pub coordinator: pbs_list::Coordinators,
     #[serde(default)]
     pub takeover: TakeoverConfig,
 }
@@ -261,8 +265,13 @@ fn wipe_for_rejoin(cfg: &Config, exporter_state: Option<&Path>, yes: bool) -> Re
         role.display()
     )?;
     wire::outln!(
-        "node {} is ready to rejoin: start it (importer serve), then on the PBS run `pbs rejoin {}`",
-        cfg.name, cfg.name
+        "node {} is ready to rejoin: start it (importer serve), then on {} run `pbs rejoin {}`",
+        cfg.name,
+        match cfg.coordinator.iter().count() {
+            1 => format!("the PBS ({})", cfg.coordinator.names()),
+            _ => format!("each PBS ({})", cfg.coordinator.names()),
+        },
+        cfg.name
     )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -10,7 +10,7 @@ use axum::routing::{get, post};
 use axum::Extension;
 use axum::{Json, Router};
 use wire::server::ApiError;
-use wire::{Metrics, Peer};
+use wire::{Metrics, Peer, PeerConfig};
 
 use crate::apply::Applier;
 use crate::Config;
@@ -23,6 +23,9 @@ pub(crate) struct App {
     pub(crate) cfg: Config,
     store: Arc<Archive>,
     pub(crate) apply_lock: tokio::sync::Mutex<()>,
+    /// One pull at a time: the same generation told by two PBS is pulled once (the
+    /// second finds it in the store).
+    receive_lock: tokio::sync::Mutex<()>,
     pub(crate) status: wire::Durable<Status>,
     metrics: Metrics,
     /// Takeover: password rate limit, the promoted flag, the exit signal.
@@ -36,17 +39,20 @@ pub(crate) fn status_path(cfg: &Config) -> std::path::PathBuf {
 }
 
 impl App {
-    /// Only this clone's PBS (the token peer named by `[coordinator] name`) may `what`: push generations, promote. The clone's admin token
-    /// can read its status, never feed or promote it.
-    pub(crate) fn require_pbs(&self, peer: &Peer, what: &str) -> Result<(), ApiError> {
-        let pbs = self.cfg.coordinator.name.as_str();
-        if peer.0 != pbs {
-            return Err(ApiError::new(
+    /// Only this clone's PBS (a token peer named by a `[coordinator] name`) may `what`:
+    /// push generations, promote. The clone's admin token can read its status, never feed
+    /// or promote it. Returns that PBS.
+    pub(crate) fn require_pbs(&self, peer: &Peer, what: &str) -> Result<&PeerConfig, ApiError> {
+        self.cfg.coordinator.get(&peer.0).ok_or_else(|| {
+            ApiError::new(
                 axum::http::StatusCode::FORBIDDEN,
-                format!("peer {} may not {what} (only its PBS, {pbs})", peer.0),
-            ));
-        }
-        Ok(())
+                format!(
+                    "peer {} may not {what} (only its PBS: {})",
+                    peer.0,
+                    self.cfg.coordinator.names()
+                ),
+            )
+        })
     }
 
     /// Record a failed transfer or import of `gen`.
@@ -95,17 +101,21 @@ fn refuse_older(app: &App, gen: &GenId) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `POST /v1/notify` (only from this clone's PBS): generation `seq` of `source`, taken at
-/// `epoch`, is ready at the PBS. Refusals of the notification itself are HTTP errors and
-/// change nothing (403 another peer, 409 older than what the clone holds or an epoch no
-/// coordinator reached, 409 promoted); otherwise the clone pulls the generation from its
-/// PBS, restores, checks, swaps and runs its hooks, and answers how that went.
+/// `POST /v1/notify` (only from one of this clone's PBS): generation `seq` of `source`,
+/// taken at `epoch`, is ready at the PBS. Refusals of the notification itself are HTTP
+/// errors and change nothing (403 another peer, 409 older than what the clone holds or an
+/// epoch no coordinator reached, 409 promoted); otherwise the clone pulls the generation
+/// from the PBS that notified it, restores, checks, swaps and runs its hooks, and answers
+/// how that went. A generation the clone already holds verified (told again, or told by
+/// another PBS) is answered as done at once: nothing is pulled, no hook runs again.
 async fn notify(
     State(app): State<Arc<App>>,
     Extension(peer): Extension<Peer>,
     Json(n): Json<Notify>,
 ) -> Result<Json<ApplyResult>, ApiError> {
-    app.require_pbs(&peer, "push generations to this clone")?;
+    let pbs = app
+        .require_pbs(&peer, "push generations to this clone")?
+        .clone();
     let gen = gen_id(&n.source, n.seq)?;
     refuse_older(&app, &gen)?;
     app.takeover.refuse_if_promoted()?;
@@ -113,30 +123,36 @@ async fn notify(
     // On a task of its own: a PBS that goes away mid-import does not cut the import
     // short (the swap and the hooks run to their end; the status tells the outcome).
     let a = app.clone();
-    tokio::spawn(async move { import(&a, gen, n.epoch).await })
+    tokio::spawn(async move { import(&a, gen, n.epoch, &pbs).await })
         .await
         .map_err(|e| ApiError::internal(format!("the import failed: {e}")))?
 }
 
-/// Pull `gen` from the PBS unless the store holds it; commit it to the store.
-/// Returns the record's `taken_at` and epoch.
-async fn receive(app: &Arc<App>, gen: &GenId, epoch: u64) -> Result<(i64, u64), String> {
+/// Pull `gen` from `pbs` (the PBS that notified it) unless the store holds it; commit it
+/// to the store. Returns the record's `taken_at` and epoch.
+async fn receive(
+    app: &Arc<App>,
+    gen: &GenId,
+    epoch: u64,
+    pbs: &PeerConfig,
+) -> Result<(i64, u64), String> {
+    let _one = app.receive_lock.lock().await;
     let a = app.clone();
     let g = gen.clone();
     if let Ok(Ok(r)) = tokio::task::spawn_blocking(move || a.store.record(&g)).await {
+        // Pulled meanwhile (told by another PBS too): the same generation?
+        check_same(app, gen, pbs).await.map_err(|e| e.message)?;
         return Ok((r.taken_at_ns, r.epoch.0));
     }
-    let client = app
-        .cfg
-        .coordinator
+    let client = pbs
         .client(Duration::from_secs(app.cfg.receive_timeout_secs.max(1)))
         .map_err(|e| e.to_string())?;
     let received = app.metrics.counter(
         "pullback_bytes_received_total",
         "Bytes received from the PBS",
     );
-    let pbs = pull::HttpSource::new(client, "the PBS", Some(received));
-    let inc = pull::receive(&pbs, &app.store, gen, move |rec| {
+    let src = pull::HttpSource::new(client, format!("the PBS {}", pbs.name), Some(received));
+    let inc = pull::receive(&src, &app.store, gen, move |rec| {
         if rec.epoch.0 != epoch {
             anyhow::bail!(
                 "the record's epoch {} differs from the notification's {epoch}",
@@ -159,8 +175,53 @@ async fn receive(app: &Arc<App>, gen: &GenId, epoch: u64) -> Result<(i64, u64), 
     .map_err(|e| e.to_string())?
 }
 
+/// A generation told of while this clone's store holds one of that name: it must be the
+/// same generation at the PBS that tells of it (same epoch, time taken and file list),
+/// or the clone would take the name for the data. Two PBS that number a source's
+/// generations differently (one missed an export) are caught here: refused, 409.
+async fn check_same(app: &Arc<App>, gen: &GenId, pbs: &PeerConfig) -> Result<(), ApiError> {
+    let a = app.clone();
+    let g = gen.clone();
+    let Ok(Ok(held)) = tokio::task::spawn_blocking(move || a.store.record(&g)).await else {
+        return Ok(());
+    };
+    let client = pbs
+        .client(Duration::from_secs(30))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let src = pull::HttpSource::new(client, format!("the PBS {}", pbs.name), None);
+    let theirs = pull::GenSource::record(&src, gen)
+        .await
+        .and_then(|b| Ok(archive::GenRecord::decode(&b, "the generation record")?))
+        .map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                format!("{gen}: cannot read its record at {}: {e:#}", pbs.name),
+            )
+        })?;
+    let same = theirs.id() == held.id()
+        && theirs.epoch == held.epoch
+        && theirs.taken_at_ns == held.taken_at_ns
+        && theirs.manifest_digest == held.manifest_digest;
+    if !same {
+        return Err(ApiError::conflict(format!(
+            "{gen} at {} (epoch {}, taken at {}) is not the {gen} this clone holds (epoch {}, taken at {}): the PBS number this source's generations differently; refused",
+            pbs.name,
+            theirs.epoch,
+            fmt_ns(theirs.taken_at_ns),
+            held.epoch,
+            fmt_ns(held.taken_at_ns)
+        )));
+    }
+    Ok(())
+}
+
 /// One notified generation, from pull to verified (or rolled back).
-async fn import(app: &Arc<App>, gen: GenId, epoch: u64) -> Result<Json<ApplyResult>, ApiError> {
+async fn import(
+    app: &Arc<App>,
+    gen: GenId,
+    epoch: u64,
+    pbs: &PeerConfig,
+) -> Result<Json<ApplyResult>, ApiError> {
     let result = |ok: bool, error: Option<String>, log_tail: String| {
         Json(ApplyResult {
             ok,
@@ -170,16 +231,20 @@ async fn import(app: &Arc<App>, gen: GenId, epoch: u64) -> Result<Json<ApplyResu
             log_tail,
         })
     };
-    let already = app.status.read(|s| {
-        s.last_valid
-            .as_ref()
-            .is_some_and(|v| v.generation == gen.to_string() && v.verified)
-    });
-    if already {
+    let already = || {
+        app.status.read(|s| {
+            s.last_valid
+                .as_ref()
+                .is_some_and(|v| v.generation == gen.to_string() && v.verified)
+        })
+    };
+    check_same(app, &gen, pbs).await?;
+    if already() {
+        tracing::info!(generation = %gen, pbs = %pbs.name, "already imported and verified: nothing to do");
         return Ok(result(true, None, String::new()));
     }
     app.status.update(|s| s.importing = Some(gen.to_string()));
-    let (taken_at, gen_epoch) = match receive(app, &gen, epoch).await {
+    let (taken_at, gen_epoch) = match receive(app, &gen, epoch, pbs).await {
         Ok(t) => t,
         Err(e) => {
             tracing::warn!(generation = %gen, "{e}");
@@ -188,10 +253,16 @@ async fn import(app: &Arc<App>, gen: GenId, epoch: u64) -> Result<Json<ApplyResu
         }
     };
     let _one = app.apply_lock.lock().await;
-    // Checked again: a newer generation or a promotion may have come meanwhile.
+    // Checked again: a newer generation or a promotion may have come meanwhile, or the
+    // same generation told by another PBS was imported while this one waited.
     if let Err(e) = refuse_older(app, &gen).and_then(|()| app.takeover.refuse_if_promoted()) {
         app.status.update(|s| s.importing = None);
         return Err(e);
+    }
+    if already() {
+        tracing::info!(generation = %gen, pbs = %pbs.name, "imported meanwhile (told by another PBS): nothing to do");
+        app.status.update(|s| s.importing = None);
+        return Ok(result(true, None, String::new()));
     }
     let t = Instant::now();
     let r = apply(app, &gen, taken_at).await;
@@ -221,6 +292,7 @@ async fn import(app: &Arc<App>, gen: GenId, epoch: u64) -> Result<Json<ApplyResu
                 taken_at: fmt_ns(taken_at),
                 restored_at: now_rfc3339(),
                 verified: true,
+                from: Some(pbs.name.clone()),
             });
         } else if let Some(e) = &error {
             s.last_failure = Some(Failure {
@@ -359,6 +431,15 @@ pub async fn serve(cfg: Config) -> Result<()> {
     st.importing = None;
     let store = Archive::open_or_init(&cfg.store)?;
     let tokens = cfg.server.token_set()?;
+    for p in cfg.coordinator.iter() {
+        if !tokens.peers().any(|t| t == p.name) {
+            tracing::warn!(
+                pbs = %p.name,
+                "[server] tokens has no token for peer {}: that coordinator cannot notify or promote this clone",
+                p.name
+            );
+        }
+    }
     let tls = cfg.server.tls_files()?;
     let listen = cfg.server.listen;
     let st = wire::Durable::new("status", status_path(&cfg), st);
@@ -366,6 +447,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
         cfg,
         store: Arc::new(store),
         apply_lock: tokio::sync::Mutex::new(()),
+        receive_lock: tokio::sync::Mutex::new(()),
         status: st,
         metrics: Metrics::new(),
         takeover: crate::takeover::TakeoverState::default(),

@@ -15,6 +15,10 @@ pub struct Applied {
     pub restored_at: String,
     /// Restore checked and both hooks passed.
     pub verified: bool,
+    /// The PBS (its `[coordinator] name`) that notified this generation and that it was
+    /// pulled from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -66,11 +70,14 @@ pub fn print_status(cfg: &Config, json: bool) -> Result<ExitCode> {
         )?;
         match &st.last_valid {
             Some(v) => wire::outln!(
-                "last valid: {} taken {} restored {} verified {}",
+                "last valid: {} taken {} restored {} verified {}{}",
                 v.generation,
                 v.taken_at,
                 v.restored_at,
-                v.verified
+                v.verified,
+                v.from
+                    .as_ref()
+                    .map_or(String::new(), |f| format!(" from {f}"))
             )?,
             None => wire::outln!("last valid: none yet")?,
         }

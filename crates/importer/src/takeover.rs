@@ -33,6 +33,7 @@ use wire::server::ApiError;
 use wire::Peer;
 
 use crate::guard::{Caller, Guard};
+use crate::pbs_list::NoAnswer;
 use crate::server::App;
 
 /// Per node (this process): the password guard, promotion, exit signal.
@@ -142,11 +143,6 @@ async fn take_over(app: &Arc<App>, force: bool, by: &str, password: &str) -> Res
             _ => {}
         }
     }
-    let client = app
-        .cfg
-        .coordinator
-        .client(Duration::from_secs(30))
-        .map_err(|e| ApiError::internal(e.to_string()))?;
     let req = TakeoverRequest {
         node: app.cfg.name.clone(),
         force,
@@ -154,15 +150,26 @@ async fn take_over(app: &Arc<App>, force: bool, by: &str, password: &str) -> Res
         by: Some(by.to_string()),
         password: Some(password.to_string()),
     };
-    let v: Verdict = client
-        .post_json("/v1/ha/takeover", &req)
+    // The first coordinator that answers decides; a refusal is final (no asking the
+    // next one for a yes), only one that cannot be reached is skipped.
+    let req = &req;
+    let (pbs, v) = app
+        .cfg
+        .coordinator
+        .first_answer("takeover", Duration::from_secs(30), |c| async move {
+            c.post_json::<_, Verdict>("/v1/ha/takeover", req).await
+        })
         .await
-        .map_err(|e| match e.status() {
-            Some(s) if s.is_client_error() => refuse(
-                StatusCode::CONFLICT,
-                format!("the coordinator refused: {}", server_message(&e)),
-            ),
-            _ => refuse(
+        .map_err(|e| match e {
+            NoAnswer::Refused { pbs, error }
+                if error.status().is_some_and(|s| s.is_client_error()) =>
+            {
+                refuse(
+                    StatusCode::CONFLICT,
+                    format!("the coordinator {pbs} refused: {}", server_message(&error)),
+                )
+            }
+            e => refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("the coordinator did not answer: {e}"),
             ),
@@ -170,21 +177,26 @@ async fn take_over(app: &Arc<App>, force: bool, by: &str, password: &str) -> Res
     if v.role != Role::Main {
         return Err(refuse(
             StatusCode::CONFLICT,
-            format!("the coordinator answered {} {}", v.role, v.status),
+            format!(
+                "the coordinator {} answered {} {}",
+                pbs.name, v.role, v.status
+            ),
         ));
     }
     tracing::warn!(
         epoch = v.epoch,
         force,
+        pbs = %pbs.name,
         "takeover granted by the coordinator"
     );
-    promote(app, v.epoch).await
+    promote(app, v.epoch, &pbs.name).await
 }
 
 /// After the coordinator granted MAIN at `epoch`: the promote hook, the role file, the
 /// promoted flag, and the exit (a role change is a restart). The caller holds the apply
-/// lock. Shared by the takeover and by the coordinator's `POST /v1/ha/promote`.
-async fn promote(app: &Arc<App>, epoch: u64) -> Result<u64, Refusal> {
+/// lock. Shared by the takeover and by the coordinator's `POST /v1/ha/promote`; `pbs` is
+/// the coordinator that granted it (the promotion is confirmed to it).
+async fn promote(app: &Arc<App>, epoch: u64, pbs: &str) -> Result<u64, Refusal> {
     let v = Verdict {
         role: Role::Main,
         epoch,
@@ -230,7 +242,7 @@ async fn promote(app: &Arc<App>, epoch: u64) -> Result<u64, Refusal> {
         s.status = wire::ha::NodeStatus::Leader;
         s.epoch = v.epoch;
     });
-    crate::coordinator::confirm_promotion(app, v.epoch).await;
+    crate::coordinator::confirm_promotion(app, pbs, v.epoch).await;
     // A role change is a restart: exit 0 once the answer is sent.
     app.takeover.shutdown.notify_one();
     if let Some(e) = promote_error {
@@ -250,13 +262,16 @@ fn server_message(e: &wire::WireError) -> String {
     }
 }
 
-async fn other_nodes(app: &App) -> Result<Vec<NodeView>, String> {
-    let c = app
-        .cfg
+/// The nodes as the first coordinator that answers lists them, and its name.
+async fn other_nodes(app: &App) -> Result<(String, Vec<NodeView>), String> {
+    app.cfg
         .coordinator
-        .client(Duration::from_secs(3))
-        .map_err(|e| e.to_string())?;
-    c.get_json("/v1/ha/nodes").await.map_err(|e| e.to_string())
+        .first_answer("the nodes", Duration::from_secs(3), |c| async move {
+            c.get_json::<Vec<NodeView>>("/v1/ha/nodes").await
+        })
+        .await
+        .map(|(p, nodes)| (p.name.clone(), nodes))
+        .map_err(|e| e.to_string())
 }
 
 // ---------------------------------------------------------------- routes
@@ -292,7 +307,7 @@ async fn api_takeover(
     Ok(Json(serde_json::json!({ "role": "MAIN", "epoch": epoch })))
 }
 
-/// `POST /v1/ha/promote`: the coordinator (token peer = `[coordinator] name`) granted this
+/// `POST /v1/ha/promote`: a coordinator (token peer = a `[coordinator] name`) granted this
 /// clone MAIN (switchover, automatic failover). No password: the token is the coordinator's.
 /// Waits for a running import (force semantics), then promotes.
 async fn coordinator_promote(
@@ -311,9 +326,9 @@ pub(crate) async fn promote_granted(app: &Arc<App>, epoch: u64) -> Result<u64, R
     app.takeover.refuse_if_promoted()?;
     let _imports = app.apply_lock.lock().await;
     app.takeover.refuse_if_promoted()?;
-    crate::coordinator::check_promote(app, epoch).await?;
-    tracing::warn!(epoch, "the coordinator promotes this clone");
-    promote(app, epoch).await
+    let pbs = crate::coordinator::check_promote(app, epoch).await?;
+    tracing::warn!(epoch, pbs = %pbs, "the coordinator promotes this clone");
+    promote(app, epoch, &pbs).await
 }
 
 async fn ha_get(State(app): State<Arc<App>>) -> String {
@@ -395,11 +410,15 @@ async fn page_post(
 
 async fn render(app: &App, result: Option<(StatusCode, String)>) -> String {
     let st = app.status.get();
-    let nodes = other_nodes(app).await;
+    let (nodes_from, nodes) = match other_nodes(app).await {
+        Ok((from, nodes)) => (Some(from), Ok(nodes)),
+        Err(e) => (None, Err(e)),
+    };
     crate::takeover_page::render(&crate::takeover_page::View {
         name: &app.cfg.name,
         status: &st,
         nodes: &nodes,
+        nodes_from: nodes_from.as_deref(),
         result: result.as_ref(),
         window: st
             .last_valid

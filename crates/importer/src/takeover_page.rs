@@ -15,6 +15,8 @@ pub struct View<'a> {
     pub status: &'a Status,
     /// The coordinator's nodes, or why they could not be read.
     pub nodes: &'a Result<Vec<NodeView>, String>,
+    /// The coordinator that listed them (the first listed PBS that answered).
+    pub nodes_from: Option<&'a str>,
     /// The answer to a POST: its status and what to say.
     pub result: Option<&'a (StatusCode, String)>,
     /// The data-loss window of the last valid backup ([`data_loss_window`]).
@@ -65,6 +67,9 @@ pub fn render(v: &View) -> String {
                 Some(l) => {
                     (row("Last valid backup, data taken at", &l.taken_at))
                     (row("Generation", &l.generation))
+                    @if let Some(from) = &l.from {
+                        (row("Pulled from (the PBS that notified it)", from))
+                    }
                     (row("Restored at", &l.restored_at))
                     (row("Restore and verify passed", yes_no(l.verified && st.last_import_ok != Some(false))))
                     (row("Data-loss window (now − taken at)", v.window.as_deref().unwrap_or("unknown")))
@@ -79,6 +84,9 @@ pub fn render(v: &View) -> String {
             (row("Epoch", st.epoch))
         }
         h2 { "Nodes" }
+        @if let Some(from) = v.nodes_from {
+            p { "as the coordinator " (from) " lists them" }
+        }
         @match v.nodes {
             Ok(list) => table {
                 (header_row(&["node", "kind", "role", "status", "epoch", "generation"]))
@@ -134,6 +142,7 @@ mod tests {
                 taken_at: "2026-01-01T00:00:00Z".into(),
                 restored_at: "2026-01-01T00:00:05Z".into(),
                 verified: true,
+                from: None,
             }),
             importing: Some("db/<4>".into()),
             last_failure: Some(Failure {
@@ -196,6 +205,7 @@ mod tests {
             name: "c<1>",
             status: st,
             nodes,
+            nodes_from: None,
             result: result.as_ref(),
             window: st
                 .last_valid
@@ -241,6 +251,34 @@ mod tests {
              <tr><th>Role</th><td>BACKUP</td></tr>\
              <tr><th>Epoch</th><td>0</td></tr></table><h2>Nodes</h2><table>\
              <tr><th>node</th><th>kind</th><th>role</th><th>status</th><th>epoch</th><th>generation</th></tr></table><h2>Import log (end)</h2><pre></pre><h2>Take over</h2><form method=\"post\" action=\"/takeover\"><input type=\"hidden\" name=\"form_token\" value=\"tok123\"><label>Takeover password <input type=\"password\" name=\"password\" autocomplete=\"off\" required></label> <label><input type=\"checkbox\" name=\"force\" value=\"1\"> force (skip the verified-restore, running-import and newer-clone checks)</label> <button type=\"submit\">Take over</button></form><p>The old main is fenced (Broken) and this clone becomes the main node.</p></body></html>\n"
+        );
+    }
+
+    #[test]
+    fn the_pbs_that_notified_and_the_one_that_listed_the_nodes_are_shown() {
+        let v = views();
+        let mut st = v[0].0.clone();
+        if let Some(l) = st.last_valid.as_mut() {
+            l.from = Some("pbs<2>".into());
+        }
+        let html = render(&View {
+            name: "c1",
+            status: &st,
+            nodes: &v[0].1,
+            nodes_from: Some("pbs&1"),
+            result: None,
+            window: None,
+            form_token: "t",
+        });
+        assert!(
+            html.contains(
+                "<tr><th>Pulled from (the PBS that notified it)</th><td>pbs&lt;2&gt;</td></tr>"
+            ),
+            "{html}"
+        );
+        assert!(
+            html.contains("<h2>Nodes</h2><p>as the coordinator pbs&amp;1 lists them</p>"),
+            "{html}"
         );
     }
 }

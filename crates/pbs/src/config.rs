@@ -193,6 +193,16 @@ pub struct NodeExporter {
     pub ca: Option<PathBuf>,
 }
 
+impl Config {
+    /// Every source this PBS holds: its `[[source]]`s, then its `[[mirror]]`s.
+    pub fn source_names(&self) -> impl Iterator<Item = &str> {
+        self.sources
+            .iter()
+            .map(|s| s.name.as_str())
+            .chain(self.mirrors.iter().map(|m| m.source.as_str()))
+    }
+}
+
 impl ImporterConfig {
     pub fn peer(&self) -> wire::PeerConfig {
         wire::PeerConfig {
@@ -264,25 +274,38 @@ pub fn load(path: &Path) -> Result<Config> {
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("config {}: [[source]] name", path.display()))?;
     }
-    let only_source = match c.sources.as_slice() {
-        [s] => Some(s.name.clone()),
+    // A PBS that only mirrors feeds clones of its mirrored sources (one group).
+    let only_mirrors = c.sources.is_empty();
+    let clone_sources: Vec<String> = if only_mirrors {
+        c.mirrors.iter().map(|m| m.source.clone()).collect()
+    } else {
+        c.sources.iter().map(|s| s.name.clone()).collect()
+    };
+    let only_source = match clone_sources.as_slice() {
+        [s] => Some(s.clone()),
         _ => None,
     };
     for i in &mut c.importers {
         if let Some(ca) = &mut i.ca {
             fix(ca);
         }
+        let kind = if only_mirrors {
+            "[[mirror]]"
+        } else {
+            "[[source]]"
+        };
         match &i.source {
-            None if c.sources.len() > 1 => bail!(
-                "config {}: [[importer]] {}: say which [[source]] it is a clone of (source = ...): there are several",
+            None if clone_sources.len() > 1 => bail!(
+                "config {}: [[importer]] {}: say which {kind} it is a clone of (source = ...): there are several",
                 path.display(),
                 i.name
             ),
             None => i.source = only_source.clone(),
-            Some(s) if !c.sources.iter().any(|x| &x.name == s) => bail!(
-                "config {}: [[importer]] {}: source = {s:?} is not a [[source]] name",
+            Some(s) if !clone_sources.contains(s) => bail!(
+                "config {}: [[importer]] {}: source = {s:?} is not a {kind} {}",
                 path.display(),
-                i.name
+                i.name,
+                if only_mirrors { "source" } else { "name" }
             ),
             Some(_) => {}
         }
@@ -391,5 +414,35 @@ mod tests {
         assert!(!imp("").unwrap().importers[0].spare);
         let e = imp("disable = true\n").unwrap_err();
         assert!(e.to_string().contains("disable"), "{e}");
+    }
+
+    #[test]
+    fn a_pbs_that_only_mirrors_feeds_clones_of_its_mirrored_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pbs.toml");
+        let mirror = |name: &str| {
+            format!(
+                "[[mirror]]\nsource = \"{name}\"\nfrom = {{ name = \"pbs1\", url = \"http://127.0.0.1:1\", token = \"0123456789abcdef\" }}\n"
+            )
+        };
+        let clone = |source: &str| {
+            format!("[[importer]]\nname = \"c1\"\nurl = \"http://127.0.0.1:2\"\ntoken = \"0123456789abcdef\"\n{source}")
+        };
+        let load_text = |text: String| {
+            std::fs::write(&path, text).unwrap();
+            load(&path).map_err(|e| format!("{e:#}"))
+        };
+        // One mirrored source: the clone's source by default.
+        let c = load_text(mirror("files") + &clone("")).unwrap();
+        assert_eq!(c.importers[0].source.as_deref(), Some("files"));
+        assert_eq!(c.source_names().collect::<Vec<_>>(), ["files"]);
+        // Several: say which; it must be one of them.
+        let two = mirror("files") + &mirror("books");
+        let e = load_text(two.clone() + &clone("")).unwrap_err();
+        assert!(e.contains("say which [[mirror]]"), "{e}");
+        let c = load_text(two.clone() + &clone("source = \"books\"\n")).unwrap();
+        assert_eq!(c.importers[0].source.as_deref(), Some("books"));
+        let e = load_text(two + &clone("source = \"maps\"\n")).unwrap_err();
+        assert!(e.contains("\"maps\" is not a [[mirror]] source"), "{e}");
     }
 }

@@ -489,7 +489,9 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
         }
     }
     let coords = if cfg.sources.is_empty() {
-        vec![Coordinator::open_group(&cfg, &state_dir, None, 0)?]
+        // A PBS that only mirrors: one group, at the highest epoch it holds.
+        let epoch = epochs.values().copied().max().unwrap_or(0);
+        vec![Coordinator::open_group(&cfg, &state_dir, None, epoch)?]
     } else {
         cfg.sources
             .iter()

@@ -2,7 +2,8 @@
 //! generation for generation (the same numbers, epochs, times and contents, every byte
 //! checked on the way in), so
 //! that losing one PBS loses no history. The upstream tells its `[[downstream]]`s of every
-//! new generation; each mirror also looks at start and on its `schedule`.
+//! new generation; each mirror also looks at start and on its `schedule`. What a mirror
+//! pulls is pushed to its own `[[importer]]`s like any committed generation.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -140,6 +141,11 @@ async fn pull_newer(app: &Arc<App>, m: &MirrorConfig) -> Result<Option<GenId>> {
         .await?;
         tracing::info!(generation = %rec.id(), upstream = %m.from.name, "mirrored");
         newest = Some(rec.id());
+    }
+    // A mirror feeds its own `[[importer]]`s too (the newest is enough: a clone catches
+    // up in one step), so that a clone listing both PBS loses nothing with the first.
+    if let Some(gen) = &newest {
+        crate::push::push_all(app, gen);
     }
     Ok(newest)
 }

@@ -114,8 +114,11 @@ pub(crate) fn push_all(app: &Arc<App>, gen: &GenId) {
     let Some(coord) = app.coord_of_source(gen.source.as_str()) else {
         return;
     };
-    // The clones of the generation's source's group.
-    for imp in app.cfg.importers.iter().filter(|i| coord.has_node(&i.name)) {
+    // The clones of the generation's source's group (on a PBS that only mirrors, one
+    // group holds every clone: each gets its own source's generations).
+    for imp in app.cfg.importers.iter().filter(|i| {
+        coord.has_node(&i.name) && i.source.as_deref().is_none_or(|s| s == gen.source.as_str())
+    }) {
         if coord.receives_pushes(&imp.name) {
             queue(app, &imp.name, gen);
         }
@@ -128,11 +131,11 @@ pub(crate) async fn latest_generation(app: &Arc<App>, source: Option<String>) ->
     blocking(move || {
         let ar = &a.archive;
         let mut best: Option<GenRecord> = None;
-        for s in &a.cfg.sources {
-            if source.as_deref().is_some_and(|x| x != s.name) {
+        for s in a.cfg.source_names() {
+            if source.as_deref().is_some_and(|x| x != s) {
                 continue;
             }
-            let Ok(name) = SourceName::new(&s.name) else {
+            let Ok(name) = SourceName::new(s) else {
                 continue;
             };
             if let Some(r) = ar.latest(&name)? {
@@ -241,7 +244,7 @@ async fn push_one(app: &Arc<App>, imp: &config::ImporterConfig, gen: &GenId) {
 /// short by a crash or restart of the PBS does not leave a clone behind until the next
 /// export (a clone that holds it answers at once).
 pub(crate) async fn catch_up(app: Arc<App>) {
-    let names: Vec<String> = app.cfg.sources.iter().map(|s| s.name.clone()).collect();
+    let names: Vec<String> = app.cfg.source_names().map(str::to_string).collect();
     for name in names {
         if let Some(gen) = latest_generation(&app, Some(name)).await {
             tracing::info!(generation = %gen, "start-up: bringing every clone to the newest generation");
