@@ -549,10 +549,10 @@ else:
 vs_wall("tree backup v1 wall, s", "tree", "backup v1", "restic", "backup v1", 1.0)
 vs_wall("tree backup v2 wall, s", "tree", "backup v2", "restic", "backup v2", 0.5)
 vs_wall("tree restore v2 wall, s", "tree", "restore v2", "tar-copy", "write floor v2", 1.25)
-pbk = [(k, s) for k, s in summary.items() if k[1] == "pullback"]
+pbk = [(k, s) for k, s in summary.items() if k[1] in ("pullback", "pullback-s3")]
 if pbk:
     k, s = max(pbk, key=lambda kv: kv[1]["rss"])
-    target("pullback peak RSS, MB", s["rss"] / 1024, 100.0, f"fixed 100 MB; worst: {k[0]} {k[2]}")
+    target("pullback peak RSS, MB", s["rss"] / 1024, 100.0, f"fixed 100 MB; worst: {k[1]} {k[0]} {k[2]}")
 else:
     target("pullback peak RSS, MB", None, None, "pullback")
 PY

@@ -351,7 +351,7 @@ fn kill_cycle(tmp: &TempDir, pbs: &Pbs, iterations: u64, seed: u64) {
         let check = if i % 15 == 14 { gens.len() } else { 1 };
         for g in gens.iter().rev().take(check) {
             let name = g["generation"].as_str().unwrap();
-            let got = restore_snapshot(&pbs, name, &scratch);
+            let got = restore_snapshot(pbs, name, &scratch);
             assert_same_tree(
                 &versions[&version_of(g)],
                 &got,
@@ -379,7 +379,7 @@ fn kill_cycle(tmp: &TempDir, pbs: &Pbs, iterations: u64, seed: u64) {
     assert!(gens.len() >= 2, "{gens:?}");
     for g in &gens {
         let name = g["generation"].as_str().unwrap();
-        let got = restore_snapshot(&pbs, name, &scratch);
+        let got = restore_snapshot(pbs, name, &scratch);
         assert_same_tree(&versions[&version_of(g)], &got, name);
     }
     let v = pbs.json(&["verify", "--full"]);

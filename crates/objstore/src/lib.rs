@@ -20,7 +20,7 @@
 //! runtime and waits for each request on it, so it may be called from any thread,
 //! including a runtime's blocking pool.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
@@ -36,8 +36,11 @@ use object_store::path::Path as ObjPath;
 use object_store::{ClientOptions, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig};
 use serde::Deserialize;
 
+mod ranges;
 #[cfg(test)]
 mod tests;
+
+use ranges::{Plan, Ranges, Slot};
 
 /// `[archive.s3]` in the PBS config.
 #[derive(Clone, Deserialize)]
@@ -87,7 +90,7 @@ fn default_timeout() -> u64 {
     30
 }
 fn default_cache_mib() -> usize {
-    32
+    24
 }
 
 /// What one miss reads at least (the rest of a pack is usually read next).
@@ -111,46 +114,7 @@ pub struct ObjectBackend {
     location: String,
     /// Object sizes seen (objects never change, so a size stays true until removal).
     sizes: Mutex<HashMap<String, u64>>,
-    cache: Mutex<Segments>,
-}
-
-/// Recently read ranges of objects, newest first, within a byte budget.
-struct Segments {
-    budget: usize,
-    used: usize,
-    list: VecDeque<(String, u64, Bytes)>,
-}
-
-impl Segments {
-    fn get(&mut self, key: &str, off: u64, len: usize) -> Option<Vec<u8>> {
-        let i = self.list.iter().position(|(k, start, b)| {
-            k == key && *start <= off && off + len as u64 <= start + b.len() as u64
-        })?;
-        let seg = self.list.remove(i)?;
-        let from = (off - seg.1) as usize;
-        let out = seg.2[from..from + len].to_vec();
-        self.list.push_front(seg);
-        Some(out)
-    }
-
-    fn put(&mut self, key: &str, start: u64, b: Bytes) {
-        if b.len() > self.budget {
-            return;
-        }
-        self.used += b.len();
-        self.list.push_front((key.to_string(), start, b));
-        while self.used > self.budget {
-            match self.list.pop_back() {
-                Some((_, _, old)) => self.used -= old.len(),
-                None => break,
-            }
-        }
-    }
-
-    fn forget(&mut self, key: &str) {
-        self.list.retain(|(k, _, _)| k != key);
-        self.used = self.list.iter().map(|(_, _, b)| b.len()).sum();
-    }
+    ranges: Arc<Ranges>,
 }
 
 fn io_err(kind: io::ErrorKind, msg: String) -> io::Error {
@@ -227,11 +191,7 @@ impl ObjectBackend {
             conditional: cfg.conditional_put,
             location,
             sizes: Mutex::new(HashMap::new()),
-            cache: Mutex::new(Segments {
-                budget: cfg.cache_mib << 20,
-                used: 0,
-                list: VecDeque::new(),
-            }),
+            ranges: Arc::new(Ranges::new((cfg.cache_mib as u64) << 20)),
         })
     }
 
@@ -296,20 +256,24 @@ impl ObjectBackend {
         m.insert(key.to_string(), size);
     }
 
-    fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes> {
+    /// Start fetching `slot`'s range in the background; readers wait on the slot.
+    fn fetch(&self, key: &str, slot: Arc<Slot>) {
         let store = self.store.clone();
         let path = self.obj(key);
-        let b = self.run(key, async move { store.get_range(&path, start..end).await })?;
-        if b.len() as u64 != end - start {
-            return Err(Error::Io {
-                path: self.err_path(key),
-                source: io_err(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("asked {} bytes at {start}, got {}", end - start, b.len()),
-                ),
-            });
-        }
-        Ok(b)
+        let (start, end) = slot.range();
+        tracing::debug!(key, start, end, "GET range");
+        self.rt.spawn(async move {
+            let r = match store.get_range(&path, start..end).await {
+                Ok(b) if b.len() as u64 == end - start => Ok(b),
+                Ok(b) => Err(format!(
+                    "asked {} bytes at {start}, the store sent {}",
+                    end - start,
+                    b.len()
+                )),
+                Err(e) => Err(e.to_string()),
+            };
+            slot.fill(r);
+        });
     }
 
     fn exists(&self, key: &str) -> Result<bool> {
@@ -324,6 +288,7 @@ impl ObjectBackend {
         let store = self.store.clone();
         let path = self.obj(key);
         let len = data.len() as u64;
+        tracing::debug!(key, len, "PUT");
         let opts = PutOptions {
             mode,
             ..Default::default()
@@ -345,6 +310,7 @@ impl Backend for ObjectBackend {
         }
         let store = self.store.clone();
         let path = self.obj(key);
+        tracing::debug!(key, "GET");
         let b = self.run(key, async move { store.get(&path).await?.bytes().await })?;
         Ok(b.to_vec())
     }
@@ -353,38 +319,35 @@ impl Backend for ObjectBackend {
         if is_local(key) {
             return self.local.read_at(key, offset, len);
         }
-        if let Some(v) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key, offset, len)
-        {
-            return Ok(v);
-        }
         let size = self.size(key)?;
-        let end = offset
-            .checked_add(len as u64)
-            .filter(|e| *e <= size)
-            .ok_or_else(|| Error::Io {
+        if offset.checked_add(len as u64).is_none_or(|end| end > size) {
+            return Err(Error::Io {
                 path: self.err_path(key),
                 source: io_err(
                     io::ErrorKind::UnexpectedEof,
                     format!("{len} bytes at {offset}: the object has {size}"),
                 ),
-            })?;
-        let (start, stop) = if end == size {
-            (offset.min(size.saturating_sub(TAIL)), size)
-        } else {
-            (offset, end.max(offset + READ_AHEAD).min(size))
+            });
+        }
+        let slot = match self
+            .ranges
+            .plan(key, offset, len as u64, size, READ_AHEAD, TAIL)
+        {
+            Plan::Wait(slot) => slot,
+            Plan::Fetch(slots) => {
+                for s in &slots {
+                    self.fetch(key, s.clone());
+                }
+                slots[0].clone()
+            }
         };
-        let b = self.get_range(key, start, stop)?;
-        let from = (offset - start) as usize;
-        let out = b[from..from + len].to_vec();
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .put(key, start, b);
-        Ok(out)
+        self.ranges.read(&slot, offset, len).map_err(|e| {
+            self.ranges.forget(key, Some(&slot));
+            Error::Io {
+                path: self.err_path(key),
+                source: io_err(io::ErrorKind::Other, e),
+            }
+        })
     }
 
     fn size(&self, key: &str) -> Result<u64> {
@@ -401,6 +364,7 @@ impl Backend for ObjectBackend {
         }
         let store = self.store.clone();
         let path = self.obj(key);
+        tracing::debug!(key, "HEAD");
         let meta = self.run(key, async move { store.head(&path).await })?;
         self.remember_size(key, meta.size);
         Ok(meta.size)
@@ -488,10 +452,7 @@ impl Backend for ObjectBackend {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .forget(key);
+        self.ranges.forget(key, None);
         let store = self.store.clone();
         let path = self.obj(key);
         match self.run(key, async move { store.delete(&path).await }) {

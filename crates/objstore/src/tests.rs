@@ -1,51 +1,97 @@
 use super::*;
+use crate::ranges::{Plan, Ranges};
 
-fn seg(budget: usize) -> Segments {
-    Segments {
-        budget,
-        used: 0,
-        list: VecDeque::new(),
+fn bytes_of(n: usize, v: u8) -> Bytes {
+    Bytes::from(vec![v; n])
+}
+
+#[test]
+fn a_miss_plans_the_window_and_the_next_and_later_readers_wait_on_them() {
+    let r = Ranges::new(1 << 20);
+    // 100 bytes at 1000 of a 10 000-byte object, windows of 4000.
+    let Plan::Fetch(slots) = r.plan("k", 1000, 100, 10_000, 4000, 500) else {
+        panic!("a first read must fetch");
+    };
+    assert_eq!(
+        slots.iter().map(|s| s.range()).collect::<Vec<_>>(),
+        [(1000, 5000), (5000, 9000)]
+    );
+    // A reader of a range inside either waits for that slot (no second fetch).
+    let Plan::Wait(s) = r.plan("k", 6000, 10, 10_000, 4000, 500) else {
+        panic!("the prefetched window serves this read");
+    };
+    assert_eq!(s.range(), (5000, 9000));
+    let reader = std::thread::spawn({
+        let s = s.clone();
+        move || s.wait(6000, 10)
+    });
+    slots[1].fill(Ok(bytes_of(4000, 9)));
+    assert_eq!(reader.join().unwrap(), Ok(vec![9u8; 10]));
+    // Another object, or a range outside every slot, is a new fetch.
+    assert!(matches!(
+        r.plan("j", 1000, 10, 10_000, 4000, 500),
+        Plan::Fetch(_)
+    ));
+    assert!(matches!(
+        r.plan("k", 9500, 10, 10_000, 4000, 500),
+        Plan::Fetch(_)
+    ));
+}
+
+#[test]
+fn a_read_ending_at_the_end_fetches_the_tail_and_a_failed_fetch_is_forgotten() {
+    let r = Ranges::new(1 << 20);
+    let Plan::Fetch(slots) = r.plan("k", 9976, 24, 10_000, 4000, 500) else {
+        panic!("fetch");
+    };
+    assert_eq!(slots.len(), 1);
+    assert_eq!(
+        slots[0].range(),
+        (9500, 10_000),
+        "the tail, for the trailer before it"
+    );
+    slots[0].fill(Err("connection reset".into()));
+    assert_eq!(
+        r.read(&slots[0], 9976, 24),
+        Err("connection reset".to_string())
+    );
+    r.forget("k", Some(&slots[0]));
+    assert!(matches!(
+        r.plan("k", 9976, 24, 10_000, 4000, 500),
+        Plan::Fetch(_)
+    ));
+    // Fewer bytes than the slot claims: an error, never a short answer.
+    let Plan::Fetch(s) = r.plan("m", 0, 10, 10_000, 4000, 500) else {
+        panic!("fetch");
+    };
+    s[0].fill(Ok(bytes_of(5, 1)));
+    assert!(r.read(&s[0], 0, 10).is_err());
+}
+
+#[test]
+fn the_budget_drops_the_least_recently_used_fetched_windows() {
+    let r = Ranges::new(8000);
+    for i in 0..4u64 {
+        // Each miss plans two windows (8000 bytes): the next miss is past both.
+        let Plan::Fetch(slots) = r.plan("k", i * 8000, 10, 1 << 20, 4000, 500) else {
+            panic!("fetch {i}");
+        };
+        for s in &slots {
+            s.fill(Ok(bytes_of(4000, i as u8)));
+        }
     }
-}
-
-#[test]
-fn segments_serve_only_what_they_cover() {
-    let mut s = seg(1 << 20);
-    s.put("packs/a", 100, Bytes::from(vec![7u8; 1000]));
-    assert_eq!(s.get("packs/a", 100, 1000), Some(vec![7u8; 1000]));
-    assert_eq!(s.get("packs/a", 600, 10), Some(vec![7u8; 10]));
-    assert!(
-        s.get("packs/a", 99, 10).is_none(),
-        "starts before the segment"
-    );
-    assert!(
-        s.get("packs/a", 1095, 10).is_none(),
-        "ends after the segment"
-    );
-    assert!(s.get("packs/b", 100, 10).is_none(), "another object");
-    s.forget("packs/a");
-    assert!(s.get("packs/a", 100, 10).is_none());
-    assert_eq!(s.used, 0);
-}
-
-#[test]
-fn segments_stay_within_budget_dropping_the_oldest() {
-    let mut s = seg(2500);
-    s.put("k", 0, Bytes::from(vec![1u8; 1000]));
-    s.put("k", 1000, Bytes::from(vec![2u8; 1000]));
-    // Touch the first: the second becomes the oldest.
-    assert!(s.get("k", 0, 1).is_some());
-    s.put("k", 2000, Bytes::from(vec![3u8; 1000]));
-    assert!(s.used <= 2500);
-    assert!(
-        s.get("k", 1000, 1).is_none(),
-        "the least recently used went"
-    );
-    assert_eq!(s.get("k", 0, 1), Some(vec![1]));
-    assert_eq!(s.get("k", 2000, 1), Some(vec![3]));
-    // Larger than the whole budget: not kept.
-    s.put("k", 5000, Bytes::from(vec![4u8; 3000]));
-    assert!(s.get("k", 5000, 1).is_none());
+    assert!(r.used() <= 8000, "{}", r.used());
+    // The newest windows stay; the first is gone.
+    assert!(matches!(
+        r.plan("k", 24_000, 10, 1 << 20, 4000, 500),
+        Plan::Wait(_)
+    ));
+    assert!(matches!(
+        r.plan("k", 0, 10, 1 << 20, 4000, 500),
+        Plan::Fetch(_)
+    ));
+    r.forget("k", None);
+    assert_eq!(r.used(), 0);
 }
 
 #[test]
