@@ -279,9 +279,19 @@ async fn worker(app: Arc<App>, name: String, mut rx: mpsc::UnboundedReceiver<Not
                         &[("source", &name)],
                     )
                     .inc();
-                if let Some(c) = app.coord_of_source(&name) {
-                    c.set_generation(notifier(src, &n), &gen.to_string());
-                }
+                // On a blocking thread: with etcd, a record is a round trip.
+                let (a, source, node, g) = (
+                    app.clone(),
+                    name.clone(),
+                    notifier(src, &n).to_string(),
+                    gen.to_string(),
+                );
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Some(c) = a.coord_of_source(&source) {
+                        c.set_generation(&node, &g);
+                    }
+                })
+                .await;
                 tx.state = TxPhase::Committed;
                 tx.generation = Some(gen.to_string());
                 tx.at = now_rfc3339();

@@ -128,5 +128,11 @@ async fn retry_promotion(app: &Arc<App>, coord: &crate::coord::Coordinator, ever
     if let Err(e) = &r {
         tracing::error!("{}", e.message);
     }
-    coord.note_promotion_retry(&p.node, p.epoch, r.err().map(|e| e.message));
+    let (a, group) = (app.clone(), coord.group.clone());
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(c) = a.coords.iter().find(|c| c.group == group) {
+            c.note_promotion_retry(&p.node, p.epoch, r.err().map(|e| e.message));
+        }
+    })
+    .await;
 }

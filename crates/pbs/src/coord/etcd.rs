@@ -54,22 +54,59 @@ impl Drop for Etcd {
     }
 }
 
-/// Runs `fut` on `rt` and waits for it at most `timeout`.
-fn wait<T: Send + 'static>(
-    rt: &tokio::runtime::Runtime,
-    timeout: Duration,
-    fut: impl Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
-) -> Result<T, String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    rt.spawn(async move {
-        let _ = tx.send(tokio::time::timeout(timeout, fut).await);
-    });
-    match rx.recv_timeout(timeout + Duration::from_secs(1)) {
-        Ok(Ok(Ok(v))) => Ok(v),
-        Ok(Ok(Err(e))) => Err(e.to_string()),
-        Ok(Err(_)) | Err(_) => Err(format!("no answer within {} s", timeout.as_secs())),
+/// Whether a failed request may go through when tried again (another member, a new leader).
+fn transient(e: &etcd_client::Error) -> bool {
+    // gRPC codes that trying again will not change: InvalidArgument 3, PermissionDenied 7,
+    // FailedPrecondition 9, OutOfRange 11, Unauthenticated 16.
+    const FINAL: [i32; 5] = [3, 7, 9, 11, 16];
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => !FINAL.contains(&(s.code() as i32)),
+        _ => false,
     }
 }
+
+/// Runs the request `f` makes on `rt`, again while it fails in a transient way (a member
+/// down, a leader election), and waits for it at most `timeout` in all.
+fn wait<T: Send + 'static, F>(
+    rt: &tokio::runtime::Runtime,
+    timeout: Duration,
+    f: impl Fn() -> F + Send + 'static,
+) -> Result<T, String>
+where
+    F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    rt.spawn(async move {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = None;
+        let r = loop {
+            match tokio::time::timeout_at(deadline, f()).await {
+                Ok(Ok(v)) => break Ok(v),
+                Ok(Err(e)) if transient(&e) => {
+                    last = Some(e.to_string());
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+                        break Err(last.unwrap_or_default());
+                    }
+                }
+                Ok(Err(e)) => break Err(e.to_string()),
+                Err(_) => {
+                    break Err(match last {
+                        Some(e) => format!("{e} (and no answer within {} s)", timeout.as_secs()),
+                        None => format!("no answer within {} s", timeout.as_secs()),
+                    })
+                }
+            }
+        };
+        let _ = tx.send(r);
+    });
+    rx.recv_timeout(timeout + Duration::from_secs(1))
+        .unwrap_or_else(|_| Err(format!("no answer within {} s", timeout.as_secs())))
+}
+
+/// The pause between two tries of a request that failed in a transient way.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 impl Etcd {
     /// Connects (lazily: the first request finds out whether etcd answers).
@@ -87,8 +124,10 @@ impl Etcd {
             .with_timeout(timeout)
             .with_connect_timeout(timeout);
         let eps = cfg.endpoints.clone();
-        let client = wait(&rt, timeout, Client::connect(eps, Some(opts)))
-            .map_err(|e| anyhow::anyhow!("etcd ({endpoints}): cannot connect: {e}"))?;
+        let client = wait(&rt, timeout, move || {
+            Client::connect(eps.clone(), Some(opts.clone()))
+        })
+        .map_err(|e| anyhow::anyhow!("etcd ({endpoints}): cannot connect: {e}"))?;
         let ttl = cfg.main_lease_secs.unwrap_or(default_lease).max(1);
         Ok(Arc::new(Etcd {
             rt: Some(rt),
@@ -106,16 +145,20 @@ impl Etcd {
             .ok_or_else(|| StoreError::Failed("the etcd client was shut down".into()))
     }
 
-    /// One request (`f` gets a handle on the client), at most `timeout_secs`.
+    /// One request (`f` makes it with a handle on the client), tried again while it fails
+    /// in a transient way, at most `timeout_secs` in all. A write tried again after an
+    /// answer was lost may have been applied the first time: its compare then fails, and
+    /// `store::transact` finds its own state when it reads again.
     fn run<T: Send + 'static, F>(
         &self,
         what: &str,
-        f: impl FnOnce(Client) -> F,
+        f: impl Fn(Client) -> F + Send + 'static,
     ) -> Result<T, StoreError>
     where
         F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     {
-        wait(self.rt()?, self.timeout, f(self.client.clone())).map_err(|e| {
+        let client = self.client.clone();
+        wait(self.rt()?, self.timeout, move || f(client.clone())).map_err(|e| {
             StoreError::Unavailable(format!(
                 "the coordinator's etcd ({}) cannot be reached ({what}): {e}; nothing decided",
                 self.endpoints
@@ -183,11 +226,10 @@ impl Store for EtcdStore {
 
     fn load(&self) -> Result<Versioned, StoreError> {
         let key = self.coord_key.clone();
-        let resp = self
-            .etcd
-            .run("reading the state", move |mut c| async move {
-                c.get(key, None).await
-            })?;
+        let resp = self.etcd.run("reading the state", move |mut c| {
+            let key = key.clone();
+            async move { c.get(key, None).await }
+        })?;
         let Some(kv) = resp.kvs().first() else {
             return Ok(Versioned::default());
         };
@@ -237,17 +279,15 @@ impl Store for EtcdStore {
                 revision,
             )])
             .and_then(ops);
-        let resp = self.etcd.run(
-            "writing the state",
-            move |mut c| async move { c.txn(txn).await },
-        )?;
+        let resp = self.etcd.run("writing the state", move |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })?;
         if !resp.succeeded() {
-            if let Some(id) = lease {
-                let _ = self
-                    .etcd
-                    .run("revoking an unused lease", move |mut c| async move {
-                        c.lease_revoke(id).await
-                    });
+            // Unused: revoked in the background (it would expire anyway).
+            if let (Some(id), Ok(rt)) = (lease, self.etcd.rt()) {
+                let mut c = self.etcd.client.clone();
+                rt.spawn(async move { c.lease_revoke(id).await });
             }
             return Ok(Written::Moved);
         }
@@ -322,9 +362,9 @@ impl Store for EtcdStore {
             self.grant_key.clone(),
             self.main_key.clone(),
         ];
-        let read = self
-            .etcd
-            .run("reading the status", move |mut c| async move {
+        let read = self.etcd.run("reading the status", move |mut c| {
+            let keys = keys.clone();
+            async move {
                 let mut out = Vec::new();
                 for k in keys {
                     let kv = c.get(k, None).await?.kvs().first().cloned();
@@ -335,7 +375,8 @@ impl Store for EtcdStore {
                     out.push((kv, ttl));
                 }
                 Ok(out)
-            });
+            }
+        });
         let mut v = json!({ "endpoints": self.etcd.endpoints, "key": self.coord_key });
         let rows = match read {
             Ok(rows) => rows,

@@ -94,10 +94,16 @@ pub fn transact<T>(
     cached: &mut (CoordState, i64),
     f: impl Fn(&CoordState) -> Result<Step<T>, Refusal>,
 ) -> Result<Step<T>, CoordError> {
+    // A write whose compare failed: it may have been applied by an earlier try whose
+    // answer was lost (the store tried it again); then the state read next is its own.
+    let mut unsure: Option<Step<T>> = None;
     for _ in 0..MAX_TRIES {
         if store.shared() {
             let v = store.load()?;
             *cached = (v.state.unwrap_or_default(), v.revision);
+            if let Some(step) = unsure.take().filter(|s| s.state == cached.0) {
+                return Ok(step);
+            }
         }
         let (cur, revision) = (&cached.0, cached.1);
         let step = f(cur)?;
@@ -118,6 +124,7 @@ pub fn transact<T>(
             }
             Written::Moved => {
                 tracing::info!("the coordinator's state changed under this PBS: reading it again");
+                unsure = Some(step);
             }
         }
     }
