@@ -431,6 +431,48 @@ mod tests {
     }
 
     #[test]
+    fn the_coordinator_on_etcd_is_checked_at_load() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let load_with = |etcd: &str| {
+            let p = dir.path().join("pbs.toml");
+            std::fs::write(&p, format!("[coordinator]\netcd = {{ {etcd} }}\n")).expect("write");
+            load(&p)
+        };
+        let c = load_with(r#"endpoints = ["http://127.0.0.1:2379"]"#).expect("load");
+        let e = c.coordinator.etcd.expect("etcd");
+        assert_eq!(
+            (e.prefix.as_str(), e.timeout_secs, e.main_lease_secs),
+            ("/pullback", 5, None)
+        );
+        for (bad, says) in [
+            ("endpoints = []", "at least one endpoint"),
+            (r#"endpoints = ["https://h:2379"]"#, "not an http:// URL"),
+            (
+                r#"endpoints = ["http://h:2379"], prefix = "pullback""#,
+                "must start with /",
+            ),
+            (
+                r#"endpoints = ["http://h:2379"], prefix = "/p/""#,
+                "not end with /",
+            ),
+            (
+                r#"endpoints = ["http://h:2379"], timeout_secs = 0"#,
+                "at least 1",
+            ),
+            (
+                r#"endpoints = ["http://h:2379"], endpoint = "x""#,
+                "endpoint",
+            ),
+        ] {
+            let e = load_with(bad).expect_err(bad);
+            assert!(format!("{e:#}").contains(says), "{bad}: {e:#}");
+        }
+        assert!(load(&dir.path().join("none.toml")).is_err());
+        let none: Config = toml::from_str("").expect("empty");
+        assert!(none.coordinator.etcd.is_none());
+    }
+
+    #[test]
     fn importers_may_be_disabled() {
         let imp = |extra: &str| {
             toml::from_str::<Config>(&format!(

@@ -408,3 +408,7 @@ impl Store for EtcdStore {
         Some(v)
     }
 }
+
+#[cfg(test)]
+#[path = "etcd_tests.rs"]
+mod tests;

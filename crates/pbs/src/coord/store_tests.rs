@@ -10,14 +10,19 @@ use super::*;
 use crate::coord::tests::{cfg, req};
 use crate::coord::{Coordinator, GrantKind};
 
+/// Another writer's change.
+type Meddle = Box<dyn Fn(&mut CoordState) + Send>;
+/// A write: its revision and the grant it recorded (node, epoch).
+type WriteLog = Vec<(i64, Option<(String, u64)>)>;
+
 /// A shared store in memory. `meddle`: before each of the next writes, another writer
 /// changes the state first (the write then loses the race).
 #[derive(Default)]
 struct Shared {
     slot: Mutex<(Option<CoordState>, i64)>,
-    meddle: Mutex<Vec<Box<dyn Fn(&mut CoordState) + Send>>>,
+    meddle: Mutex<Vec<Meddle>>,
     /// Every write: its revision and whether it recorded a grant (node, epoch).
-    writes: Mutex<Vec<(i64, Option<(String, u64)>)>>,
+    writes: Mutex<WriteLog>,
     loads: AtomicUsize,
     down: std::sync::atomic::AtomicBool,
 }
