@@ -32,22 +32,23 @@ fn takeover_at(port: u16, tok: &str, node: &str, epoch: u64) -> (u16, String) {
     (r.status, r.text())
 }
 
-/// `pbs status --json` with `config` (read from etcd, not from a server).
-fn status_json(config: &std::path::Path) -> Value {
+/// `pbs status ARGS` with `config` (read from etcd, not from a server): its stdout.
+fn status_out(config: &std::path::Path, args: &[&str]) -> String {
     let out = Command::new(bin("pbs"))
         .arg("--config")
         .arg(config)
-        .args(["status", "--json"])
+        .arg("status")
+        .args(args)
         .stdin(Stdio::null())
         .output()
         .expect("pbs status");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "pbs status: {e}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `pbs status --json` with `config`.
+fn status_json(config: &std::path::Path) -> Value {
+    let out = status_out(config, &["--json"]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("pbs status: {e}: {out}"))
 }
 
 #[test]
@@ -135,6 +136,13 @@ fn the_coordinating_pbs_killed_a_takeover_goes_through_the_other() {
     );
     assert_eq!(g["etcd"]["main_lease"]["state"], "alive", "{st}");
     assert_eq!(g["etcd"]["main_lease"]["node"], "clone0", "{st}");
+    let text = status_out(&second.config, &[]);
+    let want = format!(
+        "last grant clone0 at epoch {} (etcd revision {grant_rev})",
+        epoch + 1
+    );
+    assert!(text.contains(&want), "{text}");
+    assert!(text.contains("main lease alive (clone0"), "{text}");
     second.kill();
 }
 
@@ -339,6 +347,58 @@ fn an_etcd_member_killed_the_coordinator_still_works_and_without_quorum_it_refus
     assert_eq!(
         (st["epoch"].as_u64(), st["main"].as_str()),
         (Some(epoch + 1), Some("clone0")),
+        "{st}"
+    );
+}
+
+#[test]
+fn the_main_lease_expires_when_no_pbs_hears_the_main_and_a_hello_brings_it_back() {
+    let etcd = EtcdCluster::start(3);
+    let mut c = Cluster::new(Options {
+        importers: 1,
+        pbs_extra: etcd.toml("/lease", 2),
+        ..Options::default()
+    });
+    write(&c.src().join("data.txt"), b"one\n");
+    c.start_all();
+    c.cycle(1);
+    let key = "/lease/main/files";
+    assert_eq!(etcd.get(key).map(|v| v.0).as_deref(), Some("exporter"));
+    let epoch = etcd.json("/lease/coord/files")["epoch"]
+        .as_u64()
+        .expect("epoch");
+    // The main goes silent: the lease runs out and etcd drops the key; the state is
+    // untouched (the lease decides nothing).
+    c.kill(Who::Exporter);
+    pullback_tests::cluster::wait_for("the main's lease to expire", || {
+        etcd.get(key).is_none().then_some(())
+    });
+    let st = status_json(&c.config(Who::Pbs));
+    assert_eq!(
+        st["groups"][0]["etcd"]["main_lease"]["state"], "expired",
+        "{st}"
+    );
+    assert_eq!(st["groups"][0]["main"], "exporter", "{st}");
+    // The main says hello again: the PBS puts the key back under its own lease.
+    let hello = json!({ "node": "exporter", "epoch": epoch, "role": "MAIN" }).to_string();
+    let r = request(
+        c.port(Who::Pbs),
+        "POST",
+        "/v1/ha/hello",
+        Some(&c.tokens.notify),
+        hello.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["role"], "MAIN");
+    pullback_tests::cluster::wait_for("the main's key back", || {
+        (etcd.get(key)?.0 == "exporter").then_some(())
+    });
+    // The server's own status: the lease is held by this PBS.
+    let st = c.admin(Who::Pbs, "GET", "/v1/status").json();
+    let lease = &st["groups"][0]["etcd"]["main_lease"];
+    assert_eq!(
+        (lease["state"].as_str(), lease["held_here"].as_bool()),
+        (Some("alive"), Some(true)),
         "{st}"
     );
 }

@@ -103,6 +103,17 @@ pub(crate) async fn retry_promotions(app: Arc<App>) {
     let every = Duration::from_secs(app.cfg.failover.promote_retry_secs.max(1));
     loop {
         tokio::time::sleep(every).await;
+        // With etcd, another PBS may have granted or confirmed meanwhile: read again first
+        // (a failed read keeps the copy in memory; the clone checks the grant anyway).
+        let a = app.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for c in &a.coords {
+                if let Err(e) = c.fresh() {
+                    tracing::warn!("retrying promotions: {e}");
+                }
+            }
+        })
+        .await;
         for coord in &app.coords {
             retry_promotion(&app, coord, every).await;
         }

@@ -325,7 +325,8 @@ impl Store for EtcdStore {
         rt.spawn(async move {
             let work = async {
                 if let Some(h) = mine {
-                    if renew(&mut c, h.lease).await? {
+                    // Expired (TTL 0, or "lease not found"): put the key back below.
+                    if renew(&mut c, h.lease).await.unwrap_or(false) {
                         return Ok(());
                     }
                     Self::set_held(&held, None);
