@@ -3,7 +3,8 @@
 //! (`[coordinator] etcd`). The PBS that coordinated is killed (SIGKILL) and a takeover goes
 //! through the other one; two PBS race to grant MAIN to two different clones, 100 times,
 //! and exactly one wins each time; an etcd member is killed and hellos, notifications and a
-//! takeover still work, and with a second one gone a takeover is refused (503, etcd named).
+//! takeover still work, and with a second one gone a takeover is refused (503, etcd named);
+//! the main's lease runs out while the main is silent and comes back with its hello.
 
 use std::fs;
 use std::process::{Command, Stdio};

@@ -110,7 +110,9 @@ pub fn transact<T>(
         if step.state == *cur {
             return Ok(step);
         }
-        let grant = (step.state.main != cur.main || step.state.epoch != cur.epoch)
+        // A grant always names a new main (a node that is MAIN cannot be granted again);
+        // an epoch raised to the archive's at start is no grant.
+        let grant = (step.state.main != cur.main)
             .then_some(())
             .and(step.state.main.as_deref())
             .map(|node| GrantNote {

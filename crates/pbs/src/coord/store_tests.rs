@@ -217,3 +217,30 @@ fn two_coordinators_on_one_store_never_both_grant() {
         assert_eq!(st.epoch, 1, "round {round}");
     }
 }
+
+#[test]
+fn an_epoch_raised_to_the_archive_at_start_is_no_grant() {
+    let store = Arc::new(Shared::default());
+    let c = open(&store);
+    c.hello(&crate::coord::tests::hello_of(
+        "main1",
+        wire::ha::Role::Main,
+        0,
+    ))
+    .expect("hello");
+    let granted: Vec<_> = store.writes.lock().expect("writes").clone();
+    assert_eq!(
+        granted.last().and_then(|(_, g)| g.clone()),
+        Some(("main1".to_string(), 0)),
+        "the first exporter's hello grants MAIN: {granted:?}"
+    );
+    let again =
+        Coordinator::open_group(&cfg(), Box::new(store.clone()), Some("db"), 5).expect("reopen");
+    assert_eq!(again.fresh().expect("read").epoch, 5);
+    let writes = store.writes.lock().expect("writes").clone();
+    assert_eq!(
+        writes.last().map(|(_, g)| g.clone()),
+        Some(None),
+        "{writes:?}"
+    );
+}
