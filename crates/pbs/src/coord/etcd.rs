@@ -120,9 +120,11 @@ impl Etcd {
             .context("starting the etcd client's runtime")?;
         let timeout = Duration::from_secs(cfg.timeout_secs);
         let endpoints = cfg.endpoints.join(",");
+        // One try may take part of the budget only, so that a request that met a dead
+        // member (a connect that hangs) is tried again on another within `timeout_secs`.
         let opts = ConnectOptions::new()
-            .with_timeout(timeout)
-            .with_connect_timeout(timeout);
+            .with_timeout(timeout / 2)
+            .with_connect_timeout(timeout / 4);
         let eps = cfg.endpoints.clone();
         let client = wait(&rt, timeout, move || {
             Client::connect(eps.clone(), Some(opts.clone()))
