@@ -137,6 +137,29 @@ impl EtcdCluster {
         }
     }
 
+    /// The index of the member that leads now (`POST /v3/maintenance/status`: its own id
+    /// is the leader's).
+    pub fn leader(&self) -> usize {
+        wait_for("an etcd leader", || {
+            self.members.iter().position(|m| {
+                m.child.is_some()
+                    && http(
+                        m.client,
+                        "POST",
+                        "/v3/maintenance/status",
+                        &[("Content-Type", "application/json")],
+                        b"{}",
+                    )
+                    .ok()
+                    .filter(|r| r.status == 200)
+                    .map(|r| r.json())
+                    .is_some_and(|v| {
+                        v["leader"].is_string() && v["leader"] == v["header"]["member_id"]
+                    })
+            })
+        })
+    }
+
     /// The value and mod_revision of `key`, read (linearizable) through a live member's
     /// JSON gateway.
     pub fn get(&self, key: &str) -> Option<(String, i64)> {

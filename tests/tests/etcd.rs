@@ -2,7 +2,7 @@
 //! `etcd`, from `make test-deps`) and two real PBS processes sharing it
 //! (`[coordinator] etcd`). The PBS that coordinated is killed (SIGKILL) and a takeover goes
 //! through the other one; two PBS race to grant MAIN to two different clones, 100 times,
-//! and exactly one wins each time; an etcd member is killed and hellos, notifications and a
+//! and exactly one wins each time; the etcd leader is killed and hellos, notifications and a
 //! takeover still work, and with a second one gone a takeover is refused (503, etcd named);
 //! the main's lease runs out while the main is silent and comes back with its hello.
 
@@ -305,8 +305,9 @@ fn an_etcd_member_killed_the_coordinator_still_works_and_without_quorum_it_refus
     let key = "/member/coord/files";
     let epoch = etcd.json(key)["epoch"].as_u64().expect("epoch");
 
-    // The first endpoint in the PBS's list dies: 2 of 3 are a quorum.
-    etcd.kill(0);
+    // The leader dies: 2 of 3 are a quorum, and elect a new leader.
+    let leader = etcd.leader();
+    etcd.kill(leader);
     // The exporter's hello and notification, checked against etcd, the pull and the commit.
     write(&c.src().join("data.txt"), b"two\n");
     c.cycle(2);
@@ -339,7 +340,7 @@ fn an_etcd_member_killed_the_coordinator_still_works_and_without_quorum_it_refus
     );
 
     // A second member dies: no quorum. The takeover is refused, naming etcd; nothing moved.
-    etcd.kill(1);
+    etcd.kill(etcd.leader());
     let (status, text) = takeover_at(c.port(Who::Pbs), &c.tokens.coord[1], "clone1", epoch + 1);
     assert_eq!(status, 503, "{text}");
     assert!(text.contains("etcd"), "{text}");
