@@ -5,6 +5,9 @@
 //! `[[importer]]` clones (by `name`; `disabled = true` excludes a clone from takeover).
 //! Each node speaks to the coordinator with its own token in `[server] tokens`, whose
 //! `peer` is the node's name (an exporter may also use its source's `notify_peer`).
+//! `[coordinator] etcd = { endpoints, prefix, timeout_secs, main_lease_secs }` keeps the
+//! coordinator's state in etcd, shared by several PBS (see `coord::etcd`); without it the
+//! state is a file per group in `state_dir`.
 
 use std::path::{Path, PathBuf};
 

@@ -11,6 +11,8 @@
 //! (`STATE_DIR/coordinator.json` for the first source, `coordinator-<source>.json` for the
 //! others, written with `wire::write_json_atomic` before any answer that depends on it): the
 //! epoch, the main node, and per node its role, status, last seen time and last generation;
+//! or, with `[coordinator] etcd`, one etcd key per group holding the same JSON, changed by
+//! compare-and-swap and shared by several PBS (see [`store`], [`etcd`]);
 //! an importer with `disabled = true` is Disabled and never eligible for takeover.
 //!
 //! - hello: a node says who it is; the coordinator answers its role. A node claiming MAIN
