@@ -3,9 +3,11 @@
 
 CARGO ?= cargo
 BENCH_DIR ?= /var/tmp/pullback-bench
-APT_PACKAGES := gcc make pkg-config rsync zstd time curl bc python3 procps postgresql-client postgresql mariadb-server mariadb-client
-# Only the tests need these (the browser test, tests/tests/chromium.rs): not `make demo`.
-TEST_APT_PACKAGES := chromium chromium-driver
+# protobuf-compiler: the build of the etcd client (crates/pbs, `[coordinator] etcd`).
+APT_PACKAGES := gcc make pkg-config rsync zstd time curl bc python3 procps postgresql-client postgresql mariadb-server mariadb-client protobuf-compiler
+# Only the tests need these (the browser test, tests/tests/chromium.rs; etcd for
+# tests/tests/etcd.rs): not `make demo`.
+TEST_APT_PACKAGES := chromium chromium-driver etcd-server
 
 .PHONY: all deps test-deps garage-dep apt build test lint unit e2e demo bench fmt clean fuzz fuzz-deps fuzz-seeds
 

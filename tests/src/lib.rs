@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod db;
+pub mod etcd;
 pub mod evil;
 pub mod garage;
 pub mod group;

@@ -5,6 +5,9 @@
 //! `[[importer]]` clones (by `name`; `disabled = true` excludes a clone from takeover).
 //! Each node speaks to the coordinator with its own token in `[server] tokens`, whose
 //! `peer` is the node's name (an exporter may also use its source's `notify_peer`).
+//! `[coordinator] etcd = { endpoints, prefix, timeout_secs, main_lease_secs }` keeps the
+//! coordinator's state in etcd, shared by several PBS (see `coord::etcd`); without it the
+//! state is a file per group in `state_dir`.
 
 use std::path::{Path, PathBuf};
 
@@ -40,6 +43,44 @@ pub struct Config {
     /// (`[[downstream]]`); their token peer (`name`) may read this archive.
     #[serde(default, rename = "downstream")]
     pub downstreams: Vec<wire::PeerConfig>,
+    /// Where the coordinator keeps its state (`[coordinator]`): the state dir (default) or
+    /// etcd, shared by several PBS.
+    #[serde(default)]
+    pub coordinator: CoordinatorConfig,
+}
+
+/// `[coordinator]`: without `etcd`, each group's state is a file in `state_dir`
+/// (`coordinator.json`, `coordinator-<source>.json`). With `etcd`, it is one key per group
+/// in that etcd cluster, changed by compare-and-swap: several PBS configured with the same
+/// etcd, prefix and groups share one coordinator (see `coord::etcd`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    pub etcd: Option<EtcdConfig>,
+}
+
+/// `[coordinator] etcd = { endpoints, prefix, timeout_secs, main_lease_secs }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// The etcd members' client URLs (`http://host:2379`; plain HTTP only).
+    pub endpoints: Vec<String>,
+    /// Every key of this coordinator starts with it.
+    #[serde(default = "default_etcd_prefix")]
+    pub prefix: String,
+    /// How long one etcd request may take before the PBS gives up (and refuses).
+    #[serde(default = "default_etcd_timeout")]
+    pub timeout_secs: u64,
+    /// The TTL of the lease the main's key `<prefix>/main/<group>` is held under, renewed
+    /// by each hello or notification of the main (default: `[failover] after_secs`).
+    pub main_lease_secs: Option<u64>,
+}
+
+fn default_etcd_prefix() -> String {
+    "/pullback".into()
+}
+fn default_etcd_timeout() -> u64 {
+    5
 }
 
 /// `[[mirror]]`: keep the history of `source` that the PBS `from` holds, generation for
@@ -329,6 +370,33 @@ pub fn load(path: &Path) -> Result<Config> {
             })?;
         }
     }
+    if let Some(e) = &c.coordinator.etcd {
+        if e.endpoints.is_empty() {
+            bail!(
+                "config {}: [coordinator] etcd needs at least one endpoint",
+                path.display()
+            );
+        }
+        if let Some(bad) = e.endpoints.iter().find(|u| !u.starts_with("http://")) {
+            bail!(
+                "config {}: [coordinator] etcd endpoint {bad:?} is not an http:// URL (TLS to etcd is not supported)",
+                path.display()
+            );
+        }
+        if !e.prefix.starts_with('/') || e.prefix.ends_with('/') {
+            bail!(
+                "config {}: [coordinator] etcd prefix {:?} must start with / and not end with /",
+                path.display(),
+                e.prefix
+            );
+        }
+        if e.timeout_secs == 0 || e.main_lease_secs == Some(0) {
+            bail!(
+                "config {}: [coordinator] etcd timeout_secs and main_lease_secs must be at least 1",
+                path.display()
+            );
+        }
+    }
     if c.failover.auto && c.failover.after_secs == 0 {
         bail!(
             "config {}: failover.after_secs must be at least 1",
@@ -397,6 +465,48 @@ mod tests {
         assert_eq!(c.archive.path, Some(PathBuf::from("/x")));
         assert_eq!(c.retention.keep_last, Some(3));
         assert_eq!(c.sources[0].max_age_secs, 7200);
+    }
+
+    #[test]
+    fn the_coordinator_on_etcd_is_checked_at_load() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let load_with = |etcd: &str| {
+            let p = dir.path().join("pbs.toml");
+            std::fs::write(&p, format!("[coordinator]\netcd = {{ {etcd} }}\n")).expect("write");
+            load(&p)
+        };
+        let c = load_with(r#"endpoints = ["http://127.0.0.1:2379"]"#).expect("load");
+        let e = c.coordinator.etcd.expect("etcd");
+        assert_eq!(
+            (e.prefix.as_str(), e.timeout_secs, e.main_lease_secs),
+            ("/pullback", 5, None)
+        );
+        for (bad, says) in [
+            ("endpoints = []", "at least one endpoint"),
+            (r#"endpoints = ["https://h:2379"]"#, "not an http:// URL"),
+            (
+                r#"endpoints = ["http://h:2379"], prefix = "pullback""#,
+                "must start with /",
+            ),
+            (
+                r#"endpoints = ["http://h:2379"], prefix = "/p/""#,
+                "not end with /",
+            ),
+            (
+                r#"endpoints = ["http://h:2379"], timeout_secs = 0"#,
+                "at least 1",
+            ),
+            (
+                r#"endpoints = ["http://h:2379"], endpoint = "x""#,
+                "endpoint",
+            ),
+        ] {
+            let e = load_with(bad).expect_err(bad);
+            assert!(format!("{e:#}").contains(says), "{bad}: {e:#}");
+        }
+        assert!(load(&dir.path().join("none.toml")).is_err());
+        let none: Config = toml::from_str("").expect("empty");
+        assert!(none.coordinator.etcd.is_none());
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! (`STATE_DIR/coordinator.json` for the first source, `coordinator-<source>.json` for the
 //! others, written with `wire::write_json_atomic` before any answer that depends on it): the
 //! epoch, the main node, and per node its role, status, last seen time and last generation;
+//! or, with `[coordinator] etcd`, one etcd key per group holding the same JSON, changed by
+//! compare-and-swap and shared by several PBS (see [`store`], [`etcd`]);
 //! an importer with `disabled = true` is Disabled and never eligible for takeover.
 //!
 //! - hello: a node says who it is; the coordinator answers its role. A node claiming MAIN
@@ -53,12 +55,15 @@ use wire::PeerConfig;
 use crate::config::Config;
 use crate::daemon::ServerStatus;
 
+pub mod etcd;
 pub mod machine;
 mod pending;
 pub mod refusal;
+pub mod store;
 
 pub use machine::{Effect, Grant, GrantKind, Rules, Step};
 pub use refusal::{CoordError, Refusal};
+pub use store::Store;
 
 /// One node as the coordinator keeps it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -114,8 +119,12 @@ pub fn group_state_path(cfg: &Config, state_dir: &Path, group: Option<&str>) -> 
 pub struct Coordinator {
     /// The source whose group this coordinates (`None`: a PBS without sources).
     pub group: Option<String>,
-    path: PathBuf,
-    state: Mutex<CoordState>,
+    /// Where the state lives: its file, or etcd ([`store`]).
+    store: Box<dyn Store>,
+    /// The state as this PBS last read or wrote it, with its store revision. With a shared
+    /// store (etcd) every transition reads the state again first; this copy only answers
+    /// what informs (pushes, the dashboard between reads).
+    state: Mutex<(CoordState, i64)>,
     /// Exporter node name → how to reach it (the source's exporter peer).
     exporters: BTreeMap<String, PeerConfig>,
     /// Node name → the token peers allowed to speak for it.
@@ -130,20 +139,18 @@ impl Coordinator {
     #[cfg(test)]
     pub fn open(cfg: &Config, state_dir: &Path, archive_epoch: u64) -> Result<Coordinator> {
         let first = cfg.sources.first().map(|s| s.name.clone());
-        Self::open_group(cfg, state_dir, first.as_deref(), archive_epoch)
+        let store = store::open(cfg, state_dir, first.as_deref(), None);
+        Self::open_group(cfg, store, first.as_deref(), archive_epoch)
     }
 
     /// [`Coordinator::open`] for the group of source `group`: its exporter and the
-    /// `[[importer]]`s whose `source` it is, with its own epoch and main.
+    /// `[[importer]]`s whose `source` it is, with its own epoch and main, kept in `store`.
     pub fn open_group(
         cfg: &Config,
-        state_dir: &Path,
+        store: Box<dyn Store>,
         group: Option<&str>,
         archive_epoch: u64,
     ) -> Result<Coordinator> {
-        let path = group_state_path(cfg, state_dir, group);
-        let mut st: CoordState = wire::read_json(&path)?.unwrap_or_default();
-        st.epoch = st.epoch.max(archive_epoch);
         let mut exporters = BTreeMap::new();
         let mut speakers: BTreeMap<String, Vec<String>> = BTreeMap::new();
         // An importer without `source` (only when the config was not loaded through
@@ -158,20 +165,17 @@ impl Coordinator {
             if let Some(p) = &s.notify_peer {
                 sp.push(p.clone());
             }
-            st.nodes.entry(name).or_insert_with(|| NodeState {
-                kind: NodeKind::Exporter,
-                ..Default::default()
-            });
         }
         let mut rules = Rules {
             clone_hook: cfg.failover.on_clone_needed.clone(),
             ..Default::default()
         };
-        for i in cfg
+        let importers: Vec<_> = cfg
             .importers
             .iter()
             .filter(|i| in_group(i.source.as_deref()))
-        {
+            .collect();
+        for i in &importers {
             rules.clones.insert(i.name.clone());
             if i.spare {
                 rules.spares.push(i.name.clone());
@@ -194,31 +198,36 @@ impl Coordinator {
                     },
                 );
             }
-            if !st.nodes.contains_key(&i.name) && st.clone_needed.take().is_some() {
-                tracing::info!(node = %i.name, "a new clone is configured: no clone needed any more");
-            }
-            let n = st.nodes.entry(i.name.clone()).or_insert_with(|| NodeState {
-                kind: NodeKind::Importer,
-                ..Default::default()
-            });
-            if st.main.as_deref() == Some(i.name.as_str())
-                || matches!(n.status, NodeStatus::Broken | NodeStatus::Rejoining)
-            {
-                continue;
-            }
-            n.status = if i.spare && !st.activated_spares.contains(&i.name) {
-                NodeStatus::Spare
-            } else if i.disabled {
-                NodeStatus::Disabled
-            } else {
-                NodeStatus::Follower
-            };
         }
-        wire::write_json_atomic(&path, &st)?;
+        let exporter_names: Vec<&str> = cfg
+            .sources
+            .iter()
+            .filter(|s| in_group(Some(&s.name)))
+            .map(|s| s.exporter.name.as_str())
+            .collect();
+        let loaded = store.load().map_err(anyhow::Error::msg)?;
+        let read_at = loaded.revision;
+        let mut cached = (loaded.state.unwrap_or_default(), read_at);
+        // The configured nodes, through the store like any change (another PBS sharing it
+        // may be doing the same).
+        let step = store::transact(&*store, &mut cached, |st| {
+            Ok(Step {
+                state: configured(st, &exporter_names, &importers, archive_epoch),
+                answer: (),
+                effects: Vec::new(),
+            })
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if !store.shared() && cached.1 == read_at {
+            // The file is there from the first start on, changed or not.
+            store
+                .write(cached.1, &step.state, None)
+                .map_err(anyhow::Error::msg)?;
+        }
         Ok(Coordinator {
             group: group.map(str::to_string),
-            path,
-            state: Mutex::new(st),
+            store,
+            state: Mutex::new(cached),
             exporters,
             speakers,
             rules,
@@ -226,27 +235,51 @@ impl Coordinator {
     }
 
     pub fn snapshot(&self) -> CoordState {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
     }
 
-    /// Runs transition `f` on the state under the lock; saves and keeps the new state if
-    /// it changed. Returns the answer and the effects to run.
+    /// The state as stored now (read again from a shared store; the copy in memory is kept
+    /// up to date).
+    pub fn fresh(&self) -> Result<CoordState, CoordError> {
+        if !self.store.shared() {
+            return Ok(self.snapshot());
+        }
+        let v = self.store.load()?;
+        let st = v.state.unwrap_or_default();
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if v.revision >= guard.1 {
+            *guard = (st.clone(), v.revision);
+        }
+        Ok(st)
+    }
+
+    /// The group as `pbs status` shows it, read from the store now.
+    pub fn read_for_status(&self) -> Result<store::GroupRead, CoordError> {
+        Ok(store::GroupRead {
+            source: self.group.clone(),
+            state: Some(self.fresh()?),
+            store: self.store.status(),
+        })
+    }
+
+    /// Runs transition `f` through the store ([`store::transact`]: on the state as stored
+    /// now, written only if nobody changed it meanwhile). Returns the answer and the
+    /// effects to run.
     fn apply<T>(
         &self,
-        f: impl FnOnce(&Rules, &CoordState) -> Result<Step<T>, Refusal>,
+        f: impl Fn(&Rules, &CoordState) -> Result<Step<T>, Refusal>,
     ) -> Result<(T, Vec<Effect>), CoordError> {
         let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let step = f(&self.rules, &guard)?;
-        if step.state != *guard {
-            wire::write_json_atomic(&self.path, &step.state)
-                .map_err(|e| CoordError::Save(e.to_string()))?;
-            *guard = step.state;
-        }
+        let step = store::transact(&*self.store, &mut guard, |st| f(&self.rules, st))?;
         Ok((step.answer, step.effects))
     }
 
     /// A record that cannot be refused (a generation, a hook's outcome, a retry).
-    fn record(&self, f: impl FnOnce(&mut CoordState)) {
+    fn record(&self, f: impl Fn(&mut CoordState)) {
         let r = self.apply(|_, st| {
             let mut next = st.clone();
             f(&mut next);
@@ -279,13 +312,17 @@ impl Coordinator {
 
     pub fn hello(&self, h: &Hello) -> Result<(Verdict, Vec<Effect>), CoordError> {
         let now = wire::cli::now_rfc3339();
-        self.apply(|r, st| r.hello(st, h, &now))
+        let (v, effects) = self.apply(|r, st| r.hello(st, h, &now))?;
+        if v.role == wire::ha::Role::Main {
+            self.store.heard_main(&h.node);
+        }
+        Ok((v, effects))
     }
 
     /// The gates of a takeover without changing anything (a switchover checks its target
     /// before it stops the main).
-    pub fn check_eligible(&self, node: &str) -> Result<(), Refusal> {
-        self.rules.eligible(&self.snapshot(), node)
+    pub fn check_eligible(&self, node: &str) -> Result<(), CoordError> {
+        Ok(self.rules.eligible(&self.fresh()?, node)?)
     }
 
     /// Grants MAIN to `req.node` if the gates allow it (see [`Rules::grant`]).
@@ -304,7 +341,7 @@ impl Coordinator {
     pub fn set_clone_outcome(&self, epoch: u64, outcome: String, ok: bool) {
         self.record(|st| {
             if let Some(c) = st.clone_needed.as_mut().filter(|c| c.epoch == epoch) {
-                c.outcome = Some(outcome);
+                c.outcome = Some(outcome.clone());
                 c.ok = Some(ok);
             }
         })
@@ -329,8 +366,9 @@ impl Coordinator {
     /// Fencing of `/v1/notify` (see [`Rules::check_notify`]).
     pub fn check_notify(&self, node: &str, epoch: u64) -> Result<(), CoordError> {
         let now = wire::cli::now_rfc3339();
-        self.apply(|r, st| r.check_notify(st, node, epoch, &now))
-            .map(|_| ())
+        self.apply(|r, st| r.check_notify(st, node, epoch, &now))?;
+        self.store.heard_main(node);
+        Ok(())
     }
 
     /// Whether `node` is rejoining.
@@ -407,6 +445,49 @@ impl Coordinator {
             }
         })
     }
+}
+
+/// `st` with the configured nodes: the group's exporters and importers added, each
+/// importer's status from its `spare` and `disabled` (not the main's, nor a Broken or
+/// rejoining node's), and the epoch at least `archive_epoch`.
+fn configured(
+    st: &CoordState,
+    exporters: &[&str],
+    importers: &[&crate::config::ImporterConfig],
+    archive_epoch: u64,
+) -> CoordState {
+    let mut st = st.clone();
+    st.epoch = st.epoch.max(archive_epoch);
+    for name in exporters {
+        st.nodes
+            .entry(name.to_string())
+            .or_insert_with(|| NodeState {
+                kind: NodeKind::Exporter,
+                ..Default::default()
+            });
+    }
+    for i in importers {
+        if !st.nodes.contains_key(&i.name) && st.clone_needed.take().is_some() {
+            tracing::info!(node = %i.name, "a new clone is configured: no clone needed any more");
+        }
+        let n = st.nodes.entry(i.name.clone()).or_insert_with(|| NodeState {
+            kind: NodeKind::Importer,
+            ..Default::default()
+        });
+        if st.main.as_deref() == Some(i.name.as_str())
+            || matches!(n.status, NodeStatus::Broken | NodeStatus::Rejoining)
+        {
+            continue;
+        }
+        n.status = if i.spare && !st.activated_spares.contains(&i.name) {
+            NodeStatus::Spare
+        } else if i.disabled {
+            NodeStatus::Disabled
+        } else {
+            NodeStatus::Follower
+        };
+    }
+    st
 }
 
 /// The generation the PBS last pushed to clone `name` and saw verified.

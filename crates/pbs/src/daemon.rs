@@ -197,7 +197,7 @@ async fn pull(app: &Arc<App>, src: &SourceConfig, n: &Notify) -> Result<GenRecor
         let coord = a
             .coord_of_source(inc.record().source.as_str())
             .ok_or_else(|| anyhow!("no coordinator for the source"))?;
-        Epoch::check(inc.record().epoch.0, coord.snapshot().epoch)?;
+        Epoch::check(inc.record().epoch.0, coord.fresh()?.epoch)?;
         Ok(ar.commit_incoming(inc, None)?)
     })
     .await
@@ -279,9 +279,19 @@ async fn worker(app: Arc<App>, name: String, mut rx: mpsc::UnboundedReceiver<Not
                         &[("source", &name)],
                     )
                     .inc();
-                if let Some(c) = app.coord_of_source(&name) {
-                    c.set_generation(notifier(src, &n), &gen.to_string());
-                }
+                // On a blocking thread: with etcd, a record is a round trip.
+                let (a, source, node, g) = (
+                    app.clone(),
+                    name.clone(),
+                    notifier(src, &n).to_string(),
+                    gen.to_string(),
+                );
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Some(c) = a.coord_of_source(&source) {
+                        c.set_generation(&node, &g);
+                    }
+                })
+                .await;
                 tx.state = TxPhase::Committed;
                 tx.generation = Some(gen.to_string());
                 tx.at = now_rfc3339();
@@ -422,13 +432,18 @@ pub(crate) async fn status(
     State(app): State<Arc<App>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let a = app.clone();
-    let v = tokio::task::spawn_blocking(move || {
-        let ar = &a.archive;
-        crate::status::report_with(&a.cfg, &a.state_dir, Some(ar))
+    let v = wire::blocking(move || {
+        // Each group's state as stored now (etcd: 503 when it cannot be reached).
+        let groups = a
+            .coords
+            .iter()
+            .map(|c| c.read_for_status())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ApiError::from)?;
+        crate::status::report_with(&a.cfg, &a.state_dir, Some(&a.archive), &groups)
+            .map_err(|e| ApiError::internal(format!("{e:#}")))
     })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    .await?;
     Ok(Json(v.json))
 }
 
@@ -488,17 +503,30 @@ pub async fn serve(cfg: Config, archive_path: PathBuf) -> Result<()> {
             );
         }
     }
+    // The coordinators' state: files in the state dir, or etcd shared with other PBS.
+    let etcd = match &cfg.coordinator.etcd {
+        Some(e) => {
+            tracing::info!(endpoints = ?e.endpoints, prefix = %e.prefix, "the coordinator's state is in etcd");
+            Some(crate::coord::etcd::Etcd::connect(
+                e,
+                cfg.failover.after_secs,
+            )?)
+        }
+        None => None,
+    };
+    let open = |group: Option<&str>, epoch: u64| {
+        let store = crate::coord::store::open(&cfg, &state_dir, group, etcd.as_ref());
+        Coordinator::open_group(&cfg, store, group, epoch)
+            .with_context(|| format!("opening the coordinator of group {}", group.unwrap_or("-")))
+    };
     let coords = if cfg.sources.is_empty() {
         // A PBS that only mirrors: one group, at the highest epoch it holds.
         let epoch = epochs.values().copied().max().unwrap_or(0);
-        vec![Coordinator::open_group(&cfg, &state_dir, None, epoch)?]
+        vec![open(None, epoch)?]
     } else {
         cfg.sources
             .iter()
-            .map(|s| {
-                let epoch = epochs.get(&s.name).copied().unwrap_or(0);
-                Coordinator::open_group(&cfg, &state_dir, Some(&s.name), epoch)
-            })
+            .map(|s| open(Some(&s.name), epochs.get(&s.name).copied().unwrap_or(0)))
             .collect::<Result<Vec<_>>>()?
     };
     let st: ServerStatus = wire::read_json(&status_path(&state_dir))?.unwrap_or_default();

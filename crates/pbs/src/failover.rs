@@ -79,8 +79,14 @@ pub(crate) async fn switchover(app: &Arc<App>, to: &str) -> Result<SwitchoverRes
         .try_lock()
         .map_err(|_| conflict("a switchover or failover is already running"))?;
     let coord = app.coord_of_clone(to)?;
-    coord.check_eligible(to)?;
-    let st = coord.snapshot();
+    let (a, node) = (app.clone(), to.to_string());
+    // The gates on the state as stored now (etcd: read again).
+    let st = wire::blocking(move || {
+        let c = a.coord_of_clone(&node)?;
+        c.check_eligible(&node)?;
+        c.fresh().map_err(ApiError::from)
+    })
+    .await?;
     let epoch = st.epoch;
     let main = st
         .main
@@ -227,7 +233,20 @@ async fn check_group(
     last_refusal: &mut String,
 ) {
     let coord = &app.coords[group];
-    let st = coord.snapshot();
+    // The main's last sign of life as stored now: with etcd, it may have spoken to another
+    // PBS.
+    let a = app.clone();
+    let st = match wire::blocking(move || a.coords[group].fresh().map_err(ApiError::from)).await {
+        Ok(st) => st,
+        Err(e) => {
+            let e = e.to_string();
+            if e != *last_refusal {
+                tracing::warn!("automatic failover: {e}");
+                *last_refusal = e;
+            }
+            return;
+        }
+    };
     let Some(main) = st.main.clone() else {
         return;
     };

@@ -103,6 +103,17 @@ pub(crate) async fn retry_promotions(app: Arc<App>) {
     let every = Duration::from_secs(app.cfg.failover.promote_retry_secs.max(1));
     loop {
         tokio::time::sleep(every).await;
+        // With etcd, another PBS may have granted or confirmed meanwhile: read again first
+        // (a failed read keeps the copy in memory; the clone checks the grant anyway).
+        let a = app.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for c in &a.coords {
+                if let Err(e) = c.fresh() {
+                    tracing::warn!("retrying promotions: {e}");
+                }
+            }
+        })
+        .await;
         for coord in &app.coords {
             retry_promotion(&app, coord, every).await;
         }
@@ -128,5 +139,11 @@ async fn retry_promotion(app: &Arc<App>, coord: &crate::coord::Coordinator, ever
     if let Err(e) = &r {
         tracing::error!("{}", e.message);
     }
-    coord.note_promotion_retry(&p.node, p.epoch, r.err().map(|e| e.message));
+    let (a, group) = (app.clone(), coord.group.clone());
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(c) = a.coords.iter().find(|c| c.group == group) {
+            c.note_promotion_retry(&p.node, p.epoch, r.err().map(|e| e.message));
+        }
+    })
+    .await;
 }

@@ -35,6 +35,7 @@ impl From<CoordError> for ApiError {
         match e {
             CoordError::Refused(r) => r.into(),
             e @ CoordError::Save(_) => ApiError::internal(e.to_string()),
+            CoordError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m),
         }
     }
 }
@@ -95,6 +96,7 @@ async fn rejoin(
     .await?;
     crate::effects::run(&app, effects).await?;
     views(&app)
+        .await?
         .into_iter()
         .find(|n| n.name == req.node)
         .map(Json)
@@ -155,21 +157,33 @@ async fn takeover(
     Ok(Json(g.verdict))
 }
 
-fn views(app: &App) -> Vec<NodeView> {
-    let server = app.status.get();
-    app.coords
-        .iter()
-        .flat_map(|c| coord::views(&c.snapshot(), &server))
-        .collect()
+/// Every group's state as stored now (etcd: read again; 503 when it cannot be reached).
+async fn states(app: &Arc<App>) -> Result<Vec<coord::CoordState>, ApiError> {
+    let a = app.clone();
+    blocking(move || a.coords.iter().map(|c| c.fresh()).collect()).await
 }
 
-async fn nodes(State(app): State<Arc<App>>) -> Json<Vec<NodeView>> {
-    Json(views(&app))
+async fn views(app: &Arc<App>) -> Result<Vec<NodeView>, ApiError> {
+    let server = app.status.get();
+    Ok(states(app)
+        .await?
+        .iter()
+        .flat_map(|st| coord::views(st, &server))
+        .collect())
+}
+
+async fn nodes(State(app): State<Arc<App>>) -> Result<Json<Vec<NodeView>>, ApiError> {
+    Ok(Json(views(&app).await?))
 }
 
 async fn dashboard(State(app): State<Arc<App>>) -> Result<Html<String>, ApiError> {
     let report = crate::daemon::status(State(app.clone())).await?.0;
-    let states: Vec<_> = app.coords.iter().map(|c| c.snapshot()).collect();
+    let states = states(&app).await?;
+    let server = app.status.get();
+    let views: Vec<_> = states
+        .iter()
+        .flat_map(|st| coord::views(st, &server))
+        .collect();
     let groups: Vec<_> = app
         .coords
         .iter()
@@ -179,9 +193,5 @@ async fn dashboard(State(app): State<Arc<App>>) -> Result<Html<String>, ApiError
             state,
         })
         .collect();
-    Ok(Html(crate::dashboard::render(
-        &groups,
-        &views(&app),
-        &report,
-    )))
+    Ok(Html(crate::dashboard::render(&groups, &views, &report)))
 }

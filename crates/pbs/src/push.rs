@@ -224,13 +224,24 @@ async fn push_one(app: &Arc<App>, imp: &config::ImporterConfig, gen: &GenId) {
                 &[("peer", &imp.name)],
             )
             .inc();
-    } else if let Some(coord) = app
+    } else if app
         .coord_of(&imp.name)
-        .ok()
-        .filter(|c| c.is_rejoining(&imp.name))
+        .is_ok_and(|c| c.is_rejoining(&imp.name))
     {
         if let Some(latest) = latest_generation(app, Some(gen.source.to_string())).await {
-            if !coord.finish_rejoin(&imp.name, &gen.to_string(), &latest.to_string()) {
+            let (a, node, g, l) = (
+                app.clone(),
+                imp.name.clone(),
+                gen.to_string(),
+                latest.to_string(),
+            );
+            let done = tokio::task::spawn_blocking(move || {
+                a.coord_of(&node)
+                    .is_ok_and(|c| c.finish_rejoin(&node, &g, &l))
+            })
+            .await
+            .unwrap_or(false);
+            if !done {
                 // A newer generation was committed meanwhile: that one, too.
                 if latest != *gen {
                     push_latest(app, &imp.name);

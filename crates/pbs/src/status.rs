@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::archive_cmd::fmt_time;
 use crate::config::Config;
-use crate::coord::{self, CoordState};
+use crate::coord::{self, store::GroupRead, CoordState};
 use crate::daemon::{status_path, ServerStatus};
 
 pub struct Report {
@@ -30,10 +30,18 @@ pub fn report(cfg: &Config, state_dir: &Path) -> Result<Report> {
         ),
         _ => None,
     };
-    report_with(cfg, state_dir, ar.as_ref())
+    let groups = coord::store::read_groups(cfg, state_dir)?;
+    report_with(cfg, state_dir, ar.as_ref(), &groups)
 }
 
-pub fn report_with(cfg: &Config, state_dir: &Path, ar: Option<&Archive>) -> Result<Report> {
+/// The status, with each group's coordinator state as read by the caller (`groups`, in
+/// config order: the server's coordinators, or [`coord::store::read_groups`]).
+pub fn report_with(
+    cfg: &Config,
+    state_dir: &Path,
+    ar: Option<&Archive>,
+    groups: &[GroupRead],
+) -> Result<Report> {
     let st: ServerStatus = wire::read_json(&status_path(state_dir))?.unwrap_or_default();
     let now = archive::ingest::now_ns();
     let mut stale = Vec::new();
@@ -90,29 +98,27 @@ pub fn report_with(cfg: &Config, state_dir: &Path, ar: Option<&Archive>) -> Resu
     }
     // The coordinator's view (written by `pbs serve`; none before its first start).
     // One per source's group; the first one's also at the top level (as with one source).
-    let mut groups: Vec<(Option<String>, Option<CoordState>)> = Vec::new();
-    if cfg.sources.is_empty() {
-        groups.push((None, wire::read_json(&coord::state_path(state_dir))?));
-    }
-    for s in &cfg.sources {
-        let path = coord::group_state_path(cfg, state_dir, Some(&s.name));
-        groups.push((Some(s.name.clone()), wire::read_json(&path)?));
-    }
-    let coord: Option<CoordState> = groups.first().and_then(|(_, c)| c.clone());
+    let coord: Option<CoordState> = groups.first().and_then(|g| g.state.clone());
     let nodes: Vec<_> = groups
         .iter()
-        .filter_map(|(_, c)| c.as_ref())
+        .filter_map(|g| g.state.as_ref())
         .flat_map(|c| coord::views(c, &st))
         .collect();
     let group_json: Vec<Value> = groups
         .iter()
-        .map(|(source, c)| {
-            json!({
-                "source": source,
-                "epoch": c.as_ref().map(|c| c.epoch),
-                "main": c.as_ref().and_then(|c| c.main.clone()),
-                "pending_promotion": c.as_ref().and_then(|c| c.pending_promotion.clone()),
-            })
+        .map(|g| {
+            let c = g.state.as_ref();
+            let mut v = json!({
+                "source": g.source,
+                "epoch": c.map(|c| c.epoch),
+                "main": c.and_then(|c| c.main.clone()),
+                "pending_promotion": c.and_then(|c| c.pending_promotion.clone()),
+            });
+            // The coordinator on etcd: the key's revision, the grant's, the main's lease.
+            if let Some(e) = &g.store {
+                v["etcd"] = e.clone();
+            }
+            v
         })
         .collect();
     let node_json = serde_json::to_value(&nodes)?;
@@ -255,6 +261,39 @@ fn event(v: &Value) -> String {
     format!("{at}{g} {d}")
 }
 
+/// One line about a group's coordinator on etcd.
+fn etcd_line(g: &Value) -> String {
+    let e = &g["etcd"];
+    if let Some(err) = e["error"].as_str() {
+        return format!(
+            "coordinator on etcd ({}): {err}",
+            e["endpoints"].as_str().unwrap_or("")
+        );
+    }
+    let grant = &e["grant"];
+    let grant = match grant["node"].as_str() {
+        Some(n) => format!(
+            "last grant {n} at epoch {} (etcd revision {})",
+            grant["epoch"], grant["revision"]
+        ),
+        None => "no grant yet".into(),
+    };
+    let lease = &e["main_lease"];
+    let lease = match lease["state"].as_str() {
+        Some("alive") => format!(
+            "main lease alive ({}, {} s left)",
+            lease["node"].as_str().unwrap_or(""),
+            lease["ttl_secs"]
+        ),
+        _ => "main lease expired (no PBS heard the main lately)".into(),
+    };
+    format!(
+        "coordinator on etcd, key {} at revision {}: {grant}; {lease}",
+        e["key"].as_str().unwrap_or(""),
+        e["revision"]
+    )
+}
+
 pub fn print(cfg: &Config, state_dir: &Path, json_out: bool) -> Result<std::process::ExitCode> {
     let r = report(cfg, state_dir)?;
     if json_out {
@@ -275,6 +314,9 @@ pub fn print(cfg: &Config, state_dir: &Path, json_out: bool) -> Result<std::proc
                     g["main"].as_str().unwrap_or("none")
                 )?;
             }
+        }
+        for g in groups.iter().filter(|g| g["etcd"].is_object()) {
+            wire::outln!("{}", etcd_line(g))?;
         }
         for s in r.json["sources"].as_array().into_iter().flatten() {
             let newest = &s["newest"];

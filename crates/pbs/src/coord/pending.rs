@@ -53,7 +53,7 @@ impl Coordinator {
                 .filter(|p| p.node == node && p.epoch == epoch)
             {
                 p.retries = p.retries.saturating_add(1);
-                p.last_error = error;
+                p.last_error = error.clone();
             }
         })
     }

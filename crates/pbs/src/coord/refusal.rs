@@ -75,6 +75,9 @@ pub enum CoordError {
     /// The new state could not be saved (nothing changed).
     #[error("cannot save the coordinator: {0}")]
     Save(String),
+    /// The shared store (etcd) cannot be reached, or kept changing: nothing was decided.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl CoordError {
@@ -82,7 +85,7 @@ impl CoordError {
     pub fn refusal(&self) -> Option<&Refusal> {
         match self {
             CoordError::Refused(r) => Some(r),
-            CoordError::Save(_) => None,
+            CoordError::Save(_) | CoordError::Unavailable(_) => None,
         }
     }
 }
