@@ -34,6 +34,11 @@ pub trait Backend: Send + Sync {
     /// existing one: returns false then). The staged object stays until
     /// `discard`.
     fn publish(&self, staged: &Staged, key: &str) -> Result<bool>;
+    /// [`Backend::publish`] for several staged objects (in no particular order; a backend
+    /// may make them at once). Each answer as `publish`'s; the first error stops it.
+    fn publish_all(&self, items: &[(&Staged, &str)]) -> Result<Vec<bool>> {
+        items.iter().map(|(s, k)| self.publish(s, k)).collect()
+    }
     /// Forget a staged object.
     fn discard(&self, staged: Staged);
     /// Append `data` to `key`, creating it. Not durable: for scratch objects

@@ -60,12 +60,13 @@ impl<'a> PackSink<'a> {
     /// Flush, then make every staged pack durable and visible.
     pub fn publish(&mut self) -> Result<()> {
         self.flush()?;
-        for (staged, key) in std::mem::take(&mut self.staged) {
-            let r = self.backend.publish(&staged, &key);
-            self.backend.discard(staged);
-            r?;
+        let staged = std::mem::take(&mut self.staged);
+        let items: Vec<(&Staged, &str)> = staged.iter().map(|(s, k)| (s, k.as_str())).collect();
+        let r = self.backend.publish_all(&items);
+        for (s, _) in staged {
+            self.backend.discard(s);
         }
-        Ok(())
+        r.map(|_| ())
     }
 }
 

@@ -30,7 +30,7 @@ use std::time::Duration;
 use archive::backend::{Backend, LocalBackend, LockGuard, Staged};
 use archive::{Error, Result};
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjPath;
 use object_store::{ClientOptions, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig};
@@ -90,7 +90,7 @@ fn default_timeout() -> u64 {
     30
 }
 fn default_cache_mib() -> usize {
-    24
+    16
 }
 
 /// What one miss reads at least (the rest of a pack is usually read next).
@@ -98,6 +98,9 @@ const READ_AHEAD: u64 = 4 << 20;
 /// A read that ends at an object's end (a pack footer) fetches this much of its tail, so
 /// that the trailer before it needs no second request.
 const TAIL: u64 = 256 << 10;
+
+/// Pack uploads in flight at once (each up to 16 MiB in memory).
+const PUTS_AT_ONCE: usize = 2;
 
 /// Keys that stay in the local folder.
 fn is_local(key: &str) -> bool {
@@ -402,6 +405,54 @@ impl Backend for ObjectBackend {
         }
         self.put(key, data, PutMode::Overwrite)?;
         Ok(true)
+    }
+
+    /// Packs at once, [`PUTS_AT_ONCE`] at a time, each read from its staged file only when
+    /// its turn comes; anything else one by one.
+    fn publish_all(&self, items: &[(&Staged, &str)]) -> Result<Vec<bool>> {
+        let is_pack = |k: &str| k.starts_with("packs/");
+        let packs: Vec<_> = items.iter().filter(|(_, k)| is_pack(k)).collect();
+        let jobs: Vec<(String, ObjPath, PathBuf)> = packs
+            .iter()
+            .map(|(s, k)| (k.to_string(), self.obj(k), s.tmp.clone()))
+            .collect();
+        let store = self.store.clone();
+        let first = jobs.first().map(|j| j.0.clone()).unwrap_or_default();
+        let done = self.run(&first, async move {
+            futures::stream::iter(jobs.into_iter().map(|(key, path, tmp)| {
+                let store = store.clone();
+                async move {
+                    let data =
+                        tokio::fs::read(&tmp)
+                            .await
+                            .map_err(|e| object_store::Error::Generic {
+                                store: "staged file",
+                                source: format!("{}: {e}", tmp.display()).into(),
+                            })?;
+                    let len = data.len() as u64;
+                    tracing::debug!(key, len, "PUT");
+                    store.put(&path, PutPayload::from(data)).await?;
+                    Ok::<_, object_store::Error>((key, len))
+                }
+            }))
+            .buffer_unordered(PUTS_AT_ONCE)
+            .try_collect::<Vec<_>>()
+            .await
+        })?;
+        for (key, len) in done {
+            self.remember_size(&key, len);
+        }
+        // Packs are named by their content: putting one is never refused.
+        items
+            .iter()
+            .map(|(s, k)| {
+                if is_pack(k) {
+                    Ok(true)
+                } else {
+                    self.publish(s, k)
+                }
+            })
+            .collect()
     }
 
     fn discard(&self, staged: Staged) {

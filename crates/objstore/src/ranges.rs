@@ -81,7 +81,8 @@ impl Ranges {
 
     /// For `len` bytes at `off` of `key` (an object of `size` bytes): an existing slot
     /// covering them, or new slots `[from, from + window)` and the next window, where
-    /// `from` is `off` (or the object's tail when the read ends at its end), registered
+    /// `from` is `off` rounded down to a multiple of `window` (or the object's tail when the
+    /// read ends at its end), registered
     /// at once so that no other reader fetches them again.
     pub(crate) fn plan(
         &self,
@@ -99,11 +100,14 @@ impl Ranges {
                 return Plan::Wait(s);
             }
         }
+        // Windows are aligned, so that readers starting anywhere in one share it (a read
+        // across a boundary stretches its window to cover it).
         let end = off + len;
         let (start, stop) = if end == size {
             (off.min(size.saturating_sub(tail)), size)
         } else {
-            (off, end.max(off + window).min(size))
+            let start = off - off % window;
+            (start, end.max(start + window).min(size))
         };
         let mut new = vec![new_slot(key, start, stop)];
         if stop < size && !slots.iter().any(|s| s.covers(key, stop, 1)) {

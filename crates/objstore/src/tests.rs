@@ -14,13 +14,14 @@ fn a_miss_plans_the_window_and_the_next_and_later_readers_wait_on_them() {
     };
     assert_eq!(
         slots.iter().map(|s| s.range()).collect::<Vec<_>>(),
-        [(1000, 5000), (5000, 9000)]
+        [(0, 4000), (4000, 8000)],
+        "aligned windows"
     );
     // A reader of a range inside either waits for that slot (no second fetch).
     let Plan::Wait(s) = r.plan("k", 6000, 10, 10_000, 4000, 500) else {
         panic!("the prefetched window serves this read");
     };
-    assert_eq!(s.range(), (5000, 9000));
+    assert_eq!(s.range(), (4000, 8000));
     let reader = std::thread::spawn({
         let s = s.clone();
         move || s.wait(6000, 10)
@@ -36,6 +37,12 @@ fn a_miss_plans_the_window_and_the_next_and_later_readers_wait_on_them() {
         r.plan("k", 9500, 10, 10_000, 4000, 500),
         Plan::Fetch(_)
     ));
+    // A read across a boundary stretches its window over it.
+    let Plan::Fetch(s) = r.plan("x", 3990, 20, 10_000, 4000, 500) else {
+        panic!("fetch");
+    };
+    assert_eq!(s[0].range(), (0, 4010));
+    assert_eq!(s[1].range(), (4010, 8010));
 }
 
 #[test]
