@@ -94,7 +94,7 @@ fn default_cache_mib() -> usize {
 }
 
 /// What one miss reads at least (the rest of a pack is usually read next).
-const READ_AHEAD: u64 = 4 << 20;
+const READ_AHEAD: u64 = 2 << 20;
 /// A read that ends at an object's end (a pack footer) fetches this much of its tail, so
 /// that the trailer before it needs no second request.
 const TAIL: u64 = 256 << 10;
@@ -332,6 +332,7 @@ impl Backend for ObjectBackend {
                 ),
             });
         }
+        tracing::trace!(key, offset, len, "read");
         let slot = match self
             .ranges
             .plan(key, offset, len as u64, size, READ_AHEAD, TAIL)
