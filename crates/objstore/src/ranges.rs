@@ -100,11 +100,23 @@ impl Ranges {
                 return Plan::Wait(s);
             }
         }
-        // Windows are aligned, so that readers starting anywhere in one share it (a read
-        // across a boundary stretches its window to cover it).
+        // Windows are aligned, so that readers starting anywhere in one share it. A read
+        // that begins in a window we hold but runs past its end (a blob across a boundary)
+        // gets a window from its own offset (to the next boundary, or just itself when the
+        // next window is held): fetching the held window again from its start would read
+        // it twice.
         let end = off + len;
         let (start, stop) = if end == size {
             (off.min(size.saturating_sub(tail)), size)
+        } else if slots.iter().any(|s| s.covers(key, off, 1)) {
+            // Just the blob when the window after it is held too, else up to the boundary.
+            let next_held = slots.iter().any(|s| s.covers(key, end, 1));
+            let stop = if next_held {
+                end
+            } else {
+                end.div_ceil(window).saturating_mul(window).min(size)
+            };
+            (off, stop)
         } else {
             let start = off - off % window;
             (start, end.max(start + window).min(size))

@@ -43,6 +43,25 @@ fn a_miss_plans_the_window_and_the_next_and_later_readers_wait_on_them() {
     };
     assert_eq!(s[0].range(), (0, 4010));
     assert_eq!(s[1].range(), (4010, 8010));
+    // One that begins in a held window and runs past it is fetched from its own offset:
+    // just itself when the next window is held too, else to the next boundary (a held
+    // window is never fetched again).
+    let Plan::Fetch(s) = r.plan("k", 3900, 300, 10_000, 4000, 500) else {
+        panic!("fetch");
+    };
+    assert_eq!(
+        s.iter().map(|s| s.range()).collect::<Vec<_>>(),
+        [(3900, 4200)]
+    );
+    let Plan::Fetch(s) = r.plan("z", 8000, 10, 20_000, 4000, 500) else {
+        panic!("fetch");
+    };
+    assert_eq!(s[0].range(), (8000, 12_000));
+    r.forget("z", Some(&s[1]));
+    let Plan::Fetch(s) = r.plan("z", 11_900, 300, 20_000, 4000, 500) else {
+        panic!("fetch");
+    };
+    assert_eq!(s[0].range(), (11_900, 16_000));
 }
 
 #[test]
