@@ -9,6 +9,11 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::Bytes;
 
+/// Windows fetched ahead of a miss. (Two ahead measured no faster on the pgtext restore
+/// against a Garage on the same 2 cores: the readers wait for the store's CPU, not for
+/// round trips.)
+pub(crate) const AHEAD: usize = 1;
+
 /// One window of one object: its bytes once they are here.
 pub(crate) struct Slot {
     key: String,
@@ -122,8 +127,14 @@ impl Ranges {
             (start, end.max(start + window).min(size))
         };
         let mut new = vec![new_slot(key, start, stop)];
-        if stop < size && !slots.iter().any(|s| s.covers(key, stop, 1)) {
-            new.push(new_slot(key, stop, (stop + window).min(size)));
+        let mut at = stop;
+        for _ in 0..AHEAD {
+            if at >= size || slots.iter().any(|s| s.covers(key, at, 1)) {
+                break;
+            }
+            let next = (at + window).min(size);
+            new.push(new_slot(key, at, next));
+            at = next;
         }
         for s in new.iter().rev() {
             slots.push_front(s.clone());
