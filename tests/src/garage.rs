@@ -175,12 +175,13 @@ api_bind_addr = "127.0.0.1:{admin}"
 
     /// Every object key under `prefix` in the bucket, as `garage` lists them through S3.
     pub fn objects(&self, prefix: &str) -> Vec<String> {
-        let list = s3_request(
+        let list = String::from_utf8_lossy(&s3_request(
             self,
             "GET",
             &format!("/{BUCKET}?list-type=2&max-keys=100000&prefix={prefix}%2F"),
             &[],
-        );
+        ))
+        .into_owned();
         let mut out = Vec::new();
         let mut rest = list.as_str();
         while let Some(i) = rest.find("<Key>") {
@@ -196,7 +197,7 @@ api_bind_addr = "127.0.0.1:{admin}"
 
 /// One signed S3 request with curl's AWS SigV4 support (the tests read and write the
 /// archive through the pbs binary; this is for looking at and damaging objects).
-fn s3_request(g: &Garage, method: &str, path: &str, extra: &[&str]) -> String {
+fn s3_request(g: &Garage, method: &str, path: &str, extra: &[&str]) -> Vec<u8> {
     let out = Command::new("curl")
         .args(["-sS", "-f", "-X", method])
         .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
@@ -214,28 +215,12 @@ fn s3_request(g: &Garage, method: &str, path: &str, extra: &[&str]) -> String {
         "curl {method} {path}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    out.stdout
 }
 
 /// GET one object's bytes.
 pub fn get_object(g: &Garage, key: &str) -> Vec<u8> {
-    let out = Command::new("curl")
-        .args(["-sS", "-f"])
-        .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
-        .arg("--aws-sigv4")
-        .arg(format!("aws:amz:{REGION}:s3"))
-        .arg("--user")
-        .arg(format!("{KEY_ID}:{SECRET}"))
-        .arg(format!("{}/{BUCKET}/{key}", g.endpoint()))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run curl");
-    assert!(
-        out.status.success(),
-        "GET {key}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    s3_request(g, "GET", &format!("/{BUCKET}/{key}"), &[])
 }
 
 /// PUT one object (replacing it): what a bit flip in the store, or a hostile writer with

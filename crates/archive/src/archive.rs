@@ -84,7 +84,7 @@ impl Archive {
     /// generations without a config is refused (never overwritten).
     pub fn open_or_init_on(backend: Arc<dyn Backend>) -> Result<Archive> {
         match backend.read(CONFIG_KEY) {
-            Ok(_) => Self::with_backend(backend),
+            Ok(raw) => Self::with_config(backend, &raw),
             Err(e) if crate::index::is_not_found(&e) => {
                 if backend.list("packs")?.is_empty() && backend.list("gens")?.is_empty() {
                     Self::init_on(backend)
@@ -129,8 +129,13 @@ impl Archive {
 
     pub fn with_backend(backend: Arc<dyn Backend>) -> Result<Archive> {
         let raw = backend.read(CONFIG_KEY)?;
+        Self::with_config(backend, &raw)
+    }
+
+    /// [`Archive::with_backend`] with the config already read.
+    fn with_config(backend: Arc<dyn Backend>, raw: &[u8]) -> Result<Archive> {
         let config: ArchiveConfig =
-            serde_json::from_slice(&raw).map_err(|e| Error::NotAnArchive {
+            serde_json::from_slice(raw).map_err(|e| Error::NotAnArchive {
                 path: backend.location().into(),
                 why: format!("config: {e}"),
             })?;
