@@ -409,6 +409,73 @@ fn a_flipped_byte_in_object_storage_is_found_named_and_never_restored() {
     flipped_byte_case(&tmp, &pbs, &Store::Garage(&garage, "flip"));
 }
 
+/// Restore `gen` into a fresh folder with the object store's requests logged; the tree and
+/// the number of ranged GETs it sent.
+fn restore_counting_gets(pbs: &Pbs, gen: &str, to: &Path) -> (Tree, usize) {
+    if to.exists() {
+        fs::remove_dir_all(to).unwrap();
+    }
+    let out = pbs
+        .command(&["restore", gen, "--to", s(to)])
+        .env("PULLBACK_LOG", "objstore=debug")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    (snapshot(to), stderr.matches("GET range").count())
+}
+
+/// On a bucket, the PBS keeps a local copy of each pack it puts: a restore of what it just
+/// stored sends no ranged GET; a damaged copy is dropped and the bucket read instead (the
+/// restore is still whole and right); with no copies the bucket serves every blob.
+#[test]
+fn local_copies_of_packs_serve_reads_and_a_damaged_one_is_not_trusted() {
+    let tmp = TempDir::new().unwrap();
+    let garage = Garage::start(&tmp.path().join("garage"));
+    let local = tmp.path().join("archive");
+    let cfg = garage.pbs_config(&tmp.path().join("pbs.toml"), &local, "copies");
+    let pbs = Pbs::with_config(&local, cfg);
+    let src = tmp.path().join("src");
+    let mut rng = Rng::new(11);
+    write(&src.join("big.bin"), &rng.bytes(900_000));
+    write(&src.join("small.txt"), &rng.text(3_000));
+    pbs.ok(&["ingest", "--source", "db", s(&src)]);
+    let snap = snapshot(&src);
+
+    // Every pack in the bucket has its copy, byte for byte.
+    let store = Store::Garage(&garage, "copies");
+    let all = store.packs();
+    assert!(!all.is_empty());
+    for (key, _) in &all {
+        let copy = fs::read(local.join("cache").join(key))
+            .unwrap_or_else(|e| panic!("no local copy of {key}: {e}"));
+        assert_eq!(copy, get_object(&garage, &format!("copies/{key}")), "{key}");
+    }
+    let to = tmp.path().join("restore");
+    let (tree, gets) = restore_counting_gets(&pbs, "db/1", &to);
+    assert_same_tree(&snap, &tree, "restore from the local copies");
+    assert_eq!(gets, 0, "a restore of local copies sent ranged GETs");
+
+    // A byte flipped in the copy of the big pack: that copy goes, the bucket serves it.
+    let (key, len) = all.iter().max_by_key(|(_, len)| *len).unwrap();
+    assert!(*len > 800_000, "{all:?}");
+    let copy = local.join("cache").join(key);
+    flip(&copy, *len as usize / 2);
+    let (tree, gets) = restore_counting_gets(&pbs, "db/1", &to);
+    assert_same_tree(&snap, &tree, "restore past a damaged copy");
+    assert!(
+        gets > 0,
+        "the damaged copy was not replaced by the bucket's object"
+    );
+    assert!(!copy.exists(), "the damaged copy was kept");
+
+    // No copies at all (a new host with the same bucket): the bucket serves everything.
+    fs::remove_dir_all(local.join("cache")).unwrap();
+    let (tree, gets) = restore_counting_gets(&pbs, "db/1", &to);
+    assert_same_tree(&snap, &tree, "restore from the bucket alone");
+    assert!(gets > 0);
+}
+
 fn flipped_byte_case(tmp: &TempDir, pbs: &Pbs, store: &Store) {
     let src = tmp.path().join("src");
     let mut rng = Rng::new(7);

@@ -356,9 +356,36 @@ impl Archive {
 
     /// A chunk's plain content, decoded through its delta chain and checked
     /// against its id. Damaged data is an error, never returned.
+    /// A damaged local copy of a pack (see [`Backend::uncache`]) is dropped and the chunk
+    /// read again from the store before it is called damaged.
     pub fn chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        let a = decode_from(self, &self.cache, id, 0)?;
+        let a = match decode_from(self, &self.cache, id, 0) {
+            Err(Error::DamagedChunk(..)) if self.uncache_chain(id) => {
+                decode_from(self, &self.cache, id, 0)?
+            }
+            r => r?,
+        };
         Ok(Arc::try_unwrap(a).unwrap_or_else(|a| (*a).clone()))
+    }
+
+    /// Drop the backend's local copies of the packs `id` is decoded from (its own and its
+    /// delta bases'), and the decoded bases; true when a copy was dropped.
+    fn uncache_chain(&self, id: &ChunkId) -> bool {
+        let mut dropped = false;
+        let mut todo = vec![(*id, 0u32)];
+        while let Some((c, depth)) = todo.pop() {
+            let (pid, bases) = {
+                let idx = self.index();
+                let Some(info) = idx.get(&c) else { continue };
+                (idx.packs[info.pack as usize], info.entry.bases.clone())
+            };
+            dropped |= self.backend.uncache(&pack::key(&pid));
+            self.cache.remove(&c);
+            if depth <= MAX_DEPTH as u32 {
+                todo.extend(bases.into_iter().map(|b| (b, depth + 1)));
+            }
+        }
+        dropped
     }
 
     /// A chunk's plain content, decoded through its delta chain but *not*
@@ -506,6 +533,13 @@ impl ChunkCache {
         let e = c.map.get_mut(id)?;
         e.1 = t;
         Some(e.0.clone())
+    }
+
+    pub fn remove(&self, id: &ChunkId) {
+        let mut c = self.lock();
+        if let Some((d, _)) = c.map.remove(id) {
+            c.bytes -= d.len();
+        }
     }
 
     pub fn put(&self, id: ChunkId, data: Arc<Vec<u8>>) {

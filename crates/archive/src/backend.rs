@@ -53,6 +53,11 @@ pub trait Backend: Send + Sync {
     fn lock(&self, name: &str, exclusive: bool, wait: bool) -> Result<Box<dyn LockGuard>>;
     /// Where the archive lives, for messages.
     fn location(&self) -> String;
+    /// Forget a local copy of `key` that a read found damaged, so that the next read goes
+    /// to the store itself. True when there was one (a backend without copies: false).
+    fn uncache(&self, _key: &str) -> bool {
+        false
+    }
 }
 
 pub trait LockGuard: Send + Sync {}

@@ -7,7 +7,9 @@
 //! - `tmp/…` (staged writes), `pins/…` and the locks: a local folder (`[archive] path`),
 //!   because they matter only to the process that writes and are taken by flock(2). One
 //!   bucket prefix belongs to one PBS at a time (a second PBS keeps its own prefix and
-//!   mirrors, `[[mirror]]`).
+//!   mirrors, `[[mirror]]`);
+//! - `cache/packs/…`: local copies of the packs this host put (`disk.rs`), read instead of
+//!   the bucket, within `disk_cache_mib`.
 //!
 //! The commit point stays atomic: a generation record is one PUT, visible whole or not at
 //! all, and it is put only after every pack it refers to has been put. A record is never
@@ -36,10 +38,12 @@ use object_store::path::Path as ObjPath;
 use object_store::{ClientOptions, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig};
 use serde::Deserialize;
 
+mod disk;
 mod ranges;
 #[cfg(test)]
 mod tests;
 
+use disk::DiskCache;
 use ranges::{Plan, Ranges, Slot};
 
 /// `[archive.s3]` in the PBS config.
@@ -68,6 +72,11 @@ pub struct S3Config {
     /// Memory for read-ahead of pack ranges, MiB.
     #[serde(default = "default_cache_mib")]
     pub cache_mib: usize,
+    /// Disk for local copies of the packs this host put or read, MiB, in
+    /// `<[archive] path>/cache` (least recently read go first); 0: none, every read is a
+    /// request.
+    #[serde(default = "default_disk_cache_mib")]
+    pub disk_cache_mib: u64,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -79,6 +88,8 @@ impl std::fmt::Debug for S3Config {
             .field("region", &self.region)
             .field("access_key_id", &self.access_key_id)
             .field("conditional_put", &self.conditional_put)
+            .field("cache_mib", &self.cache_mib)
+            .field("disk_cache_mib", &self.disk_cache_mib)
             .finish_non_exhaustive()
     }
 }
@@ -91,6 +102,9 @@ fn default_timeout() -> u64 {
 }
 fn default_cache_mib() -> usize {
     16
+}
+fn default_disk_cache_mib() -> u64 {
+    4096
 }
 
 /// What one miss reads at least (the rest of a pack is usually read next).
@@ -108,6 +122,10 @@ fn is_local(key: &str) -> bool {
     matches!(top, "tmp" | "pins" | "locks")
 }
 
+fn is_pack(key: &str) -> bool {
+    key.starts_with("packs/")
+}
+
 pub struct ObjectBackend {
     store: Arc<AmazonS3>,
     prefix: String,
@@ -118,6 +136,8 @@ pub struct ObjectBackend {
     /// Object sizes seen (objects never change, so a size stays true until removal).
     sizes: Mutex<HashMap<String, u64>>,
     ranges: Arc<Ranges>,
+    /// Local copies of packs (`disk_cache_mib`).
+    disk: Option<DiskCache>,
 }
 
 fn io_err(kind: io::ErrorKind, msg: String) -> io::Error {
@@ -128,6 +148,7 @@ impl ObjectBackend {
     /// Connects nothing yet (the first request does); fails on a bad config.
     /// `local` is the folder for staged writes, pins and locks.
     pub fn new(cfg: &S3Config, local: impl Into<PathBuf>) -> Result<ObjectBackend> {
+        let local: PathBuf = local.into();
         let secret =
             match (&cfg.secret_access_key, &cfg.secret_access_key_file) {
                 (Some(s), None) => s.clone(),
@@ -186,9 +207,14 @@ impl ObjectBackend {
             prefix,
             cfg.endpoint.trim_end_matches('/')
         );
+        let disk = DiskCache::new(
+            local.join("cache"),
+            cfg.disk_cache_mib.saturating_mul(1 << 20),
+        );
         Ok(ObjectBackend {
             store: Arc::new(store),
             prefix,
+            disk,
             local: LocalBackend::new(local),
             rt,
             conditional: cfg.conditional_put,
@@ -287,6 +313,13 @@ impl ObjectBackend {
         }
     }
 
+    /// Keep the staged file of a pack just put as its local copy.
+    fn keep_copy(&self, key: &str, staged: &Staged) {
+        if let Some(d) = &self.disk {
+            d.insert(key, &staged.tmp);
+        }
+    }
+
     fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<()> {
         let store = self.store.clone();
         let path = self.obj(key);
@@ -315,12 +348,22 @@ impl Backend for ObjectBackend {
         let path = self.obj(key);
         tracing::debug!(key, "GET");
         let b = self.run(key, async move { store.get(&path).await?.bytes().await })?;
+        // A whole read is the store's word (verify --full): a copy that differs goes.
+        if let Some(disk) = self.disk.as_ref().filter(|_| is_pack(key)) {
+            if disk.read(key).is_some_and(|copy| copy != b) {
+                tracing::warn!(key, "the local copy differs from the object: dropped");
+                disk.remove(key);
+            }
+        }
         Ok(b.to_vec())
     }
 
     fn read_at(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
         if is_local(key) {
             return self.local.read_at(key, offset, len);
+        }
+        if let Some(b) = self.disk.as_ref().and_then(|d| d.read_at(key, offset, len)) {
+            return Ok(b);
         }
         let size = self.size(key)?;
         if offset.checked_add(len as u64).is_none_or(|end| end > size) {
@@ -366,6 +409,9 @@ impl Backend for ObjectBackend {
         {
             return Ok(*s);
         }
+        if let Some(s) = self.disk.as_ref().and_then(|d| d.size(key)) {
+            return Ok(s);
+        }
         let store = self.store.clone();
         let path = self.obj(key);
         tracing::debug!(key, "HEAD");
@@ -387,9 +433,10 @@ impl Backend for ObjectBackend {
             source,
         })?;
         let data = Bytes::from(data);
-        if key.starts_with("packs/") {
+        if is_pack(key) {
             // Named by the hash of its content: putting it again changes nothing.
             self.put(key, data, PutMode::Overwrite)?;
+            self.keep_copy(key, staged);
             return Ok(true);
         }
         if self.conditional {
@@ -411,7 +458,6 @@ impl Backend for ObjectBackend {
     /// Packs at once, [`PUTS_AT_ONCE`] at a time, each read from its staged file only when
     /// its turn comes; anything else one by one.
     fn publish_all(&self, items: &[(&Staged, &str)]) -> Result<Vec<bool>> {
-        let is_pack = |k: &str| k.starts_with("packs/");
         let packs: Vec<_> = items.iter().filter(|(_, k)| is_pack(k)).collect();
         let jobs: Vec<(String, ObjPath, PathBuf)> = packs
             .iter()
@@ -442,6 +488,9 @@ impl Backend for ObjectBackend {
         })?;
         for (key, len) in done {
             self.remember_size(&key, len);
+        }
+        for (s, k) in &packs {
+            self.keep_copy(k, s);
         }
         // Packs are named by their content: putting one is never refused.
         items
@@ -505,6 +554,9 @@ impl Backend for ObjectBackend {
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
         self.ranges.forget(key, None);
+        if let Some(d) = &self.disk {
+            d.remove(key);
+        }
         let store = self.store.clone();
         let path = self.obj(key);
         match self.run(key, async move { store.delete(&path).await }) {
@@ -519,5 +571,16 @@ impl Backend for ObjectBackend {
 
     fn location(&self) -> String {
         self.location.clone()
+    }
+
+    fn uncache(&self, key: &str) -> bool {
+        let had = self.disk.as_ref().is_some_and(|d| d.remove(key));
+        if had {
+            tracing::warn!(
+                key,
+                "a blob read from the local copy failed its check: reading the object"
+            );
+        }
+        had
     }
 }

@@ -153,6 +153,7 @@ fn cfg() -> S3Config {
         conditional_put: false,
         timeout_secs: 1,
         cache_mib: 1,
+        disk_cache_mib: 0,
     }
 }
 
