@@ -43,7 +43,21 @@ pub struct Garage {
 
 impl Garage {
     /// Start Garage in `dir` (created), lay out its one node, create the bucket and key.
+    /// Ports are picked free, then bound by Garage: a port taken meanwhile by another test
+    /// makes it exit, and it is started again on others (three attempts).
     pub fn start(dir: &Path) -> Garage {
+        let mut why = String::new();
+        for attempt in 0..3 {
+            let at = dir.join(format!("try-{attempt}"));
+            match Garage::try_start(&at) {
+                Ok(g) => return g,
+                Err(e) => why = format!("{why}\nattempt {}: {e}", attempt + 1),
+            }
+        }
+        panic!("garage did not start:{why}");
+    }
+
+    fn try_start(dir: &Path) -> Result<Garage, String> {
         std::fs::create_dir_all(dir).expect("garage dir");
         let (rpc, s3, admin) = (free_port(), free_port(), free_port());
         let conf = dir.join("garage.toml");
@@ -86,12 +100,16 @@ api_bind_addr = "127.0.0.1:{admin}"
             s3_port: s3,
             dir: dir.to_path_buf(),
         };
-        g.setup();
-        g
+        g.setup()?;
+        Ok(g)
     }
 
     /// `garage -c CONF ARGS`, required to succeed; its stdout.
     pub fn cli(&self, args: &[&str]) -> String {
+        self.try_cli(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_cli(&self, args: &[&str]) -> Result<String, String> {
         let out = Command::new(garage_bin())
             .arg("-c")
             .arg(&self.conf)
@@ -99,43 +117,44 @@ api_bind_addr = "127.0.0.1:{admin}"
             .stdin(Stdio::null())
             .output()
             .expect("run garage");
-        assert!(
-            out.status.success(),
-            "garage {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        if !out.status.success() {
+            return Err(format!(
+                "garage {args:?} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn setup(&mut self) {
-        // The node id, once the server answers.
+    /// `try_cli` again until it succeeds (a layout just applied may not be in force yet),
+    /// for up to 60 s or until the server exits.
+    fn cli_until(&mut self, args: &[&str]) -> Result<String, String> {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let id = loop {
+        loop {
             if let Some(st) = self.child.try_wait().expect("garage status") {
-                panic!(
-                    "garage exited ({st}) at start: {}",
+                return Err(format!(
+                    "garage exited ({st}): {}",
                     std::fs::read_to_string(self.dir.join("garage.log")).unwrap_or_default()
-                );
+                ));
             }
-            let out = Command::new(garage_bin())
-                .arg("-c")
-                .arg(&self.conf)
-                .args(["node", "id", "-q"])
-                .stdin(Stdio::null())
-                .output()
-                .expect("run garage");
-            if out.status.success() {
-                let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
-                break s.split('@').next().unwrap_or_default().to_string();
+            match self.try_cli(args) {
+                Ok(out) => return Ok(out),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
             }
-            assert!(Instant::now() < deadline, "garage did not answer in 60 s");
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        self.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &id]);
-        self.cli(&["layout", "apply", "--version", "1"]);
-        self.cli(&["bucket", "create", BUCKET]);
-        self.cli(&[
+        }
+    }
+
+    fn setup(&mut self) -> Result<(), String> {
+        // The node id, once the server answers (another Garage on the port would answer
+        // with its own id: the layout step then fails and the attempt is over).
+        let id = self.cli_until(&["node", "id", "-q"])?;
+        let id = id.trim().split('@').next().unwrap_or_default().to_string();
+        self.cli_until(&["layout", "assign", "-z", "dc1", "-c", "1G", &id])?;
+        self.cli_until(&["layout", "apply", "--version", "1"])?;
+        self.cli_until(&["bucket", "create", BUCKET])?;
+        self.cli_until(&[
             "key",
             "import",
             "--yes",
@@ -143,10 +162,11 @@ api_bind_addr = "127.0.0.1:{admin}"
             "pullback-tests",
             KEY_ID,
             SECRET,
-        ]);
-        self.cli(&[
+        ])?;
+        self.cli_until(&[
             "bucket", "allow", "--read", "--write", "--owner", BUCKET, "--key", KEY_ID,
-        ]);
+        ])?;
+        Ok(())
     }
 
     pub fn endpoint(&self) -> String {
