@@ -13,6 +13,48 @@ const READS: &str = "pbs2-reads-pbs1-0123456789";
 const TELLS: &str = "pbs1-tells-pbs2-0123456789";
 const ADMIN2: &str = "pbs2-admin-token-0123456789";
 
+/// pbs2's folder and config in `c`'s folder: a mirror of `c`'s PBS (`extra`: more of the
+/// `[[mirror]]` table).
+fn mirror_config(c: &Cluster, p2: u16, extra: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let d2 = c.path().join("pbs2");
+    fs::create_dir_all(&d2).expect("pbs2 folder");
+    let cfg2 = d2.join("pbs.toml");
+    fs::write(
+        &cfg2,
+        format!(
+            r#"state_dir = "{d}"
+[archive]
+path = "{d}/archive"
+[server]
+listen = "127.0.0.1:{p2}"
+tokens = [{{ peer = "pbs1", token = "{TELLS}" }}, {{ peer = "admin", token = "{ADMIN2}" }}]
+[[mirror]]
+source = "files"
+from = {{ name = "pbs1", url = "http://127.0.0.1:{p1}", token = "{READS}" }}
+{extra}
+"#,
+            d = d2.display(),
+            p1 = c.port(Who::Pbs),
+        ),
+    )
+    .expect("pbs2.toml");
+    (d2, cfg2)
+}
+
+/// Start pbs2 on the port `port2` held, and wait until it answers.
+fn start_mirror(port2: &mut PortHold, d2: &std::path::Path, cfg2: &std::path::Path) -> Daemon {
+    port2.release();
+    let p2 = port2.port;
+    let d = Daemon::serve("pbs", cfg2, &d2.join("pbs.log"), &[]);
+    wait_for("pbs2 to answer", || {
+        let auth = format!("token {ADMIN2}");
+        http(p2, "GET", "/v1/status", &[("Authorization", &auth)], b"")
+            .ok()
+            .filter(|r| r.status == 200)
+    });
+    d
+}
+
 fn list(ar: &Pbs) -> Vec<String> {
     ar.json(&["list"])
         .as_array()
@@ -33,38 +75,7 @@ fn a_second_pbs_holds_the_same_history_and_restores_it_without_the_first() {
         ),
         ..Options::default()
     });
-    let d2 = c.path().join("pbs2");
-    fs::create_dir_all(&d2).expect("pbs2 folder");
-    let cfg2 = d2.join("pbs.toml");
-    fs::write(
-        &cfg2,
-        format!(
-            r#"state_dir = "{d}"
-[archive]
-path = "{d}/archive"
-[server]
-listen = "127.0.0.1:{p2}"
-tokens = [{{ peer = "pbs1", token = "{TELLS}" }}, {{ peer = "admin", token = "{ADMIN2}" }}]
-[[mirror]]
-source = "files"
-from = {{ name = "pbs1", url = "http://127.0.0.1:{p1}", token = "{READS}" }}
-"#,
-            d = d2.display(),
-            p1 = c.port(Who::Pbs),
-        ),
-    )
-    .expect("pbs2.toml");
-    let start2 = |port2: &mut PortHold| {
-        port2.release();
-        let d = Daemon::serve("pbs", &cfg2, &d2.join("pbs.log"), &[]);
-        wait_for("pbs2 to answer", || {
-            let auth = format!("token {ADMIN2}");
-            http(p2, "GET", "/v1/status", &[("Authorization", &auth)], b"")
-                .ok()
-                .filter(|r| r.status == 200)
-        });
-        d
-    };
+    let (d2, cfg2) = mirror_config(&c, p2, "");
     let mirror = Pbs::new(d2.join("archive"));
     let upstream = c.archive();
 
@@ -72,7 +83,7 @@ from = {{ name = "pbs1", url = "http://127.0.0.1:{p1}", token = "{READS}" }}
     fs::write(c.src().join("data.txt"), "one\n").expect("data");
     c.start_all();
     c.cycle(1);
-    let pbs2 = start2(&mut port2);
+    let pbs2 = start_mirror(&mut port2, &d2, &cfg2);
     wait_for("the mirror to hold files/1", || {
         (list(&mirror) == ["files/1"]).then_some(())
     });
@@ -148,5 +159,48 @@ from = {{ name = "pbs1", url = "http://127.0.0.1:{p1}", token = "{READS}" }}
         ]);
         assert_eq!(&snapshot(&to), snap, "files/{}", i + 1);
     }
+    drop(pbs2);
+}
+
+/// A mirror that is never told (the upstream's `[[downstream]]` entry for it has a URL
+/// where nobody listens: every notification is lost) still follows on its `schedule`: a
+/// generation made after its start reaches it at the next minute.
+#[test]
+fn a_mirror_follows_on_its_schedule_when_nobody_tells_it() {
+    let mut port2 = PortHold::new();
+    let nobody = PortHold::new();
+    let mut c = Cluster::new(Options {
+        pbs_peers: vec![("pbs2".into(), READS.into())],
+        pbs_extra: format!(
+            "[[downstream]]\nname = \"pbs2\"\nurl = \"http://127.0.0.1:{}\"\ntoken = \"{TELLS}\"\n",
+            nobody.port
+        ),
+        ..Options::default()
+    });
+    let (d2, cfg2) = mirror_config(&c, port2.port, "schedule = \"* * * * *\"");
+    let mirror = Pbs::new(d2.join("archive"));
+    fs::write(c.src().join("data.txt"), "one\n").expect("data");
+    c.start_all();
+    let pbs2 = start_mirror(&mut port2, &d2, &cfg2);
+    // At its start there was nothing yet; nobody tells it of files/1.
+    c.cycle(1);
+    let snap = snapshot(&c.src());
+    let t0 = std::time::Instant::now();
+    let mut held = Vec::new();
+    while t0.elapsed() < std::time::Duration::from_secs(100) {
+        held = list(&mirror);
+        if !held.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_eq!(
+        held,
+        ["files/1"],
+        "the schedule did not bring files/1 in 100 s"
+    );
+    let to = c.path().join("restored");
+    mirror.ok(&["restore", "files/1", "--to", to.to_str().expect("utf-8")]);
+    assert_eq!(snapshot(&to), snap);
     drop(pbs2);
 }
