@@ -409,9 +409,9 @@ fn a_flipped_byte_in_object_storage_is_found_named_and_never_restored() {
     flipped_byte_case(&tmp, &pbs, &Store::Garage(&garage, "flip"));
 }
 
-/// Restore `gen` into a fresh folder with the object store's requests logged; the tree and
-/// the number of ranged GETs it sent.
-fn restore_counting_gets(pbs: &Pbs, gen: &str, to: &Path) -> (Tree, usize) {
+/// Restore `gen` into a fresh folder with the object store's requests logged; the tree, the
+/// number of ranged GETs it sent and of whole packs it fetched.
+fn restore_counting_gets(pbs: &Pbs, gen: &str, to: &Path) -> (Tree, usize, usize) {
     if to.exists() {
         fs::remove_dir_all(to).unwrap();
     }
@@ -422,7 +422,11 @@ fn restore_counting_gets(pbs: &Pbs, gen: &str, to: &Path) -> (Tree, usize) {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    (snapshot(to), stderr.matches("GET range").count())
+    (
+        snapshot(to),
+        stderr.matches("GET range").count(),
+        stderr.matches("GET whole").count(),
+    )
 }
 
 /// On a bucket, the PBS keeps a local copy of each pack it puts: a restore of what it just
@@ -452,16 +456,20 @@ fn local_copies_of_packs_serve_reads_and_a_damaged_one_is_not_trusted() {
         assert_eq!(copy, get_object(&garage, &format!("copies/{key}")), "{key}");
     }
     let to = tmp.path().join("restore");
-    let (tree, gets) = restore_counting_gets(&pbs, "db/1", &to);
+    let (tree, gets, wholes) = restore_counting_gets(&pbs, "db/1", &to);
     assert_same_tree(&snap, &tree, "restore from the local copies");
-    assert_eq!(gets, 0, "a restore of local copies sent ranged GETs");
+    assert_eq!(
+        (gets, wholes),
+        (0, 0),
+        "a restore of local copies sent GETs"
+    );
 
     // A byte flipped in the copy of the big pack: that copy goes, the bucket serves it.
     let (key, len) = all.iter().max_by_key(|(_, len)| *len).unwrap();
     assert!(*len > 800_000, "{all:?}");
     let copy = local.join("cache").join(key);
     flip(&copy, *len as usize / 2);
-    let (tree, gets) = restore_counting_gets(&pbs, "db/1", &to);
+    let (tree, gets, _) = restore_counting_gets(&pbs, "db/1", &to);
     assert_same_tree(&snap, &tree, "restore past a damaged copy");
     assert!(
         gets > 0,
@@ -469,11 +477,34 @@ fn local_copies_of_packs_serve_reads_and_a_damaged_one_is_not_trusted() {
     );
     assert!(!copy.exists(), "the damaged copy was kept");
 
-    // No copies at all (a new host with the same bucket): the bucket serves everything.
+    // No copies at all (a new host with the same bucket): the restore fetches the packs it
+    // reads whole, and they are copies again.
     fs::remove_dir_all(local.join("cache")).unwrap();
-    let (tree, gets) = restore_counting_gets(&pbs, "db/1", &to);
+    let (tree, _, wholes) = restore_counting_gets(&pbs, "db/1", &to);
     assert_same_tree(&snap, &tree, "restore from the bucket alone");
-    assert!(gets > 0);
+    assert!(wholes > 0, "no pack fetched whole");
+    assert_eq!(
+        fs::read(&copy).expect("the big pack copied again"),
+        get_object(&garage, &format!("copies/{key}"))
+    );
+    let (tree, gets, wholes) = restore_counting_gets(&pbs, "db/1", &to);
+    assert_same_tree(&snap, &tree, "restore from the fetched copies");
+    assert_eq!(
+        (gets, wholes),
+        (0, 0),
+        "a restore of fetched copies sent GETs"
+    );
+
+    // With disk_cache_mib = 0 nothing is copied: ranged reads only.
+    let cfg0 = tmp.path().join("pbs0.toml");
+    let text = fs::read_to_string(tmp.path().join("pbs.toml")).unwrap();
+    fs::write(&cfg0, format!("{text}disk_cache_mib = 0\n")).unwrap();
+    fs::remove_dir_all(local.join("cache")).unwrap();
+    let pbs0 = Pbs::with_config(&local, &cfg0);
+    let (tree, gets, wholes) = restore_counting_gets(&pbs0, "db/1", &to);
+    assert_same_tree(&snap, &tree, "restore without copies");
+    assert!(gets > 0 && wholes == 0, "{gets} ranged, {wholes} whole");
+    assert!(!local.join("cache").exists());
 }
 
 fn flipped_byte_case(tmp: &TempDir, pbs: &Pbs, store: &Store) {

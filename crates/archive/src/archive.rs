@@ -368,6 +368,40 @@ impl Archive {
         Ok(Arc::try_unwrap(a).unwrap_or_else(|a| (*a).clone()))
     }
 
+    /// Tell the backend which packs restoring `nodes` reads, in the order of first use,
+    /// with the stored bytes needed of each (delta bases included).
+    pub(crate) fn announce_reads(&self, nodes: &[Node]) {
+        let mut order: Vec<u32> = Vec::new();
+        let mut need: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
+        let mut seen: DigestSet<ChunkId> = DigestSet::default();
+        let keys = {
+            let idx = self.index();
+            for n in nodes {
+                let mut todo: Vec<ChunkId> = n.chunk_list().iter().rev().map(|c| c.0).collect();
+                while let Some(id) = todo.pop() {
+                    if !seen.insert(id) {
+                        continue;
+                    }
+                    let Some(info) = idx.get(&id) else { continue };
+                    let bytes = need.entry(info.pack).or_insert_with(|| {
+                        order.push(info.pack);
+                        0
+                    });
+                    *bytes += info.entry.stored_len as u64;
+                    todo.extend(info.entry.bases.iter().rev().copied());
+                }
+            }
+            order
+                .iter()
+                .filter_map(|p| {
+                    let pid = idx.packs.get(*p as usize)?;
+                    Some((pack::key(pid), need.get(p).copied().unwrap_or(0)))
+                })
+                .collect::<Vec<_>>()
+        };
+        self.backend.will_read(&keys);
+    }
+
     /// Drop the backend's local copies of the packs `id` is decoded from (its own and its
     /// delta bases'), and the decoded bases; true when a copy was dropped.
     fn uncache_chain(&self, id: &ChunkId) -> bool {

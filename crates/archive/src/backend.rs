@@ -58,6 +58,14 @@ pub trait Backend: Send + Sync {
     fn uncache(&self, _key: &str) -> bool {
         false
     }
+    /// A hint: the objects about to be read, in the order of first use, each with the
+    /// bytes that will be read of it. A backend may start fetching them; reads are the same
+    /// with or without it.
+    fn will_read(&self, _objects: &[(String, u64)]) {}
+    /// A hint: `staged` is to be published as `key` (a pack, named by its content). A
+    /// backend may start copying it now; only [`Backend::publish_all`] or
+    /// [`Backend::publish`], under the archive's locks, makes it part of the archive.
+    fn will_publish(&self, _staged: &Staged, _key: &str) {}
 }
 
 pub trait LockGuard: Send + Sync {}

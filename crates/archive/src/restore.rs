@@ -106,6 +106,7 @@ impl Archive {
         let _shared = self.backend.lock("archive", false, true)?;
         let rec = self.record(gen)?;
         let nodes = self.manifest(&rec)?;
+        self.announce_reads(&nodes);
         into_place(to, |tmp| self.restore_nodes(&nodes, tmp))
     }
 

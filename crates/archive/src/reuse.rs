@@ -261,6 +261,7 @@ impl Archive {
             ));
         }
         let index = prev.and_then(PrevIndex::new);
+        self.announce_reads(nodes);
         let counters = Counters::default();
         let restore = restore_nodes_with(nodes, to, |n, root| {
             self.checked_leaf(n, root, index.as_ref(), &counters)

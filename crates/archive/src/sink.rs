@@ -51,7 +51,9 @@ impl<'a> PackSink<'a> {
         let w = std::mem::take(&mut self.writer);
         let (id, bytes, entries) = w.finish();
         let staged = self.backend.stage(&bytes)?;
-        self.staged.push((staged, pack::key(&id)));
+        let key = pack::key(&id);
+        self.backend.will_publish(&staged, &key);
+        self.staged.push((staged, key));
         self.added_bytes += bytes.len() as u64;
         self.packs.push((id, bytes.len() as u64, entries));
         Ok(())

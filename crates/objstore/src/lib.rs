@@ -42,9 +42,11 @@ mod disk;
 mod ranges;
 #[cfg(test)]
 mod tests;
+mod whole;
 
 use disk::DiskCache;
 use ranges::{Plan, Ranges, Slot};
+use whole::{Job, Whole};
 
 /// `[archive.s3]` in the PBS config.
 #[derive(Clone, Deserialize)]
@@ -137,7 +139,48 @@ pub struct ObjectBackend {
     sizes: Mutex<HashMap<String, u64>>,
     ranges: Arc<Ranges>,
     /// Local copies of packs (`disk_cache_mib`).
-    disk: Option<DiskCache>,
+    disk: Option<Arc<DiskCache>>,
+    /// Whole packs being fetched into `disk` ahead of a restore.
+    whole: Arc<Whole>,
+    /// Where a whole pack is written while it arrives.
+    fetch_dir: PathBuf,
+    /// PUTs of packs started by `will_publish`, by key; `publish_all` takes them.
+    early: Mutex<HashMap<String, tokio::task::JoinHandle<PutResult>>>,
+    /// Early PUTs in flight at once (each holds its pack in memory).
+    early_slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// A pack put: its key, its size, whether its staged file was fsynced (so it may become
+/// the local copy).
+type PutResult = std::result::Result<(String, u64, bool), object_store::Error>;
+
+/// PUT the staged file `tmp` as `path`; with `copies`, fsync it meanwhile.
+async fn put_pack(
+    store: Arc<AmazonS3>,
+    key: String,
+    path: ObjPath,
+    tmp: PathBuf,
+    copies: bool,
+) -> PutResult {
+    // The local copy is fsynced while the PUT goes (not after it).
+    let synced = copies.then(|| {
+        let tmp = tmp.clone();
+        tokio::task::spawn_blocking(move || std::fs::File::open(&tmp).and_then(|f| f.sync_all()))
+    });
+    let data = tokio::fs::read(&tmp)
+        .await
+        .map_err(|e| object_store::Error::Generic {
+            store: "staged file",
+            source: format!("{}: {e}", tmp.display()).into(),
+        })?;
+    let len = data.len() as u64;
+    tracing::debug!(key, len, "PUT");
+    store.put(&path, PutPayload::from(data)).await?;
+    let synced = match synced {
+        Some(s) => matches!(s.await, Ok(Ok(()))),
+        None => false,
+    };
+    Ok((key, len, synced))
 }
 
 fn io_err(kind: io::ErrorKind, msg: String) -> io::Error {
@@ -214,7 +257,11 @@ impl ObjectBackend {
         Ok(ObjectBackend {
             store: Arc::new(store),
             prefix,
-            disk,
+            disk: disk.map(Arc::new),
+            whole: Arc::new(Whole::default()),
+            fetch_dir: local.join("tmp"),
+            early: Mutex::new(HashMap::new()),
+            early_slots: Arc::new(tokio::sync::Semaphore::new(PUTS_AT_ONCE)),
             local: LocalBackend::new(local),
             rt,
             conditional: cfg.conditional_put,
@@ -316,8 +363,17 @@ impl ObjectBackend {
     /// Keep the staged file of a pack just put as its local copy.
     fn keep_copy(&self, key: &str, staged: &Staged) {
         if let Some(d) = &self.disk {
-            d.insert(key, &staged.tmp);
+            d.insert(key, &staged.tmp, true);
         }
+    }
+
+    /// An object's size if a listing or HEAD told it (no request).
+    fn known_size(&self, key: &str) -> Option<u64> {
+        self.sizes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
     }
 
     fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<()> {
@@ -362,8 +418,16 @@ impl Backend for ObjectBackend {
         if is_local(key) {
             return self.local.read_at(key, offset, len);
         }
-        if let Some(b) = self.disk.as_ref().and_then(|d| d.read_at(key, offset, len)) {
-            return Ok(b);
+        if let Some(disk) = &self.disk {
+            if let Some(b) = disk.read_at(key, offset, len) {
+                return Ok(b);
+            }
+            // Announced by `will_read`: it is coming whole (or failed: windows then).
+            if self.whole.wait(key) {
+                if let Some(b) = disk.read_at(key, offset, len) {
+                    return Ok(b);
+                }
+            }
         }
         let size = self.size(key)?;
         if offset.checked_add(len as u64).is_none_or(|end| end > size) {
@@ -459,38 +523,47 @@ impl Backend for ObjectBackend {
     /// its turn comes; anything else one by one.
     fn publish_all(&self, items: &[(&Staged, &str)]) -> Result<Vec<bool>> {
         let packs: Vec<_> = items.iter().filter(|(_, k)| is_pack(k)).collect();
-        let jobs: Vec<(String, ObjPath, PathBuf)> = packs
-            .iter()
-            .map(|(s, k)| (k.to_string(), self.obj(k), s.tmp.clone()))
-            .collect();
+        let copies = self.disk.is_some();
+        let jobs: Vec<_> = {
+            let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
+            packs
+                .iter()
+                .map(|(s, k)| (k.to_string(), self.obj(k), s.tmp.clone(), early.remove(*k)))
+                .collect()
+        };
         let store = self.store.clone();
         let first = jobs.first().map(|j| j.0.clone()).unwrap_or_default();
         let done = self.run(&first, async move {
-            futures::stream::iter(jobs.into_iter().map(|(key, path, tmp)| {
+            futures::stream::iter(jobs.into_iter().map(|(key, path, tmp, early)| {
                 let store = store.clone();
                 async move {
-                    let data =
-                        tokio::fs::read(&tmp)
-                            .await
-                            .map_err(|e| object_store::Error::Generic {
-                                store: "staged file",
-                                source: format!("{}: {e}", tmp.display()).into(),
-                            })?;
-                    let len = data.len() as u64;
-                    tracing::debug!(key, len, "PUT");
-                    store.put(&path, PutPayload::from(data)).await?;
-                    Ok::<_, object_store::Error>((key, len))
+                    // Put early, before the caller's locks: a gc may have deleted it since
+                    // (a pack no record used yet). It is there now, under the caller's sweep
+                    // lock, or it is put again.
+                    if let Some(Ok(Ok(r))) = match early {
+                        Some(h) => Some(h.await),
+                        None => None,
+                    } {
+                        match store.head(&path).await {
+                            Ok(_) => return Ok(r),
+                            Err(object_store::Error::NotFound { .. }) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    put_pack(store, key, path, tmp, copies).await
                 }
             }))
             .buffer_unordered(PUTS_AT_ONCE)
             .try_collect::<Vec<_>>()
             .await
         })?;
-        for (key, len) in done {
+        for (key, len, synced) in done {
             self.remember_size(&key, len);
-        }
-        for (s, k) in &packs {
-            self.keep_copy(k, s);
+            if let (Some(d), true) = (&self.disk, synced) {
+                if let Some((s, _)) = packs.iter().find(|(_, k)| *k == key) {
+                    d.insert(&key, &s.tmp, false);
+                }
+            }
         }
         // Packs are named by their content: putting one is never refused.
         items
@@ -573,6 +646,62 @@ impl Backend for ObjectBackend {
         self.location.clone()
     }
 
+    /// A pack's PUT starts at once, while the ingest goes on ([`PUTS_AT_ONCE`] at a time);
+    /// `publish_all` waits for it and checks it is still there.
+    fn will_publish(&self, staged: &Staged, key: &str) {
+        if !is_pack(key) {
+            return;
+        }
+        let (store, slots) = (self.store.clone(), self.early_slots.clone());
+        let (k, path, tmp) = (key.to_string(), self.obj(key), staged.tmp.clone());
+        let copies = self.disk.is_some();
+        let h = self.rt.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            put_pack(store, k, path, tmp, copies).await
+        });
+        let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
+        if early.len() >= 10_000 {
+            early.clear();
+        }
+        early.insert(key.to_string(), h);
+    }
+
+    /// Packs mostly read (at least half their bytes) and not copied here yet are fetched
+    /// whole into the local copies, [`whole::WHOLE_AT_ONCE`] at a time, in the order given,
+    /// at most half the copies' budget ahead.
+    fn will_read(&self, objects: &[(String, u64)]) {
+        let Some(disk) = &self.disk else { return };
+        let mut ahead = 0u64;
+        for (key, need) in objects {
+            if !is_pack(key) || disk.get(key).is_some() {
+                continue;
+            }
+            let Some(size) = self.known_size(key) else {
+                continue;
+            };
+            if need.saturating_mul(2) < size {
+                continue;
+            }
+            ahead += size;
+            if ahead > disk.budget() / 2 {
+                break;
+            }
+            self.whole.queue(key, self.obj(key), size);
+        }
+        for _ in 0..self.whole.workers_wanted() {
+            let (whole, store, disk) = (self.whole.clone(), self.store.clone(), disk.clone());
+            let dir = self.fetch_dir.clone();
+            self.rt.spawn(async move {
+                while let Some(job) = whole.next() {
+                    if let Err(e) = fetch_whole(&store, &disk, &dir, &job).await {
+                        tracing::debug!(key = %job.key, error = %e, "whole pack not fetched");
+                    }
+                    whole.finish(&job);
+                }
+            });
+        }
+    }
+
     fn uncache(&self, key: &str) -> bool {
         let had = self.disk.as_ref().is_some_and(|d| d.remove(key));
         if had {
@@ -583,4 +712,56 @@ impl Backend for ObjectBackend {
         }
         had
     }
+}
+
+/// GET the whole of `job`'s pack into a file of `dir`, then make it the local copy.
+async fn fetch_whole(
+    store: &AmazonS3,
+    disk: &DiskCache,
+    dir: &std::path::Path,
+    job: &Job,
+) -> std::result::Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    tracing::debug!(key = %job.key, size = job.size, "GET whole");
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let tmp = dir.join(format!(
+        "whole-{}-{}.tmp",
+        std::process::id(),
+        job.key.replace('/', "-")
+    ));
+    let r = async {
+        let mut f = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        let mut body = store
+            .get(&job.path)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_stream();
+        let mut got = 0u64;
+        while let Some(part) = body.next().await {
+            let part = part.map_err(|e| e.to_string())?;
+            got += part.len() as u64;
+            if got > job.size {
+                return Err(format!("more than the {} bytes listed", job.size));
+            }
+            f.write_all(&part)
+                .await
+                .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        }
+        if got != job.size {
+            return Err(format!("{got} bytes, {} listed", job.size));
+        }
+        f.flush()
+            .await
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        // Not fsynced: a copy lost or damaged by a power loss is read from the bucket.
+        disk.insert(&job.key, &tmp, false);
+        Ok(())
+    }
+    .await;
+    let _ = tokio::fs::remove_file(&tmp).await;
+    r
 }
