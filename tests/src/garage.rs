@@ -173,6 +173,15 @@ api_bind_addr = "127.0.0.1:{admin}"
         format!("http://127.0.0.1:{}", self.s3_port)
     }
 
+    /// In `dir`: a Garage (`dir/garage`) and `pbs archive` on its bucket under `prefix`
+    /// (config `dir/pbs.toml`, local folder `dir/archive`).
+    pub fn with_pbs(dir: &Path, prefix: &str) -> (Garage, crate::Pbs) {
+        let garage = Garage::start(&dir.join("garage"));
+        let local = dir.join("archive");
+        let cfg = garage.pbs_config(&dir.join("pbs.toml"), &local, prefix);
+        (garage, crate::Pbs::with_config(&local, cfg))
+    }
+
     /// `[archive.s3]` for a PBS config: this Garage's bucket under `prefix`.
     pub fn archive_s3_toml(&self, prefix: &str) -> String {
         format!(

@@ -402,10 +402,7 @@ fn a_flipped_byte_is_found_named_and_never_restored() {
 #[test]
 fn a_flipped_byte_in_object_storage_is_found_named_and_never_restored() {
     let tmp = TempDir::new().unwrap();
-    let garage = Garage::start(&tmp.path().join("garage"));
-    let local = tmp.path().join("archive");
-    let cfg = garage.pbs_config(&tmp.path().join("pbs.toml"), &local, "flip");
-    let pbs = Pbs::with_config(&local, cfg);
+    let (garage, pbs) = Garage::with_pbs(tmp.path(), "flip");
     flipped_byte_case(&tmp, &pbs, &Store::Garage(&garage, "flip"));
 }
 
@@ -435,10 +432,8 @@ fn restore_counting_gets(pbs: &Pbs, gen: &str, to: &Path) -> (Tree, usize, usize
 #[test]
 fn local_copies_of_packs_serve_reads_and_a_damaged_one_is_not_trusted() {
     let tmp = TempDir::new().unwrap();
-    let garage = Garage::start(&tmp.path().join("garage"));
+    let (garage, pbs) = Garage::with_pbs(tmp.path(), "copies");
     let local = tmp.path().join("archive");
-    let cfg = garage.pbs_config(&tmp.path().join("pbs.toml"), &local, "copies");
-    let pbs = Pbs::with_config(&local, cfg);
     let src = tmp.path().join("src");
     let mut rng = Rng::new(11);
     write(&src.join("big.bin"), &rng.bytes(900_000));
@@ -456,13 +451,12 @@ fn local_copies_of_packs_serve_reads_and_a_damaged_one_is_not_trusted() {
         assert_eq!(copy, get_object(&garage, &format!("copies/{key}")), "{key}");
     }
     let to = tmp.path().join("restore");
-    let (tree, gets, wholes) = restore_counting_gets(&pbs, "db/1", &to);
-    assert_same_tree(&snap, &tree, "restore from the local copies");
-    assert_eq!(
-        (gets, wholes),
-        (0, 0),
-        "a restore of local copies sent GETs"
-    );
+    let restores_from_copies_only = |what: &str| {
+        let (tree, gets, wholes) = restore_counting_gets(&pbs, "db/1", &to);
+        assert_same_tree(&snap, &tree, what);
+        assert_eq!((gets, wholes), (0, 0), "{what}: GETs sent");
+    };
+    restores_from_copies_only("restore from the local copies");
 
     // A byte flipped in the copy of the big pack: that copy goes, the bucket serves it.
     let (key, len) = all.iter().max_by_key(|(_, len)| *len).unwrap();
@@ -487,13 +481,7 @@ fn local_copies_of_packs_serve_reads_and_a_damaged_one_is_not_trusted() {
         fs::read(&copy).expect("the big pack copied again"),
         get_object(&garage, &format!("copies/{key}"))
     );
-    let (tree, gets, wholes) = restore_counting_gets(&pbs, "db/1", &to);
-    assert_same_tree(&snap, &tree, "restore from the fetched copies");
-    assert_eq!(
-        (gets, wholes),
-        (0, 0),
-        "a restore of fetched copies sent GETs"
-    );
+    restores_from_copies_only("restore from the fetched copies");
 
     // With disk_cache_mib = 0 nothing is copied: ranged reads only.
     let cfg0 = tmp.path().join("pbs0.toml");

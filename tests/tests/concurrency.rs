@@ -19,10 +19,7 @@ fn gc_runs_while_an_ingest_runs_and_loses_nothing() {
 #[test]
 fn gc_runs_while_an_ingest_runs_on_object_storage_and_loses_nothing() {
     let t = tempfile::tempdir().unwrap();
-    let garage = Garage::start(&t.path().join("garage"));
-    let local = t.path().join("archive");
-    let cfg = garage.pbs_config(&t.path().join("pbs.toml"), &local, "gc");
-    let pbs = Pbs::with_config(&local, cfg);
+    let (_garage, pbs) = Garage::with_pbs(t.path(), "gc");
     gc_while_ingesting(t.path(), &pbs);
 }
 

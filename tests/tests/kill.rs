@@ -193,10 +193,7 @@ fn sigkill_at_random_moments_never_loses_a_committed_generation() {
 #[test]
 fn sigkill_at_random_moments_on_object_storage_never_loses_a_committed_generation() {
     let tmp = TempDir::new().unwrap();
-    let garage = Garage::start(&tmp.path().join("garage"));
-    let local = tmp.path().join("archive");
-    let cfg = garage.pbs_config(&tmp.path().join("pbs.toml"), &local, "kill");
-    let pbs = Pbs::with_config(&local, cfg);
+    let (garage, pbs) = Garage::with_pbs(tmp.path(), "kill");
     kill_cycle(&tmp, &pbs, 24, 0x5eed_0b1e_c7ed);
     // Everything the archive refers to is in the bucket, nothing but scratch is local.
     let objects = garage.objects("kill");
@@ -208,7 +205,7 @@ fn sigkill_at_random_moments_on_object_storage_never_loses_a_committed_generatio
         objects.iter().any(|k| k.starts_with("kill/packs/")),
         "{objects:?}"
     );
-    assert!(!local.join("packs").exists() && !local.join("gens").exists());
+    assert!(!pbs.archive.join("packs").exists() && !pbs.archive.join("gens").exists());
 }
 
 /// `iterations` random ingests, prunes and gcs, most of them SIGKILLed at a random
