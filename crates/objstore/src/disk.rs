@@ -66,22 +66,17 @@ impl DiskCache {
         self.budget
     }
 
-    /// Keep `staged` (the whole object `key`) as its copy, fsynced first if `durable`.
-    /// Best effort: a failure only means the bucket is read later.
-    pub(crate) fn insert(&self, key: &str, staged: &Path, durable: bool) {
-        if let Err(e) = self.link(key, staged, durable) {
+    /// Keep `staged` (the whole object `key`, fsynced by the caller where it matters) as
+    /// its copy. Best effort: a failure only means the bucket is read later.
+    pub(crate) fn insert(&self, key: &str, staged: &Path) {
+        if let Err(e) = self.link(key, staged) {
             tracing::warn!(key, error = %e, "pack not kept in the local cache");
         }
     }
 
-    fn link(&self, key: &str, staged: &Path, durable: bool) -> std::io::Result<()> {
+    fn link(&self, key: &str, staged: &Path) -> std::io::Result<()> {
         let path = self.path(key);
-        let f = File::open(staged)?;
-        let len = f.metadata()?.len();
-        // On disk before it has a name: a power loss leaves no copy with lost content.
-        if durable {
-            f.sync_all()?;
-        }
+        let len = fs::metadata(staged)?.len();
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent)?;
         }
@@ -240,7 +235,7 @@ mod tests {
         let c = DiskCache::new(d.path().join("cache"), 1 << 20).unwrap();
         assert!(c.read_at("packs/aa/x.pack", 0, 1).is_none());
         let s = staged(d.path(), "s1", b"hello pack");
-        c.insert("packs/aa/x.pack", &s, true);
+        c.insert("packs/aa/x.pack", &s);
         // The staged file may go: the copy is a second name.
         fs::remove_file(&s).unwrap();
         assert_eq!(c.read_at("packs/aa/x.pack", 6, 4).unwrap(), b"pack");
@@ -259,7 +254,7 @@ mod tests {
         let t0 = SystemTime::now() - std::time::Duration::from_secs(100);
         for (i, name) in ["a", "b", "c"].iter().enumerate() {
             let s = staged(d.path(), name, &[0u8; 1000]);
-            c.insert(&format!("packs/{name}"), &s, true);
+            c.insert(&format!("packs/{name}"), &s);
             let f = File::options()
                 .write(true)
                 .open(d.path().join("cache/packs").join(name))
@@ -271,7 +266,7 @@ mod tests {
         let c = DiskCache::new(d.path().join("cache"), 3000).unwrap();
         assert!(c.get("packs/a").is_some());
         let s = staged(d.path(), "d", &[0u8; 1000]);
-        c.insert("packs/d", &s, true);
+        c.insert("packs/d", &s);
         // 4000 > 3000: down to 2700 at most, oldest read first: b, then c.
         let left: Vec<bool> = ["a", "b", "c", "d"]
             .iter()

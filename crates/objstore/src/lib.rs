@@ -142,28 +142,26 @@ pub struct ObjectBackend {
     disk: Option<Arc<DiskCache>>,
     /// Whole packs being fetched into `disk` ahead of a restore.
     whole: Arc<Whole>,
-    /// Where a whole pack is written while it arrives.
-    fetch_dir: PathBuf,
     /// PUTs of packs started by `will_publish`, by key; `publish_all` takes them.
     early: Mutex<HashMap<String, tokio::task::JoinHandle<PutResult>>>,
     /// Early PUTs in flight at once (each holds its pack in memory).
     early_slots: Arc<tokio::sync::Semaphore>,
 }
 
-/// A pack put: its key, its size, whether its staged file was fsynced (so it may become
-/// the local copy).
-type PutResult = std::result::Result<(String, u64, bool), object_store::Error>;
+/// A pack put: its key and its size.
+type PutResult = std::result::Result<(String, u64), object_store::Error>;
 
-/// PUT the staged file `tmp` as `path`; with `copies`, fsync it meanwhile.
+/// PUT the staged file `tmp` as `path`; with `disk`, fsync it meanwhile and, once both
+/// succeeded, keep it as the pack's local copy.
 async fn put_pack(
     store: Arc<AmazonS3>,
+    disk: Option<Arc<DiskCache>>,
     key: String,
     path: ObjPath,
     tmp: PathBuf,
-    copies: bool,
 ) -> PutResult {
     // The local copy is fsynced while the PUT goes (not after it).
-    let synced = copies.then(|| {
+    let synced = disk.is_some().then(|| {
         let tmp = tmp.clone();
         tokio::task::spawn_blocking(move || std::fs::File::open(&tmp).and_then(|f| f.sync_all()))
     });
@@ -176,11 +174,12 @@ async fn put_pack(
     let len = data.len() as u64;
     tracing::debug!(key, len, "PUT");
     store.put(&path, PutPayload::from(data)).await?;
-    let synced = match synced {
-        Some(s) => matches!(s.await, Ok(Ok(()))),
-        None => false,
-    };
-    Ok((key, len, synced))
+    if let (Some(disk), Some(synced)) = (disk, synced) {
+        if matches!(synced.await, Ok(Ok(()))) {
+            disk.insert(&key, &tmp);
+        }
+    }
+    Ok((key, len))
 }
 
 fn io_err(kind: io::ErrorKind, msg: String) -> io::Error {
@@ -259,7 +258,6 @@ impl ObjectBackend {
             prefix,
             disk: disk.map(Arc::new),
             whole: Arc::new(Whole::default()),
-            fetch_dir: local.join("tmp"),
             early: Mutex::new(HashMap::new()),
             early_slots: Arc::new(tokio::sync::Semaphore::new(PUTS_AT_ONCE)),
             local: LocalBackend::new(local),
@@ -357,13 +355,6 @@ impl ObjectBackend {
             Ok(_) => Ok(true),
             Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
-        }
-    }
-
-    /// Keep the staged file of a pack just put as its local copy.
-    fn keep_copy(&self, key: &str, staged: &Staged) {
-        if let Some(d) = &self.disk {
-            d.insert(key, &staged.tmp, true);
         }
     }
 
@@ -465,13 +456,8 @@ impl Backend for ObjectBackend {
         if is_local(key) {
             return self.local.size(key);
         }
-        if let Some(s) = self
-            .sizes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-        {
-            return Ok(*s);
+        if let Some(s) = self.known_size(key) {
+            return Ok(s);
         }
         if let Some(s) = self.disk.as_ref().and_then(|d| d.size(key)) {
             return Ok(s);
@@ -492,17 +478,14 @@ impl Backend for ObjectBackend {
         if is_local(key) {
             return self.local.publish(staged, key);
         }
+        if is_pack(key) {
+            return Ok(self.publish_all(&[(staged, key)])?.contains(&true));
+        }
         let data = std::fs::read(&staged.tmp).map_err(|source| Error::Io {
             path: staged.tmp.clone(),
             source,
         })?;
         let data = Bytes::from(data);
-        if is_pack(key) {
-            // Named by the hash of its content: putting it again changes nothing.
-            self.put(key, data, PutMode::Overwrite)?;
-            self.keep_copy(key, staged);
-            return Ok(true);
-        }
         if self.conditional {
             return match self.put(key, data, PutMode::Create) {
                 Ok(()) => Ok(true),
@@ -523,7 +506,7 @@ impl Backend for ObjectBackend {
     /// its turn comes; anything else one by one.
     fn publish_all(&self, items: &[(&Staged, &str)]) -> Result<Vec<bool>> {
         let packs: Vec<_> = items.iter().filter(|(_, k)| is_pack(k)).collect();
-        let copies = self.disk.is_some();
+        let disk = self.disk.clone();
         let jobs: Vec<_> = {
             let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
             packs
@@ -535,7 +518,7 @@ impl Backend for ObjectBackend {
         let first = jobs.first().map(|j| j.0.clone()).unwrap_or_default();
         let done = self.run(&first, async move {
             futures::stream::iter(jobs.into_iter().map(|(key, path, tmp, early)| {
-                let store = store.clone();
+                let (store, disk) = (store.clone(), disk.clone());
                 async move {
                     // Put early, before the caller's locks: a gc may have deleted it since
                     // (a pack no record used yet). It is there now, under the caller's sweep
@@ -550,20 +533,15 @@ impl Backend for ObjectBackend {
                             Err(e) => return Err(e),
                         }
                     }
-                    put_pack(store, key, path, tmp, copies).await
+                    put_pack(store, disk, key, path, tmp).await
                 }
             }))
             .buffer_unordered(PUTS_AT_ONCE)
             .try_collect::<Vec<_>>()
             .await
         })?;
-        for (key, len, synced) in done {
+        for (key, len) in done {
             self.remember_size(&key, len);
-            if let (Some(d), true) = (&self.disk, synced) {
-                if let Some((s, _)) = packs.iter().find(|(_, k)| *k == key) {
-                    d.insert(&key, &s.tmp, false);
-                }
-            }
         }
         // Packs are named by their content: putting one is never refused.
         items
@@ -652,12 +630,15 @@ impl Backend for ObjectBackend {
         if !is_pack(key) {
             return;
         }
-        let (store, slots) = (self.store.clone(), self.early_slots.clone());
+        let (store, disk, slots) = (
+            self.store.clone(),
+            self.disk.clone(),
+            self.early_slots.clone(),
+        );
         let (k, path, tmp) = (key.to_string(), self.obj(key), staged.tmp.clone());
-        let copies = self.disk.is_some();
         let h = self.rt.spawn(async move {
             let _slot = slots.acquire_owned().await;
-            put_pack(store, k, path, tmp, copies).await
+            put_pack(store, disk, k, path, tmp).await
         });
         let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
         if early.len() >= 10_000 {
@@ -690,7 +671,7 @@ impl Backend for ObjectBackend {
         }
         for _ in 0..self.whole.workers_wanted() {
             let (whole, store, disk) = (self.whole.clone(), self.store.clone(), disk.clone());
-            let dir = self.fetch_dir.clone();
+            let dir = self.local.root().join("tmp");
             self.rt.spawn(async move {
                 while let Some(job) = whole.next() {
                     if let Err(e) = fetch_whole(&store, &disk, &dir, &job).await {
@@ -758,7 +739,7 @@ async fn fetch_whole(
             .await
             .map_err(|e| format!("{}: {e}", tmp.display()))?;
         // Not fsynced: a copy lost or damaged by a power loss is read from the bucket.
-        disk.insert(&job.key, &tmp, false);
+        disk.insert(&job.key, &tmp);
         Ok(())
     }
     .await;
