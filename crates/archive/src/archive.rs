@@ -371,32 +371,23 @@ impl Archive {
     /// Tell the backend which packs restoring `nodes` reads, in the order of first use,
     /// with the stored bytes needed of each (delta bases included).
     pub(crate) fn announce_reads(&self, nodes: &[Node]) {
-        let mut order: Vec<u32> = Vec::new();
-        let mut need: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
-        let mut seen: DigestSet<ChunkId> = DigestSet::default();
         let keys = {
             let idx = self.index();
-            for n in nodes {
-                let mut todo: Vec<ChunkId> = n.chunk_list().iter().rev().map(|c| c.0).collect();
-                while let Some(id) = todo.pop() {
-                    if !seen.insert(id) {
-                        continue;
+            let mut need: Vec<Option<u64>> = vec![None; idx.packs.len()];
+            let mut order = Vec::new();
+            let mut seen = DigestSet::default();
+            for c in nodes.iter().flat_map(|n| n.chunk_list()) {
+                idx.each_in_chain(c.0, &mut seen, |_, info| {
+                    let p = info.pack as usize;
+                    if need[p].is_none() {
+                        order.push(p);
                     }
-                    let Some(info) = idx.get(&id) else { continue };
-                    let bytes = need.entry(info.pack).or_insert_with(|| {
-                        order.push(info.pack);
-                        0
-                    });
-                    *bytes += info.entry.stored_len as u64;
-                    todo.extend(info.entry.bases.iter().rev().copied());
-                }
+                    *need[p].get_or_insert(0) += info.entry.stored_len as u64;
+                });
             }
             order
-                .iter()
-                .filter_map(|p| {
-                    let pid = idx.packs.get(*p as usize)?;
-                    Some((pack::key(pid), need.get(p).copied().unwrap_or(0)))
-                })
+                .into_iter()
+                .map(|p| (pack::key(&idx.packs[p]), need[p].unwrap_or(0)))
                 .collect::<Vec<_>>()
         };
         self.backend.will_read(&keys);
@@ -405,19 +396,17 @@ impl Archive {
     /// Drop the backend's local copies of the packs `id` is decoded from (its own and its
     /// delta bases'), and the decoded bases; true when a copy was dropped.
     fn uncache_chain(&self, id: &ChunkId) -> bool {
+        let mut chain = Vec::new();
+        {
+            let idx = self.index();
+            idx.each_in_chain(*id, &mut DigestSet::default(), |c, info| {
+                chain.push((c, idx.packs[info.pack as usize]));
+            });
+        }
         let mut dropped = false;
-        let mut todo = vec![(*id, 0u32)];
-        while let Some((c, depth)) = todo.pop() {
-            let (pid, bases) = {
-                let idx = self.index();
-                let Some(info) = idx.get(&c) else { continue };
-                (idx.packs[info.pack as usize], info.entry.bases.clone())
-            };
+        for (c, pid) in chain {
             dropped |= self.backend.uncache(&pack::key(&pid));
             self.cache.remove(&c);
-            if depth <= MAX_DEPTH as u32 {
-                todo.extend(bases.into_iter().map(|b| (b, depth + 1)));
-            }
         }
         dropped
     }

@@ -76,24 +76,18 @@ const GC_LOCK: &str = "gc";
 impl Archive {
     /// Everything any generation needs, delta bases included.
     fn live_set(&self) -> Result<(DigestSet<ChunkId>, std::collections::HashSet<GenId>)> {
-        let mut live = DigestSet::default();
+        let mut used = DigestSet::default();
         let mut gens = std::collections::HashSet::new();
         for g in self.generations()? {
             if let Some(ids) = self.chunks_of(&g)? {
-                live.extend(ids);
+                used.extend(ids);
                 gens.insert(g);
             }
         }
         let idx = self.index();
-        let mut stack: Vec<ChunkId> = live.iter().copied().collect();
-        while let Some(id) = stack.pop() {
-            if let Some(info) = idx.get(&id) {
-                for b in &info.entry.bases {
-                    if live.insert(*b) {
-                        stack.push(*b);
-                    }
-                }
-            }
+        let mut live = DigestSet::default();
+        for id in used {
+            idx.each_in_chain(id, &mut live, |_, _| {});
         }
         Ok((live, gens))
     }

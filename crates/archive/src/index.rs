@@ -83,6 +83,26 @@ impl Index {
         self.blobs.get(id)
     }
 
+    /// Visit `id` and every delta base below it that this index holds, each once: `seen`
+    /// gets every id met (also those not held), may be shared across calls, and stops a
+    /// cycle.
+    pub fn each_in_chain(
+        &self,
+        id: ChunkId,
+        seen: &mut DigestSet<ChunkId>,
+        mut visit: impl FnMut(ChunkId, &BlobInfo),
+    ) {
+        let mut todo = vec![id];
+        while let Some(c) = todo.pop() {
+            if !seen.insert(c) {
+                continue;
+            }
+            let Some(info) = self.get(&c) else { continue };
+            visit(c, info);
+            todo.extend(info.entry.bases.iter().rev().copied());
+        }
+    }
+
     pub fn contains(&self, id: &ChunkId) -> bool {
         self.blobs.contains_key(id)
     }
