@@ -363,7 +363,7 @@ seq_pullback_s3() {
   timed "$L" "$PB" archive restore --config "$C" "$ds/latest" --to "$T"
   rec "$ds" pullback-s3 "restore v2" "$r" "$b2" "$(garage_bytes "$P")" "$(verify "$T" "$W/stage/$ds")"
   rm -rf "$T"
-  # As on a new PBS host with the same bucket: no local copies of packs, every blob fetched.
+  # As on a new PBS host with the same bucket: no local copies of packs, all from the bucket.
   rm -rf "$R/cache"
   timed "$L" "$PB" archive restore --config "$C" "$ds/latest" --to "$T"
   rec "$ds" pullback-s3 "restore v2 cold" "$r" "$b2" "$(garage_bytes "$P")" "$(verify "$T" "$W/stage/$ds")"

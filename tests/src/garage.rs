@@ -104,11 +104,7 @@ api_bind_addr = "127.0.0.1:{admin}"
         Ok(g)
     }
 
-    /// `garage -c CONF ARGS`, required to succeed; its stdout.
-    pub fn cli(&self, args: &[&str]) -> String {
-        self.try_cli(args).unwrap_or_else(|e| panic!("{e}"))
-    }
-
+    /// `garage -c CONF ARGS`: its stdout, or why it failed.
     fn try_cli(&self, args: &[&str]) -> Result<String, String> {
         let out = Command::new(garage_bin())
             .arg("-c")
