@@ -436,7 +436,8 @@ fn local_copies_of_packs_serve_reads_and_a_damaged_one_is_not_trusted() {
     let local = tmp.path().join("archive");
     let src = tmp.path().join("src");
     let mut rng = Rng::new(11);
-    write(&src.join("big.bin"), &rng.bytes(900_000));
+    // Larger than two of the pieces a pack is fetched in (4 MiB).
+    write(&src.join("big.bin"), &rng.bytes(9_000_000));
     write(&src.join("small.txt"), &rng.text(3_000));
     pbs.ok(&["ingest", "--source", "db", s(&src)]);
     let snap = snapshot(&src);
@@ -460,7 +461,7 @@ fn local_copies_of_packs_serve_reads_and_a_damaged_one_is_not_trusted() {
 
     // A byte flipped in the copy of the big pack: that copy goes, the bucket serves it.
     let (key, len) = all.iter().max_by_key(|(_, len)| *len).unwrap();
-    assert!(*len > 800_000, "{all:?}");
+    assert!(*len > 8 << 20, "{all:?}");
     let copy = local.join("cache").join(key);
     flip(&copy, *len as usize / 2);
     let (tree, gets, _) = restore_counting_gets(&pbs, "db/1", &to);

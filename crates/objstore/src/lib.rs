@@ -46,7 +46,7 @@ mod whole;
 
 use disk::DiskCache;
 use ranges::{Plan, Ranges, Slot};
-use whole::{Job, Whole};
+use whole::{Job, Outcome, Whole};
 
 /// `[archive.s3]` in the PBS config.
 #[derive(Clone, Deserialize)]
@@ -140,7 +140,7 @@ pub struct ObjectBackend {
     ranges: Arc<Ranges>,
     /// Local copies of packs (`disk_cache_mib`).
     disk: Option<Arc<DiskCache>>,
-    /// Whole packs being fetched into `disk` ahead of a restore.
+    /// Packs being fetched whole into `disk` ahead of a restore.
     whole: Arc<Whole>,
     /// PUTs of packs started by `will_publish`, by key; `publish_all` takes them.
     early: Mutex<HashMap<String, tokio::task::JoinHandle<PutResult>>>,
@@ -413,11 +413,13 @@ impl Backend for ObjectBackend {
             if let Some(b) = disk.read_at(key, offset, len) {
                 return Ok(b);
             }
-            // Announced by `will_read`: it is coming whole (or failed: windows then).
-            if self.whole.wait(key) {
-                if let Some(b) = disk.read_at(key, offset, len) {
-                    return Ok(b);
-                }
+            // Announced by `will_read`: coming in pieces (or failed: ranged reads then).
+            if let Some(b) = self.whole.read_at(key, offset, len) {
+                return Ok(b);
+            }
+            // Its fetch may have just ended.
+            if let Some(b) = disk.read_at(key, offset, len) {
+                return Ok(b);
             }
         }
         let size = self.size(key)?;
@@ -648,8 +650,8 @@ impl Backend for ObjectBackend {
     }
 
     /// Packs mostly read (at least half their bytes) and not copied here yet are fetched
-    /// whole into the local copies, [`whole::WHOLE_AT_ONCE`] at a time, in the order given,
-    /// at most half the copies' budget ahead.
+    /// whole into the local copies, in the order given, in pieces ([`whole::PIECE`],
+    /// [`whole::WHOLE_AT_ONCE`] at a time), at most half the copies' budget ahead.
     fn will_read(&self, objects: &[(String, u64)]) {
         let Some(disk) = &self.disk else { return };
         let mut ahead = 0u64;
@@ -667,17 +669,35 @@ impl Backend for ObjectBackend {
             if ahead > disk.budget() / 2 {
                 break;
             }
-            self.whole.queue(key, self.obj(key), size);
+            static FETCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = FETCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = self.local.root().join("tmp").join(format!(
+                "whole-{}-{n}-{}.tmp",
+                std::process::id(),
+                key.replace('/', "-")
+            ));
+            self.whole.queue(key, self.obj(key), size, tmp);
         }
         for _ in 0..self.whole.workers_wanted() {
             let (whole, store, disk) = (self.whole.clone(), self.store.clone(), disk.clone());
-            let dir = self.local.root().join("tmp");
             self.rt.spawn(async move {
-                while let Some(job) = whole.next() {
-                    if let Err(e) = fetch_whole(&store, &disk, &dir, &job).await {
-                        tracing::debug!(key = %job.key, error = %e, "whole pack not fetched");
+                while let Some((job, piece)) = whole.next() {
+                    let ok = match fetch_piece(&store, &job, piece).await {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::debug!(key = %job.key, piece, error = %e, "pack not fetched whole");
+                            false
+                        }
+                    };
+                    match whole.piece_done(&job, piece, ok) {
+                        Outcome::Partial => continue,
+                        // Not fsynced: a copy lost or damaged by a power loss is read from
+                        // the bucket.
+                        Outcome::Complete => disk.insert(&job.key, &job.tmp),
+                        Outcome::Failed => {}
                     }
-                    whole.finish(&job);
+                    whole.forget(&job);
+                    let _ = tokio::fs::remove_file(&job.tmp).await;
                 }
             });
         }
@@ -695,54 +715,30 @@ impl Backend for ObjectBackend {
     }
 }
 
-/// GET the whole of `job`'s pack into a file of `dir`, then make it the local copy.
-async fn fetch_whole(
-    store: &AmazonS3,
-    disk: &DiskCache,
-    dir: &std::path::Path,
-    job: &Job,
-) -> std::result::Result<(), String> {
-    use tokio::io::AsyncWriteExt;
-    tracing::debug!(key = %job.key, size = job.size, "GET whole");
-    tokio::fs::create_dir_all(dir)
-        .await
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
-    let tmp = dir.join(format!(
-        "whole-{}-{}.tmp",
-        std::process::id(),
-        job.key.replace('/', "-")
-    ));
-    let r = async {
-        let mut f = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        let mut body = store
-            .get(&job.path)
-            .await
-            .map_err(|e| e.to_string())?
-            .into_stream();
-        let mut got = 0u64;
-        while let Some(part) = body.next().await {
-            let part = part.map_err(|e| e.to_string())?;
-            got += part.len() as u64;
-            if got > job.size {
-                return Err(format!("more than the {} bytes listed", job.size));
-            }
-            f.write_all(&part)
-                .await
-                .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        }
-        if got != job.size {
-            return Err(format!("{got} bytes, {} listed", job.size));
-        }
-        f.flush()
-            .await
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        // Not fsynced: a copy lost or damaged by a power loss is read from the bucket.
-        disk.insert(&job.key, &tmp);
-        Ok(())
+/// GET piece `i` of `job`'s pack into its file.
+async fn fetch_piece(store: &AmazonS3, job: &Job, i: usize) -> std::result::Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    let (start, end) = job.range(i);
+    if i == 0 {
+        tracing::debug!(key = %job.key, size = job.size, "GET whole");
     }
-    .await;
-    let _ = tokio::fs::remove_file(&tmp).await;
-    r
+    tracing::trace!(key = %job.key, start, end, "GET piece");
+    let b = store
+        .get_range(&job.path, start..end)
+        .await
+        .map_err(|e| e.to_string())?;
+    if b.len() as u64 != end - start {
+        return Err(format!(
+            "asked {} bytes at {start}, the store sent {}",
+            end - start,
+            b.len()
+        ));
+    }
+    let file = job
+        .file()
+        .map_err(|e| format!("{}: {e}", job.tmp.display()))?;
+    tokio::task::spawn_blocking(move || file.write_all_at(&b, start))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{}: {e}", job.tmp.display()))
 }
