@@ -11,8 +11,10 @@
 # Usage:   bash bench/bench.sh WORKDIR          (as root, Debian 12)
 # Knobs (environment variables):
 #   DATASETS="pgtext tree"          data sets to run
-#   TOOLS="pullback pullback-s3 restic borg"  tools to run (pullback-s3: the archive in a
-#                                   Garage S3 server on loopback, started by this script)
+#   TOOLS="pullback pullback-s3 pullback-1cpu pullback-s3-1cpu restic borg"  tools to run
+#                                   (pullback-s3: the archive in a Garage S3 server on
+#                                   loopback, started by this script; -1cpu: pbs held to
+#                                   CPU 0 and Garage to the others, as if on a host of its own)
 #   REPEAT=1                        runs per sequence (fresh repository each); medians reported
 #   SCALE=30                        pgbench scale factor of pgtext
 #   PGB_TX=10000                    pgbench transactions per client (2 clients) for the next day
@@ -40,7 +42,7 @@ PGB_TX=${PGB_TX:-10000}
 TREE_SOURCES=${TREE_SOURCES:-/usr/share /usr/lib/python3.11 /usr/lib/python3 /usr/lib/gcc}
 TREE_EXCLUDES=${TREE_EXCLUDES:-package-lists locale}
 DATASETS=${DATASETS:-pgtext tree}
-TOOLS=${TOOLS:-pullback pullback-s3 restic borg}
+TOOLS=${TOOLS:-pullback pullback-s3 pullback-1cpu pullback-s3-1cpu restic borg}
 REPEAT=${REPEAT:-1}
 FORCE_DATA=${FORCE_DATA:-0}
 COLD=${COLD:-0}
@@ -64,7 +66,9 @@ has() { command -v "$1" >/dev/null 2>&1; }
 listed() { [[ " $2 " == *" $1 "* ]]; } # listed WORD LIST
 bytes() { du -sb "$1" | cut -f1; }
 
-for t in $TOOLS; do listed "$t" "pullback pullback-s3 restic borg" || die "unknown tool '$t' (TOOLS: pullback pullback-s3 restic borg)"; done
+ALL_TOOLS="pullback pullback-s3 pullback-1cpu pullback-s3-1cpu restic borg"
+for t in $TOOLS; do listed "$t" "$ALL_TOOLS" || die "unknown tool '$t' (TOOLS: $ALL_TOOLS)"; done
+if [[ $TOOLS == *1cpu* ]] && (($(nproc) < 2)); then die "the -1cpu tools need at least 2 CPUs"; fi
 # shellcheck source=bench/garage.sh
 source "$ROOT/bench/garage.sh"
 trap garage_stop EXIT
@@ -148,7 +152,7 @@ versions() {
   rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "(no commit)")
   if [[ -n $(git -C "$ROOT" --no-optional-locks status --porcelain 2>/dev/null | head -n1) ]]; then rev+=" + uncommitted changes"; fi
   {
-    if listed pullback "$TOOLS"; then printf 'pullback\t%s (%s)\n' "$("$PB" --version 2>/dev/null | head -n1 || true)" "$PB; git $rev"; fi
+    if [[ " $TOOLS" == *" pullback"* ]]; then printf 'pullback\t%s (%s)\n' "$("$PB" --version 2>/dev/null | head -n1 || true)" "$PB; git $rev"; fi
     if listed restic "$TOOLS"; then printf 'restic\t%s\n' "$(restic version | head -n1 | cut -d' ' -f1-2)"; fi
     if listed borg "$TOOLS"; then printf 'borg\t%s\n' "$(borg --version)"; fi
     printf 'machine\t%s x%s, %s, kernel %s\n' "$(lscpu | sed -n 's/^Model name: *//p' | head -n1)" "$(nproc)" \
@@ -326,48 +330,68 @@ verify() {
   fi
 }
 
-seq_pullback() {
-  local ds=$1 r=$2 R=$W/repo/$1-pullback T=$W/restore/$1-pullback L=$LOG/$1-pullback.log b1 b2
+# pullback_seq DS RUN TOOL [PREFIX...] : the three steps, pbs run under PREFIX (taskset).
+pullback_seq() {
+  local ds=$1 r=$2 t=$3 R=$W/repo/$1-$3 T=$W/restore/$1-$3 L=$LOG/$1-$3.log b1 b2
+  shift 3
+  local pb=("$@" "$PB")
   rm -rf "$R" "$T"
-  timed "$L" "$PB" archive init --archive "$R"
+  timed "$L" "${pb[@]}" archive init --archive "$R"
   put_stage "$ds" 1
   b1=$(bytes "$W/stage/$ds")
-  timed "$L" "$PB" archive ingest --archive "$R" --source "$ds" "$W/stage/$ds"
-  rec "$ds" pullback "backup v1" "$r" "$b1" "$(bytes "$R")"
+  timed "$L" "${pb[@]}" archive ingest --archive "$R" --source "$ds" "$W/stage/$ds"
+  rec "$ds" "$t" "backup v1" "$r" "$b1" "$(bytes "$R")"
   put_stage "$ds" 2
   b2=$(bytes "$W/stage/$ds")
-  timed "$L" "$PB" archive ingest --archive "$R" --source "$ds" "$W/stage/$ds"
-  rec "$ds" pullback "backup v2" "$r" "$b2" "$(bytes "$R")"
-  timed "$L" "$PB" archive restore --archive "$R" "$ds/latest" --to "$T"
-  rec "$ds" pullback "restore v2" "$r" "$b2" "$(bytes "$R")" "$(verify "$T" "$W/stage/$ds")"
+  timed "$L" "${pb[@]}" archive ingest --archive "$R" --source "$ds" "$W/stage/$ds"
+  rec "$ds" "$t" "backup v2" "$r" "$b2" "$(bytes "$R")"
+  timed "$L" "${pb[@]}" archive restore --archive "$R" "$ds/latest" --to "$T"
+  rec "$ds" "$t" "restore v2" "$r" "$b2" "$(bytes "$R")" "$(verify "$T" "$W/stage/$ds")"
   rm -rf "$T"
 }
+seq_pullback() { pullback_seq "$1" "$2" pullback; }
+# pbs held to CPU 0, as pullback-s3-1cpu holds it (beside a Garage on the other CPUs).
+seq_pullback_1cpu() { pullback_seq "$1" "$2" pullback-1cpu taskset -c 0; }
 
 # The same three steps with the archive in the bucket (local folder: scratch only); repo
 # size = the objects under the run's prefix.
-seq_pullback_s3() {
-  local ds=$1 r=$2 R=$W/repo/$1-pullback-s3 T=$W/restore/$1-pullback-s3 L=$LOG/$1-pullback-s3.log b1 b2
-  local C=$W/repo/$1-pullback-s3.toml P=$1-run$2-$$
-  garage_start "$W/garage"
+# pullback_s3_seq DS RUN TOOL [PREFIX...]
+pullback_s3_seq() {
+  local ds=$1 r=$2 t=$3 R=$W/repo/$1-$3 T=$W/restore/$1-$3 L=$LOG/$1-$3.log b1 b2
+  local C=$W/repo/$1-$3.toml P=$1-$3-run$2-$$
+  shift 3
+  local pb=("$@" "$PB")
   rm -rf "$R" "$T"
   garage_pbs_config "$C" "$R" "$P"
-  timed "$L" "$PB" archive init --config "$C"
+  timed "$L" "${pb[@]}" archive init --config "$C"
   put_stage "$ds" 1
   b1=$(bytes "$W/stage/$ds")
-  timed "$L" "$PB" archive ingest --config "$C" --source "$ds" "$W/stage/$ds"
-  rec "$ds" pullback-s3 "backup v1" "$r" "$b1" "$(garage_bytes "$P")"
+  timed "$L" "${pb[@]}" archive ingest --config "$C" --source "$ds" "$W/stage/$ds"
+  rec "$ds" "$t" "backup v1" "$r" "$b1" "$(garage_bytes "$P")"
   put_stage "$ds" 2
   b2=$(bytes "$W/stage/$ds")
-  timed "$L" "$PB" archive ingest --config "$C" --source "$ds" "$W/stage/$ds"
-  rec "$ds" pullback-s3 "backup v2" "$r" "$b2" "$(garage_bytes "$P")"
-  timed "$L" "$PB" archive restore --config "$C" "$ds/latest" --to "$T"
-  rec "$ds" pullback-s3 "restore v2" "$r" "$b2" "$(garage_bytes "$P")" "$(verify "$T" "$W/stage/$ds")"
+  timed "$L" "${pb[@]}" archive ingest --config "$C" --source "$ds" "$W/stage/$ds"
+  rec "$ds" "$t" "backup v2" "$r" "$b2" "$(garage_bytes "$P")"
+  timed "$L" "${pb[@]}" archive restore --config "$C" "$ds/latest" --to "$T"
+  rec "$ds" "$t" "restore v2" "$r" "$b2" "$(garage_bytes "$P")" "$(verify "$T" "$W/stage/$ds")"
   rm -rf "$T"
   # As on a new PBS host with the same bucket: no local copies of packs, all from the bucket.
   rm -rf "$R/cache"
-  timed "$L" "$PB" archive restore --config "$C" "$ds/latest" --to "$T"
-  rec "$ds" pullback-s3 "restore v2 cold" "$r" "$b2" "$(garage_bytes "$P")" "$(verify "$T" "$W/stage/$ds")"
+  timed "$L" "${pb[@]}" archive restore --config "$C" "$ds/latest" --to "$T"
+  rec "$ds" "$t" "restore v2 cold" "$r" "$b2" "$(garage_bytes "$P")" "$(verify "$T" "$W/stage/$ds")"
   rm -rf "$T"
+}
+seq_pullback_s3() {
+  garage_start "$W/garage"
+  garage_pin "0-$(($(nproc) - 1))"
+  pullback_s3_seq "$1" "$2" pullback-s3
+}
+# As if Garage had a host of its own: pbs on CPU 0, Garage on the others (compare with
+# pullback-1cpu, which gets the same one CPU).
+seq_pullback_s3_1cpu() {
+  garage_start "$W/garage"
+  garage_pin "1-$(($(nproc) - 1))"
+  pullback_s3_seq "$1" "$2" pullback-s3-1cpu taskset -c 0
 }
 
 seq_restic() {
@@ -507,6 +531,8 @@ print("\nMB = 10^6 B. MB/s = input (or restored) bytes / wall. Growth = reposito
 
 print("\n### Targets (pullback, this run)\n")
 
+summary_tools = {k[1] for k in summary}
+
 def val(ds, tool, step, field):
     s = summary.get((ds, tool, step))
     return None if s is None else s[field]
@@ -539,15 +565,18 @@ vs_wall("pgtext backup v2 wall, s", "pgtext", "backup v2", "borg", "backup v2", 
 vs_wall("pgtext restore v2 wall, s", "pgtext", "restore v2", "borg", "restore v2", 0.75)
 # The archive on Garage: ≥ 0.8 × the local throughput (wall ≤ 1.25 × local), same growth.
 # "restore v2 cold": without the PBS's local copies of packs (a new host on the bucket).
-for step, s3_step in (("backup v1",) * 2, ("backup v2",) * 2, ("restore v2",) * 2,
-                      ("restore v2", "restore v2 cold")):
-    s3, local = val("pgtext", "pullback-s3", s3_step, "wall"), val("pgtext", "pullback", step, "wall")
-    name = f"pgtext {s3_step} on Garage wall, s"
-    if s3 is None or local is None:
-        target(name, None, None, "pullback and pullback-s3 on pgtext")
-    else:
-        check = val("pgtext", "pullback-s3", s3_step, "check") if step.startswith("restore") else None
-        target(name, s3, 1.25 * local, f"1.25 × local {local:.2f} s, i.e. ≥ 0.8 × its throughput", check)
+# "1 CPU each": pbs held to one CPU in both, Garage on the other (as on a host of its own).
+for tl, ts, how in (("pullback", "pullback-s3", ""), ("pullback-1cpu", "pullback-s3-1cpu", ", 1 CPU each")):
+    for step, s3_step in (("backup v1",) * 2, ("backup v2",) * 2, ("restore v2",) * 2,
+                          ("restore v2", "restore v2 cold")):
+        s3, local = val("pgtext", ts, s3_step, "wall"), val("pgtext", tl, step, "wall")
+        name = f"pgtext {s3_step} on Garage{how} wall, s"
+        if s3 is None or local is None:
+            if not how or {tl, ts} & summary_tools:
+                target(name, None, None, f"{tl} and {ts} on pgtext")
+        else:
+            check = val("pgtext", ts, s3_step, "check") if step.startswith("restore") else None
+            target(name, s3, 1.25 * local, f"1.25 × local {local:.2f} s, i.e. ≥ 0.8 × its throughput", check)
 gs, gl = val("pgtext", "pullback-s3", "backup v2", "growth"), val("pgtext", "pullback", "backup v2", "growth")
 if gs is None or gl is None:
     target("pgtext backup v2 growth on Garage, MB", None, None, "pullback and pullback-s3 on pgtext")
@@ -556,7 +585,7 @@ else:
 vs_wall("tree backup v1 wall, s", "tree", "backup v1", "restic", "backup v1", 1.0)
 vs_wall("tree backup v2 wall, s", "tree", "backup v2", "restic", "backup v2", 0.5)
 vs_wall("tree restore v2 wall, s", "tree", "restore v2", "tar-copy", "write floor v2", 1.25)
-pbk = [(k, s) for k, s in summary.items() if k[1] in ("pullback", "pullback-s3")]
+pbk = [(k, s) for k, s in summary.items() if k[1].startswith("pullback")]
 if pbk:
     k, s = max(pbk, key=lambda kv: kv[1]["rss"])
     target("pullback peak RSS, MB", s["rss"] / 1024, 100.0, f"fixed 100 MB; worst: {k[1]} {k[0]} {k[2]}")
@@ -572,7 +601,7 @@ mode=full
 if [[ $QUICK == 1 ]]; then mode=QUICK; fi
 say "workdir $W ($mode); data sets: $DATASETS; tools: $TOOLS; repeat $REPEAT; scale $SCALE"
 setup
-if listed pullback "$TOOLS"; then build_pullback; fi
+if [[ " $TOOLS" == *" pullback"* ]]; then build_pullback; fi
 versions
 for ds in $DATASETS; do "gen_$ds"; done
 run_all

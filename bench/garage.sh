@@ -3,6 +3,7 @@
 # bucket's size is the archive's), sqlite metadata.
 #   garage_start DIR   start it (once), create bucket + key; sets GARAGE_ENDPOINT
 #   garage_stop
+#   garage_pin CPUS    hold it to CPUS (taskset list)
 #   garage_bytes PREFIX  total size of the objects under PREFIX/
 #   garage_pbs_config FILE LOCAL PREFIX  a PBS config with the archive in the bucket
 
@@ -83,4 +84,9 @@ region = "garage"
 access_key_id = "$GARAGE_KEY_ID"
 secret_access_key = "$GARAGE_SECRET"
 TOML
+}
+
+# garage_pin CPUS  hold the running Garage (all its threads) to CPUS (taskset list)
+garage_pin() {
+  taskset -a -p -c "$1" "$GARAGE_PID" >/dev/null
 }

@@ -52,6 +52,7 @@ impl<'a> PackSink<'a> {
         let (id, bytes, entries) = w.finish();
         let staged = self.backend.stage(&bytes)?;
         let key = pack::key(&id);
+        tracing::debug!(key, len = bytes.len(), "pack staged");
         self.backend.will_publish(&staged, &key);
         self.staged.push((staged, key));
         self.added_bytes += bytes.len() as u64;
