@@ -723,22 +723,39 @@ async fn fetch_piece(store: &AmazonS3, job: &Job, i: usize) -> std::result::Resu
         tracing::debug!(key = %job.key, size = job.size, "GET whole");
     }
     tracing::trace!(key = %job.key, start, end, "GET piece");
-    let b = store
-        .get_range(&job.path, start..end)
-        .await
-        .map_err(|e| e.to_string())?;
-    if b.len() as u64 != end - start {
-        return Err(format!(
-            "asked {} bytes at {start}, the store sent {}",
-            end - start,
-            b.len()
-        ));
-    }
     let file = job
         .file()
         .map_err(|e| format!("{}: {e}", job.tmp.display()))?;
-    tokio::task::spawn_blocking(move || file.write_all_at(&b, start))
+    let opts = object_store::GetOptions {
+        range: Some((start..end).into()),
+        ..Default::default()
+    };
+    let mut body = store
+        .get_opts(&job.path, opts)
         .await
         .map_err(|e| e.to_string())?
-        .map_err(|e| format!("{}: {e}", job.tmp.display()))
+        .into_stream();
+    // Each part of the body goes to its place in the file as it comes: no piece-sized
+    // buffer to fill and copy. Writes into the page cache, a few KiB at a time.
+    let mut at = start;
+    while let Some(part) = body.next().await {
+        let part = part.map_err(|e| e.to_string())?;
+        if at + part.len() as u64 > end {
+            return Err(format!(
+                "asked {} bytes at {start}, the store sent more",
+                end - start
+            ));
+        }
+        file.write_all_at(&part, at)
+            .map_err(|e| format!("{}: {e}", job.tmp.display()))?;
+        at += part.len() as u64;
+    }
+    if at != end {
+        return Err(format!(
+            "asked {} bytes at {start}, the store sent {}",
+            end - start,
+            at - start
+        ));
+    }
+    Ok(())
 }
