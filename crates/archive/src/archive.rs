@@ -394,7 +394,7 @@ impl Archive {
     }
 
     /// Drop the backend's local copies of the packs `id` is decoded from (its own and its
-    /// delta bases'), and the decoded bases; true when a copy was dropped.
+    /// delta bases'), and the decoded bases; true when reading again may give other bytes.
     fn uncache_chain(&self, id: &ChunkId) -> bool {
         let mut chain = Vec::new();
         {

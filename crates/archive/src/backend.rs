@@ -54,7 +54,9 @@ pub trait Backend: Send + Sync {
     /// Where the archive lives, for messages.
     fn location(&self) -> String;
     /// Forget a local copy of `key` that a read found damaged, so that the next read goes
-    /// to the store itself. True when there was one (a backend without copies: false).
+    /// to the store itself. True when reading again may give other bytes: the backend
+    /// keeps copies (the bytes may have come from one that another reader dropped since);
+    /// a backend without copies: false.
     fn uncache(&self, _key: &str) -> bool {
         false
     }

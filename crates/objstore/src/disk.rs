@@ -96,7 +96,10 @@ impl DiskCache {
 
     /// The copy of `key`, if this host has one.
     pub(crate) fn get(&self, key: &str) -> Option<Arc<File>> {
-        if let Some(f) = lock(&self.open).get(key) {
+        // Held while the file is opened: a `remove` meanwhile would otherwise see no open
+        // file, and the file opened just before it went would be kept open after it.
+        let mut open = lock(&self.open);
+        if let Some(f) = open.get(key) {
             return Some(f.clone());
         }
         if lock(&self.absent).contains(key) {
@@ -107,7 +110,6 @@ impl DiskCache {
                 // Read now: the last to be evicted.
                 let _ = f.set_modified(SystemTime::now());
                 let f = Arc::new(f);
-                let mut open = lock(&self.open);
                 if open.len() >= 1024 {
                     open.clear();
                 }
@@ -156,7 +158,9 @@ impl DiskCache {
 
     /// Drop the copy of `key`; true if there was one.
     pub(crate) fn remove(&self, key: &str) -> bool {
-        lock(&self.open).remove(key);
+        // Held until the copy is gone and marked absent (see `get`).
+        let mut open = lock(&self.open);
+        open.remove(key);
         let path = self.path(key);
         let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let had = fs::remove_file(&path).is_ok();

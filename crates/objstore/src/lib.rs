@@ -704,14 +704,17 @@ impl Backend for ObjectBackend {
     }
 
     fn uncache(&self, key: &str) -> bool {
-        let had = self.disk.as_ref().is_some_and(|d| d.remove(key));
-        if had {
+        let Some(disk) = &self.disk else {
+            return false;
+        };
+        if disk.remove(key) {
             tracing::warn!(
                 key,
                 "a blob read from the local copy failed its check: reading the object"
             );
         }
-        had
+        // Dropped by another reader after this one read it, maybe: read again either way.
+        true
     }
 }
 

@@ -307,5 +307,14 @@ mod tests {
         assert!(matches!(w.piece_done(&job, 0, true), Outcome::Failed));
         w.forget(&job);
         assert_eq!(w.read_at("a", PIECE + 10, 6), None);
+
+        // Announced again: a late worker of the failed fetch does not forget the new one.
+        queued(&w, "a", PIECE, dir.path());
+        w.forget(&job);
+        let (again, i) = w.next().unwrap();
+        assert!(!Arc::ptr_eq(&again, &job));
+        again.file().unwrap().write_all_at(b"x", 0).unwrap();
+        assert!(matches!(w.piece_done(&again, i, true), Outcome::Complete));
+        assert_eq!(w.read_at("a", 0, 1), Some(b"x".to_vec()));
     }
 }
