@@ -330,68 +330,50 @@ verify() {
   fi
 }
 
-# pullback_seq DS RUN TOOL [PREFIX...] : the three steps, pbs run under PREFIX (taskset).
+# pullback_seq DS RUN TOOL STORE [PREFIX...] : the three steps, pbs run under PREFIX
+# (taskset). STORE dir: the archive in a folder; s3: in the bucket (the folder holds
+# scratch only; repo size = the objects under the run's prefix), plus a restore without
+# the local copies of packs, as on a new PBS host with the same bucket.
 pullback_seq() {
-  local ds=$1 r=$2 t=$3 R=$W/repo/$1-$3 T=$W/restore/$1-$3 L=$LOG/$1-$3.log b1 b2
-  shift 3
+  local ds=$1 r=$2 t=$3 store=$4 R=$W/repo/$1-$3 T=$W/restore/$1-$3 L=$LOG/$1-$3.log b1 b2
+  local C=$W/repo/$1-$3.toml P=$1-$3-run$2-$$ at step
+  shift 4
   local pb=("$@" "$PB")
   rm -rf "$R" "$T"
-  timed "$L" "${pb[@]}" archive init --archive "$R"
+  if [[ $store == s3 ]]; then garage_pbs_config "$C" "$R" "$P"; at=(--config "$C"); else at=(--archive "$R"); fi
+  size() { if [[ $store == s3 ]]; then garage_bytes "$P"; else bytes "$R"; fi; }
+  timed "$L" "${pb[@]}" archive init "${at[@]}"
   put_stage "$ds" 1
   b1=$(bytes "$W/stage/$ds")
-  timed "$L" "${pb[@]}" archive ingest --archive "$R" --source "$ds" "$W/stage/$ds"
-  rec "$ds" "$t" "backup v1" "$r" "$b1" "$(bytes "$R")"
+  timed "$L" "${pb[@]}" archive ingest "${at[@]}" --source "$ds" "$W/stage/$ds"
+  rec "$ds" "$t" "backup v1" "$r" "$b1" "$(size)"
   put_stage "$ds" 2
   b2=$(bytes "$W/stage/$ds")
-  timed "$L" "${pb[@]}" archive ingest --archive "$R" --source "$ds" "$W/stage/$ds"
-  rec "$ds" "$t" "backup v2" "$r" "$b2" "$(bytes "$R")"
-  timed "$L" "${pb[@]}" archive restore --archive "$R" "$ds/latest" --to "$T"
-  rec "$ds" "$t" "restore v2" "$r" "$b2" "$(bytes "$R")" "$(verify "$T" "$W/stage/$ds")"
-  rm -rf "$T"
+  timed "$L" "${pb[@]}" archive ingest "${at[@]}" --source "$ds" "$W/stage/$ds"
+  rec "$ds" "$t" "backup v2" "$r" "$b2" "$(size)"
+  local steps=("restore v2")
+  if [[ $store == s3 ]]; then steps+=("restore v2 cold"); fi
+  for step in "${steps[@]}"; do
+    if [[ $step == *cold ]]; then rm -rf "$R/cache"; fi
+    timed "$L" "${pb[@]}" archive restore "${at[@]}" "$ds/latest" --to "$T"
+    rec "$ds" "$t" "$step" "$r" "$b2" "$(size)" "$(verify "$T" "$W/stage/$ds")"
+    rm -rf "$T"
+  done
 }
-seq_pullback() { pullback_seq "$1" "$2" pullback; }
+seq_pullback() { pullback_seq "$1" "$2" pullback dir; }
 # pbs held to CPU 0, as pullback-s3-1cpu holds it (beside a Garage on the other CPUs).
-seq_pullback_1cpu() { pullback_seq "$1" "$2" pullback-1cpu taskset -c 0; }
-
-# The same three steps with the archive in the bucket (local folder: scratch only); repo
-# size = the objects under the run's prefix.
-# pullback_s3_seq DS RUN TOOL [PREFIX...]
-pullback_s3_seq() {
-  local ds=$1 r=$2 t=$3 R=$W/repo/$1-$3 T=$W/restore/$1-$3 L=$LOG/$1-$3.log b1 b2
-  local C=$W/repo/$1-$3.toml P=$1-$3-run$2-$$
-  shift 3
-  local pb=("$@" "$PB")
-  rm -rf "$R" "$T"
-  garage_pbs_config "$C" "$R" "$P"
-  timed "$L" "${pb[@]}" archive init --config "$C"
-  put_stage "$ds" 1
-  b1=$(bytes "$W/stage/$ds")
-  timed "$L" "${pb[@]}" archive ingest --config "$C" --source "$ds" "$W/stage/$ds"
-  rec "$ds" "$t" "backup v1" "$r" "$b1" "$(garage_bytes "$P")"
-  put_stage "$ds" 2
-  b2=$(bytes "$W/stage/$ds")
-  timed "$L" "${pb[@]}" archive ingest --config "$C" --source "$ds" "$W/stage/$ds"
-  rec "$ds" "$t" "backup v2" "$r" "$b2" "$(garage_bytes "$P")"
-  timed "$L" "${pb[@]}" archive restore --config "$C" "$ds/latest" --to "$T"
-  rec "$ds" "$t" "restore v2" "$r" "$b2" "$(garage_bytes "$P")" "$(verify "$T" "$W/stage/$ds")"
-  rm -rf "$T"
-  # As on a new PBS host with the same bucket: no local copies of packs, all from the bucket.
-  rm -rf "$R/cache"
-  timed "$L" "${pb[@]}" archive restore --config "$C" "$ds/latest" --to "$T"
-  rec "$ds" "$t" "restore v2 cold" "$r" "$b2" "$(garage_bytes "$P")" "$(verify "$T" "$W/stage/$ds")"
-  rm -rf "$T"
-}
+seq_pullback_1cpu() { pullback_seq "$1" "$2" pullback-1cpu dir taskset -c 0; }
 seq_pullback_s3() {
   garage_start "$W/garage"
   garage_pin "0-$(($(nproc) - 1))"
-  pullback_s3_seq "$1" "$2" pullback-s3
+  pullback_seq "$1" "$2" pullback-s3 s3
 }
 # As if Garage had a host of its own: pbs on CPU 0, Garage on the others (compare with
 # pullback-1cpu, which gets the same one CPU).
 seq_pullback_s3_1cpu() {
   garage_start "$W/garage"
   garage_pin "1-$(($(nproc) - 1))"
-  pullback_s3_seq "$1" "$2" pullback-s3-1cpu taskset -c 0
+  pullback_seq "$1" "$2" pullback-s3-1cpu s3 taskset -c 0
 }
 
 seq_restic() {
