@@ -669,14 +669,13 @@ impl Backend for ObjectBackend {
             if ahead > disk.budget() / 2 {
                 break;
             }
-            static FETCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let n = FETCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let tmp = self.local.root().join("tmp").join(format!(
-                "whole-{}-{n}-{}.tmp",
-                std::process::id(),
-                key.replace('/', "-")
-            ));
-            self.whole.queue(key, self.obj(key), size, tmp);
+            // An empty staged file, named as every staged write is.
+            let Ok(file) = self.local.stage(&[]) else {
+                continue;
+            };
+            if !self.whole.queue(key, self.obj(key), size, file.tmp.clone()) {
+                self.local.discard(file);
+            }
         }
         for _ in 0..self.whole.workers_wanted() {
             let (whole, store, disk) = (self.whole.clone(), self.store.clone(), disk.clone());

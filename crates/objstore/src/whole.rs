@@ -26,7 +26,7 @@ pub(crate) struct Job {
     pub(crate) key: String,
     pub(crate) path: ObjPath,
     pub(crate) size: u64,
-    /// Where the pieces go (created by the first piece fetched).
+    /// Where the pieces go (an empty staged file, opened by the first piece fetched).
     pub(crate) tmp: PathBuf,
     state: Mutex<State>,
     cv: Condvar,
@@ -56,21 +56,16 @@ impl Job {
         (start, (start + PIECE).min(self.size))
     }
 
-    /// The file the pieces go into, created on first use.
+    /// The file the pieces go into, opened on first use.
     pub(crate) fn file(&self) -> std::io::Result<Arc<File>> {
         let mut s = self.lock();
         if let Some(f) = &s.file {
             return Ok(f.clone());
         }
-        if let Some(dir) = self.tmp.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
         let f = Arc::new(
             std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
-                .create(true)
-                .truncate(true)
                 .open(&self.tmp)?,
         );
         s.file = Some(f.clone());
@@ -107,12 +102,12 @@ impl Whole {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queue `key` (unless it is queued or being fetched already); `tmp` is where its
-    /// pieces go.
-    pub(crate) fn queue(&self, key: &str, path: ObjPath, size: u64, tmp: PathBuf) {
+    /// Queue `key` (unless it is queued or being fetched already: false); `tmp`, an
+    /// existing empty file, is where its pieces go.
+    pub(crate) fn queue(&self, key: &str, path: ObjPath, size: u64, tmp: PathBuf) -> bool {
         let mut i = self.lock();
         if i.jobs.contains_key(key) {
-            return;
+            return false;
         }
         let job = Arc::new(Job {
             key: key.to_string(),
@@ -125,6 +120,7 @@ impl Whole {
         job.lock().have = vec![false; job.pieces()];
         i.jobs.insert(key.to_string(), job.clone());
         i.queue.push_back(job);
+        true
     }
 
     /// How many more workers to start (the caller starts them, each running
@@ -203,6 +199,9 @@ impl Whole {
         if end > job.size {
             return None;
         }
+        if len == 0 {
+            return Some(Vec::new());
+        }
         let first = (offset / PIECE) as usize;
         let last = (end.saturating_sub(1) / PIECE) as usize;
         let mut s = job.lock();
@@ -213,7 +212,6 @@ impl Whole {
             if s.have
                 .get(first..=last)
                 .is_some_and(|p| p.iter().all(|h| *h))
-                || len == 0
             {
                 break;
             }
@@ -232,7 +230,9 @@ mod tests {
     use super::*;
 
     fn queued(w: &Whole, key: &str, size: u64, dir: &std::path::Path) {
-        w.queue(key, ObjPath::from(key), size, dir.join(key));
+        let tmp = dir.join(key);
+        std::fs::write(&tmp, b"").unwrap();
+        assert!(w.queue(key, ObjPath::from(key), size, tmp));
     }
 
     #[test]
@@ -242,7 +242,7 @@ mod tests {
         queued(&w, "a", 2 * PIECE + 1, dir.path());
         queued(&w, "b", PIECE, dir.path());
         queued(&w, "c", 1, dir.path());
-        queued(&w, "a", 1, dir.path());
+        assert!(!w.queue("a", ObjPath::from("a"), 1, dir.path().join("a2")));
         assert_eq!(w.workers_wanted(), WHOLE_AT_ONCE);
         assert_eq!(w.workers_wanted(), 0);
         let got: Vec<_> = (0..2).map(|_| w.next().unwrap()).collect();
