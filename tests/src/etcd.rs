@@ -2,6 +2,10 @@
 //! (tests/tests/etcd.rs): members started as processes of Debian's `etcd` (package
 //! `etcd-server`, installed by `make test-deps`), on ports held until just before they
 //! start, read through etcd's JSON gateway (`POST /v3/kv/range`), killed with SIGKILL.
+//! [`EtcdCluster::start_secured`] starts members that serve their clients over TLS only,
+//! with certificates of a CA the test makes (rcgen), ask each client for a certificate of
+//! that CA, and have users and roles on (`auth enable`); the harness itself reads them
+//! through a plain-HTTP listener of its own on loopback, as `root`.
 //! Also a second PBS beside a [`Cluster`]'s, sharing its configuration.
 
 use std::fs;
@@ -33,7 +37,10 @@ pub fn etcd_binary() -> PathBuf {
 
 struct Member {
     name: String,
+    /// The port the PBS reaches (https:// when secured).
     client: u16,
+    /// The port the harness reads through: plain HTTP (the same as `client` unless secured).
+    side: u16,
     child: Option<Child>,
 }
 
@@ -41,37 +48,143 @@ struct Member {
 pub struct EtcdCluster {
     pub dir: TempDir,
     members: Vec<Member>,
+    secured: Option<Secured>,
+}
+
+/// The files and credentials of a [`EtcdCluster::start_secured`] cluster, all in its dir.
+pub struct Secured {
+    /// The CA that signed the members' and the client's certificates.
+    pub ca: PathBuf,
+    /// A client certificate of that CA and its key (what the PBS presents).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The etcd user that may read and write the keys under [`Secured::PREFIX`] only.
+    pub user: String,
+    pub password_file: PathBuf,
+    /// A CA that signed nothing here.
+    pub other_ca: PathBuf,
+    /// `root`'s password, for the harness's reads (each logs in: tokens expire).
+    root_password: String,
+}
+
+impl Secured {
+    /// The prefix the user's role may read and write.
+    pub const PREFIX: &'static str = "/sec";
+}
+
+/// Writes a test CA, a certificate for the members (127.0.0.1; server and client use, as
+/// etcd's own gateway presents it to the member), a client certificate, and a second CA.
+fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf, PathBuf, PathBuf) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let ca = |name: &str| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        CertifiedIssuer::self_signed(p, KeyPair::generate().expect("key")).expect("CA")
+    };
+    let issuer = ca("pullback test etcd CA");
+    let other = ca("a CA that signed nothing here");
+    let write = |name: &str, text: String| {
+        let p = dir.join(name);
+        fs::write(&p, text).expect("write a PEM file");
+        p
+    };
+    let leaf = |sans: Vec<String>, cn: &str, usages: Vec<ExtendedKeyUsagePurpose>| {
+        let mut p = CertificateParams::new(sans).expect("params");
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = usages;
+        let key = KeyPair::generate().expect("key");
+        let cert = p.signed_by(&key, &issuer).expect("sign");
+        (cert.pem(), key.serialize_pem())
+    };
+    let (member, member_key) = leaf(
+        vec!["127.0.0.1".into(), "localhost".into()],
+        "etcd member",
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    );
+    let (client, client_key) = leaf(
+        Vec::new(),
+        "pullback-pbs",
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+    );
+    (
+        write("ca.pem", issuer.pem()),
+        write("member.pem", member),
+        write("member-key.pem", member_key),
+        write("client.pem", client),
+        write("client-key.pem", client_key),
+        write("other-ca.pem", other.pem()),
+    )
 }
 
 impl EtcdCluster {
     /// Starts `n` members (`m1`..) and waits until every one answers healthy.
     pub fn start(n: usize) -> EtcdCluster {
+        Self::start_with(n, None)
+    }
+
+    /// Starts `n` members whose clients must come over TLS with a certificate of the test
+    /// CA and log in as an etcd user (tokens valid `token_ttl_secs`): a user `pbs` whose
+    /// role may read and write under [`Secured::PREFIX`] only; `root` for the harness.
+    pub fn start_secured(n: usize, token_ttl_secs: u64) -> EtcdCluster {
+        let mut c = Self::start_with(n, Some(token_ttl_secs));
+        c.enable_auth();
+        c
+    }
+
+    fn start_with(n: usize, secured: Option<u64>) -> EtcdCluster {
         let bin = etcd_binary();
         let dir = tempfile::Builder::new()
             .prefix("pullback-etcd-")
             .tempdir()
             .expect("temp dir");
-        let mut holds: Vec<(PortHold, PortHold)> =
-            (0..n).map(|_| (PortHold::new(), PortHold::new())).collect();
+        let certs = secured.map(|_| make_certs(dir.path()));
+        let mut holds: Vec<(PortHold, PortHold, Option<PortHold>)> = (0..n)
+            .map(|_| {
+                (
+                    PortHold::new(),
+                    PortHold::new(),
+                    secured.map(|_| PortHold::new()),
+                )
+            })
+            .collect();
         let cluster = (0..n)
             .map(|i| format!("m{}=http://127.0.0.1:{}", i + 1, holds[i].1.port))
             .collect::<Vec<_>>()
             .join(",");
         let token = format!("pullback-{}", std::process::id());
         let mut members = Vec::new();
-        for (i, (client, peer)) in holds.iter_mut().enumerate() {
+        for (i, (client, peer, side)) in holds.iter_mut().enumerate() {
             let name = format!("m{}", i + 1);
             let log = fs::File::create(dir.path().join(format!("{name}.log"))).expect("log");
             client.release();
             peer.release();
-            let c = format!("http://127.0.0.1:{}", client.port);
+            let scheme = if secured.is_some() { "https" } else { "http" };
+            let c = format!("{scheme}://127.0.0.1:{}", client.port);
             let p = format!("http://127.0.0.1:{}", peer.port);
+            let mut listen = c.clone();
+            if let Some(side) = side {
+                side.release();
+                listen.push_str(&format!(",http://127.0.0.1:{}", side.port));
+            }
             let mut cmd = Command::new(&bin);
             cmd.arg("--name")
                 .arg(&name)
                 .arg("--data-dir")
                 .arg(dir.path().join(&name))
-                .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+                .args([
+                    "--listen-client-urls",
+                    &listen,
+                    "--advertise-client-urls",
+                    &c,
+                ])
                 .args([
                     "--listen-peer-urls",
                     &p,
@@ -80,8 +193,18 @@ impl EtcdCluster {
                 ])
                 .args(["--initial-cluster", &cluster])
                 .args(["--initial-cluster-state", "new"])
-                .args(["--initial-cluster-token", &token])
-                .stdin(Stdio::null())
+                .args(["--initial-cluster-token", &token]);
+            if let (Some(ttl), Some((ca, member, member_key, ..))) = (secured, &certs) {
+                cmd.arg("--cert-file")
+                    .arg(member)
+                    .arg("--key-file")
+                    .arg(member_key)
+                    .arg("--trusted-ca-file")
+                    .arg(ca)
+                    .arg("--client-cert-auth")
+                    .arg(format!("--auth-token-ttl={ttl}"));
+            }
+            cmd.stdin(Stdio::null())
                 .stdout(log.try_clone().expect("log"))
                 .stderr(log);
             // SAFETY: prctl is async-signal-safe; the member dies with the test.
@@ -95,29 +218,140 @@ impl EtcdCluster {
             members.push(Member {
                 name,
                 client: client.port,
+                side: side.as_ref().map_or(client.port, |s| s.port),
                 child: Some(child),
             });
         }
-        let c = EtcdCluster { dir, members };
+        let secured = certs.map(|(ca, _, _, cert, key, other_ca)| Secured {
+            ca,
+            cert,
+            key,
+            user: "pbs".into(),
+            password_file: dir.path().join("pbs.password"),
+            other_ca,
+            root_password: String::new(),
+        });
+        let c = EtcdCluster {
+            dir,
+            members,
+            secured,
+        };
         for m in &c.members {
             wait_for(&format!("etcd member {} to be healthy", m.name), || {
-                let r = http(m.client, "GET", "/health", &[], b"").ok()?;
+                let r = http(m.side, "GET", "/health", &[], b"").ok()?;
                 (r.status == 200 && r.text().contains("true")).then_some(())
             });
         }
         c
     }
 
+    /// One call of etcd's JSON gateway at a live member's plain-HTTP port, as `root` once
+    /// auth is on: the answer's status and JSON.
+    pub fn gateway(&self, path: &str, body: &Value) -> (u16, Value) {
+        let token = self.secured.as_ref().map(|s| {
+            let login = json!({ "name": "root", "password": s.root_password });
+            let (status, v) = self.gateway_as(None, "/v3/auth/authenticate", &login);
+            assert_eq!(status, 200, "authenticate root: {v}");
+            v["token"].as_str().expect("root's token").to_owned()
+        });
+        self.gateway_as(token.as_deref(), path, body)
+    }
+
+    /// [`EtcdCluster::gateway`] with `token` (none: as nobody).
+    pub fn gateway_as(&self, token: Option<&str>, path: &str, body: &Value) -> (u16, Value) {
+        let m = self
+            .members
+            .iter()
+            .find(|m| m.child.is_some())
+            .expect("a live etcd member");
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(t) = token.filter(|t| !t.is_empty()) {
+            headers.push(("Authorization", t));
+        }
+        let r = http(m.side, "POST", path, &headers, body.to_string().as_bytes())
+            .unwrap_or_else(|e| panic!("etcd {path}: {e}"));
+        let v = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        (r.status, v)
+    }
+
+    /// `root` (role root), a role that may read and write under [`Secured::PREFIX`] only and
+    /// the user `pbs` with it, then `auth enable`.
+    fn enable_auth(&mut self) {
+        let root_pw = format!("root-{}", std::process::id());
+        let pbs_pw = format!("pbs-{}-secret", std::process::id());
+        let end = format!("{}0", Secured::PREFIX);
+        let steps = [
+            (
+                "/v3/auth/user/add",
+                json!({ "name": "root", "password": root_pw }),
+            ),
+            ("/v3/auth/role/add", json!({ "name": "root" })),
+            (
+                "/v3/auth/user/grant",
+                json!({ "user": "root", "role": "root" }),
+            ),
+            ("/v3/auth/role/add", json!({ "name": "pullback" })),
+            (
+                "/v3/auth/role/grant",
+                json!({ "name": "pullback", "perm": {
+                    "permType": "READWRITE",
+                    "key": b64(format!("{}/", Secured::PREFIX).as_bytes()),
+                    "range_end": b64(end.as_bytes()),
+                } }),
+            ),
+            (
+                "/v3/auth/user/add",
+                json!({ "name": "pbs", "password": pbs_pw }),
+            ),
+            (
+                "/v3/auth/user/grant",
+                json!({ "user": "pbs", "role": "pullback" }),
+            ),
+            ("/v3/auth/enable", json!({})),
+        ];
+        for (path, body) in steps {
+            let (status, v) = self.gateway_as(None, path, &body);
+            // etcd 3.4 has a role `root` already on some versions: adding it again is fine.
+            let exists = v.to_string().contains("already exists");
+            assert!(status == 200 || exists, "etcd {path}: {status} {v}");
+        }
+        let s = self.secured.as_mut().expect("secured");
+        fs::write(&s.password_file, format!("{pbs_pw}\n")).expect("password file");
+        s.root_password = root_pw;
+    }
+
+    /// The secured cluster's files and credentials; panics on a plain cluster.
+    pub fn secured(&self) -> &Secured {
+        self.secured.as_ref().expect("a secured etcd cluster")
+    }
+
     /// The members' client URLs.
     pub fn endpoints(&self) -> Vec<String> {
+        let scheme = if self.secured.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client))
+            .map(|m| format!("{scheme}://127.0.0.1:{}", m.client))
             .collect()
     }
 
-    /// The PBS config section for this cluster, keys under `prefix`.
+    /// The PBS config section for this cluster, keys under `prefix`; with the CA, the client
+    /// certificate and the user of a secured cluster.
     pub fn toml(&self, prefix: &str, lease_secs: u64) -> String {
+        let extra = self.secured.as_ref().map_or(String::new(), |s| {
+            format!(
+                ", ca = {:?}, cert = {:?}, key = {:?}, user = {:?}, password_file = {:?}",
+                s.ca, s.cert, s.key, s.user, s.password_file
+            )
+        });
+        self.toml_with(prefix, lease_secs, &extra)
+    }
+
+    /// [`EtcdCluster::toml`] with `extra` (`, key = value`...) in place of the security keys.
+    pub fn toml_with(&self, prefix: &str, lease_secs: u64, extra: &str) -> String {
         let eps = self
             .endpoints()
             .iter()
@@ -125,7 +359,7 @@ impl EtcdCluster {
             .collect::<Vec<_>>()
             .join(", ");
         format!(
-            "[coordinator]\netcd = {{ endpoints = [{eps}], prefix = {prefix:?}, timeout_secs = 3, main_lease_secs = {lease_secs} }}\n"
+            "[coordinator]\netcd = {{ endpoints = [{eps}], prefix = {prefix:?}, timeout_secs = 3, main_lease_secs = {lease_secs}{extra} }}\n"
         )
     }
 
@@ -144,7 +378,7 @@ impl EtcdCluster {
             self.members.iter().position(|m| {
                 m.child.is_some()
                     && http(
-                        m.client,
+                        m.side,
                         "POST",
                         "/v3/maintenance/status",
                         &[("Content-Type", "application/json")],
@@ -173,22 +407,9 @@ impl EtcdCluster {
     }
 
     fn range(&self, key: &str, serializable: bool) -> Option<(String, i64)> {
-        let body = json!({ "key": b64(key.as_bytes()), "serializable": serializable }).to_string();
-        let m = self
-            .members
-            .iter()
-            .find(|m| m.child.is_some())
-            .expect("a live etcd member");
-        let r = http(
-            m.client,
-            "POST",
-            "/v3/kv/range",
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        )
-        .unwrap_or_else(|e| panic!("etcd range {key}: {e}"));
-        assert_eq!(r.status, 200, "etcd range {key}: {}", r.text());
-        let v = r.json();
+        let body = json!({ "key": b64(key.as_bytes()), "serializable": serializable });
+        let (status, v) = self.gateway("/v3/kv/range", &body);
+        assert_eq!(status, 200, "etcd range {key}: {v}");
         let kv = v["kvs"].as_array()?.first()?.clone();
         let value = unb64(kv["value"].as_str().unwrap_or(""));
         let rev = kv["mod_revision"]
@@ -215,7 +436,7 @@ impl Drop for EtcdCluster {
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-fn b64(data: &[u8]) -> String {
+pub fn b64(data: &[u8]) -> String {
     let mut out = String::new();
     for chunk in data.chunks(3) {
         let b = [

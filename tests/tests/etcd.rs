@@ -4,7 +4,10 @@
 //! through the other one; two PBS race to grant MAIN to two different clones, 100 times,
 //! and exactly one wins each time; the etcd leader is killed and hellos, notifications and a
 //! takeover still work, and with a second one gone a takeover is refused (503, etcd named);
-//! the main's lease runs out while the main is silent and comes back with its hello.
+//! the main's lease runs out while the main is silent and comes back with its hello; a
+//! PBS reaches an etcd that serves over TLS only, asks for client certificates and has
+//! users on, and one with a wrong password, no client certificate or the wrong CA is
+//! refused at start with an error that says why.
 
 use std::fs;
 use std::process::{Command, Stdio};
@@ -13,7 +16,7 @@ use std::thread;
 
 use pullback_tests::bin;
 use pullback_tests::cluster::{http, Cluster, Options, Who};
-use pullback_tests::etcd::{EtcdCluster, SecondPbs};
+use pullback_tests::etcd::{b64, EtcdCluster, SecondPbs, Secured};
 use pullback_tests::ha::{password_hash, request, takeover_api, PASSWORD};
 use pullback_tests::write;
 use serde_json::{json, Value};
@@ -403,4 +406,126 @@ fn the_main_lease_expires_when_no_pbs_hears_the_main_and_a_hello_brings_it_back(
         (Some("alive"), Some(true)),
         "{st}"
     );
+}
+
+/// `pbs status` with `config`: whether it succeeded, and its stdout and stderr.
+fn status_run(config: &std::path::Path) -> (bool, String) {
+    let out = Command::new(bin("pbs"))
+        .arg("--config")
+        .arg(config)
+        .arg("status")
+        .stdin(Stdio::null())
+        .output()
+        .expect("pbs status");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_coordinator_reaches_etcd_over_tls_as_its_own_user() {
+    // etcd's tokens last 2 s here: the takeover below, asked later, needs a new one.
+    let etcd = EtcdCluster::start_secured(1, 2);
+    let sec = etcd.secured();
+    let prefix = format!("{}/tls", Secured::PREFIX);
+    let mut c = Cluster::new(Options {
+        importers: 1,
+        takeover_hash: Some(password_hash(PASSWORD)),
+        pbs_extra: etcd.toml(&prefix, 120),
+        ..Options::default()
+    });
+    write(&c.src().join("data.txt"), b"one\n");
+    c.start_all();
+    c.cycle(1);
+    let key = format!("{prefix}/coord/files");
+    let st = etcd.json(&key);
+    let epoch = st["epoch"].as_u64().expect("epoch");
+    assert_eq!(st["main"], "exporter", "{st}");
+
+    // Nobody without a token may write the coordinator's key (the harness's own plain
+    // listener: over the members' TLS port a client without a certificate is not even
+    // answered): a forged state granting a stranger MAIN is refused and nothing changes.
+    let forged =
+        json!({ "key": b64(key.as_bytes()), "value": b64(br#"{"epoch":99,"main":"mallory"}"#) });
+    let (status, v) = etcd.gateway_as(None, "/v3/kv/put", &forged);
+    assert_ne!(status, 200, "an anonymous put went through: {v}");
+    assert!(
+        v.to_string().contains("user name is empty") || v.to_string().contains("permission denied"),
+        "{v}"
+    );
+    assert_eq!(etcd.json(&key)["epoch"].as_u64(), Some(epoch));
+
+    // After the PBS's token expired, a takeover still goes through (it logs in again).
+    thread::sleep(std::time::Duration::from_secs(3));
+    let r = takeover_api(&c, 0, PASSWORD, false);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let st = etcd.json(&key);
+    assert_eq!(
+        (st["epoch"].as_u64(), st["main"].as_str()),
+        (Some(epoch + 1), Some("clone0")),
+        "{st}"
+    );
+    let (ok, text) = status_run(&c.config(Who::Pbs));
+    assert!(ok, "{text}");
+    assert!(text.contains("clone0"), "{text}");
+
+    // The same PBS config with one thing wrong: `pbs status` (which reads etcd) fails and
+    // says what.
+    let pbs_toml = fs::read_to_string(c.config(Who::Pbs)).expect("pbs.toml");
+    let good = etcd.toml(&prefix, 120);
+    assert!(pbs_toml.contains(&good), "{pbs_toml}");
+    let wrong_pw = c.path().join("wrong.password");
+    fs::write(&wrong_pw, "not-the-password\n").expect("write");
+    let cases = [
+        (
+            "a wrong password",
+            format!(
+                ", ca = {:?}, cert = {:?}, key = {:?}, user = {:?}, password_file = {:?}",
+                sec.ca, sec.cert, sec.key, sec.user, wrong_pw
+            ),
+            "authentication failed",
+        ),
+        (
+            "no client certificate",
+            format!(
+                ", ca = {:?}, user = {:?}, password_file = {:?}",
+                sec.ca, sec.user, sec.password_file
+            ),
+            "cannot connect",
+        ),
+        (
+            "a CA that did not sign the member's certificate",
+            format!(
+                ", ca = {:?}, cert = {:?}, key = {:?}, user = {:?}, password_file = {:?}",
+                sec.other_ca, sec.cert, sec.key, sec.user, sec.password_file
+            ),
+            "UnknownIssuer",
+        ),
+        (
+            "a user whose role does not cover the prefix",
+            format!(
+                ", ca = {:?}, cert = {:?}, key = {:?}, user = {:?}, password_file = {:?}",
+                sec.ca, sec.cert, sec.key, sec.user, sec.password_file
+            ),
+            "permission denied",
+        ),
+    ];
+    for (what, extra, says) in cases {
+        let p = if what.starts_with("a user whose role") {
+            "/elsewhere"
+        } else {
+            prefix.as_str()
+        };
+        let bad = pbs_toml.replace(&good, &etcd.toml_with(p, 120, &extra));
+        let config = c.path().join("bad-etcd.toml");
+        fs::write(&config, bad).expect("write");
+        let (ok, text) = status_run(&config);
+        assert!(!ok, "{what}: pbs status succeeded: {text}");
+        eprintln!("{what}: {}", text.trim());
+        assert!(text.contains("etcd"), "{what}: {text}");
+        assert!(text.contains(says), "{what}: want {says:?} in: {text}");
+    }
 }

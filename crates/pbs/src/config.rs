@@ -5,9 +5,10 @@
 //! `[[importer]]` clones (by `name`; `disabled = true` excludes a clone from takeover).
 //! Each node speaks to the coordinator with its own token in `[server] tokens`, whose
 //! `peer` is the node's name (an exporter may also use its source's `notify_peer`).
-//! `[coordinator] etcd = { endpoints, prefix, timeout_secs, main_lease_secs }` keeps the
-//! coordinator's state in etcd, shared by several PBS (see `coord::etcd`); without it the
-//! state is a file per group in `state_dir`.
+//! `[coordinator] etcd = { endpoints, prefix, timeout_secs, main_lease_secs, ca, cert, key,
+//! user, password_file }` keeps the coordinator's state in etcd, shared by several PBS (see
+//! `coord::etcd`), over TLS and as an etcd user where configured; without it the state is
+//! a file per group in `state_dir`.
 
 use std::path::{Path, PathBuf};
 
@@ -59,12 +60,24 @@ pub struct CoordinatorConfig {
     pub etcd: Option<EtcdConfig>,
 }
 
-/// `[coordinator] etcd = { endpoints, prefix, timeout_secs, main_lease_secs }`.
-#[derive(Debug, Clone, Deserialize)]
+/// `[coordinator] etcd = { endpoints, prefix, timeout_secs, main_lease_secs, ca, cert, key,
+/// user, password_file }`.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdConfig {
-    /// The etcd members' client URLs (`http://host:2379`; plain HTTP only).
+    /// The etcd members' client URLs: all `http://host:2379`, or all `https://` (then `ca`
+    /// is needed).
     pub endpoints: Vec<String>,
+    /// The CA certificate (PEM) that signed the members' certificates (`https://` only).
+    pub ca: Option<PathBuf>,
+    /// This PBS's client certificate and its key (PEM), for members that ask for one
+    /// (etcd's `--client-cert-auth`); both or neither, `https://` only.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The etcd user this PBS authenticates as (etcd's `auth enable`), with the password in
+    /// `password_file`; `https://` only (a password never crosses the network in clear).
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
     /// Every key of this coordinator starts with it.
     #[serde(default = "default_etcd_prefix")]
     pub prefix: String,
@@ -74,6 +87,51 @@ pub struct EtcdConfig {
     /// The TTL of the lease the main's key `<prefix>/main/<group>` is held under, renewed
     /// by each hello or notification of the main (default: `[failover] after_secs`).
     pub main_lease_secs: Option<u64>,
+}
+
+impl EtcdConfig {
+    /// Whether the members are reached over TLS (`https://` endpoints).
+    pub fn tls(&self) -> bool {
+        self.endpoints.iter().any(|u| u.starts_with("https://"))
+    }
+
+    /// The endpoints' scheme and what goes with it: one scheme for all, the CA and client
+    /// certificate only with `https://`, a user only with its password and over TLS.
+    fn check(&self) -> Result<()> {
+        if let Some(bad) = self
+            .endpoints
+            .iter()
+            .find(|u| !u.starts_with("http://") && !u.starts_with("https://"))
+        {
+            bail!("[coordinator] etcd endpoint {bad:?} is not an http:// or https:// URL");
+        }
+        let tls = self.tls();
+        if tls && self.endpoints.iter().any(|u| u.starts_with("http://")) {
+            bail!("[coordinator] etcd endpoints mix http:// and https://: use one for all");
+        }
+        if tls && self.ca.is_none() {
+            bail!("[coordinator] etcd endpoints are https://: give `ca`, the CA certificate (PEM) that signed the members' certificates");
+        }
+        if !tls && (self.ca.is_some() || self.cert.is_some() || self.key.is_some()) {
+            bail!("[coordinator] etcd `ca`, `cert` and `key` are for https:// endpoints, and these are http://");
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            bail!(
+                "[coordinator] etcd: give both `cert` and `key` (a client certificate), or neither"
+            );
+        }
+        match (&self.user, &self.password_file) {
+            (Some(_), None) => {
+                bail!("[coordinator] etcd `user` needs `password_file`, a file holding its password")
+            }
+            (None, Some(_)) => bail!("[coordinator] etcd `password_file` needs `user`"),
+            (Some(u), Some(_)) if u.is_empty() => bail!("[coordinator] etcd `user` is empty"),
+            (Some(_), Some(_)) if !tls => bail!(
+                "[coordinator] etcd `user` with http:// endpoints would send its password in clear: use https:// (with `ca`)"
+            ),
+            _ => Ok(()),
+        }
+    }
 }
 
 fn default_etcd_prefix() -> String {
@@ -290,6 +348,14 @@ pub fn load(path: &Path) -> Result<Config> {
     if let Some(p) = &mut c.state_dir {
         fix(p);
     }
+    if let Some(e) = &mut c.coordinator.etcd {
+        for p in [&mut e.ca, &mut e.cert, &mut e.key, &mut e.password_file]
+            .into_iter()
+            .flatten()
+        {
+            fix(p);
+        }
+    }
     if let Some(s) = &mut c.server {
         s.resolve_paths(base);
     }
@@ -377,12 +443,8 @@ pub fn load(path: &Path) -> Result<Config> {
                 path.display()
             );
         }
-        if let Some(bad) = e.endpoints.iter().find(|u| !u.starts_with("http://")) {
-            bail!(
-                "config {}: [coordinator] etcd endpoint {bad:?} is not an http:// URL (TLS to etcd is not supported)",
-                path.display()
-            );
-        }
+        e.check()
+            .with_context(|| format!("config {}", path.display()))?;
         if !e.prefix.starts_with('/') || e.prefix.ends_with('/') {
             bail!(
                 "config {}: [coordinator] etcd prefix {:?} must start with / and not end with /",
@@ -483,7 +545,31 @@ mod tests {
         );
         for (bad, says) in [
             ("endpoints = []", "at least one endpoint"),
-            (r#"endpoints = ["https://h:2379"]"#, "not an http:// URL"),
+            (
+                r#"endpoints = ["ftp://h:2379"]"#,
+                "not an http:// or https:// URL",
+            ),
+            (r#"endpoints = ["https://h:2379"]"#, "give `ca`"),
+            (
+                r#"endpoints = ["https://h:2379", "http://h2:2379"], ca = "ca.pem""#,
+                "mix http:// and https://",
+            ),
+            (
+                r#"endpoints = ["http://h:2379"], ca = "ca.pem""#,
+                "are for https:// endpoints",
+            ),
+            (
+                r#"endpoints = ["https://h:2379"], ca = "ca.pem", cert = "c.pem""#,
+                "both `cert` and `key`",
+            ),
+            (
+                r#"endpoints = ["https://h:2379"], ca = "ca.pem", user = "pb""#,
+                "needs `password_file`",
+            ),
+            (
+                r#"endpoints = ["http://h:2379"], user = "pb", password_file = "pw""#,
+                "in clear",
+            ),
             (
                 r#"endpoints = ["http://h:2379"], prefix = "pullback""#,
                 "must start with /",
@@ -504,6 +590,19 @@ mod tests {
             let e = load_with(bad).expect_err(bad);
             assert!(format!("{e:#}").contains(says), "{bad}: {e:#}");
         }
+        let c = load_with(
+            r#"endpoints = ["https://h:2379"], ca = "ca.pem", cert = "/c.pem", key = "k.pem", user = "pb", password_file = "pw""#,
+        )
+        .expect("TLS and a user");
+        let e = c.coordinator.etcd.expect("etcd");
+        assert!(e.tls());
+        assert_eq!(
+            e.ca,
+            Some(dir.path().join("ca.pem")),
+            "relative to the config"
+        );
+        assert_eq!(e.cert, Some(PathBuf::from("/c.pem")));
+        assert_eq!(e.password_file, Some(dir.path().join("pw")));
         assert!(load(&dir.path().join("none.toml")).is_err());
         let none: Config = toml::from_str("").expect("empty");
         assert!(none.coordinator.etcd.is_none());

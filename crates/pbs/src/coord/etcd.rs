@@ -28,7 +28,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, Identity, PutOptions, TlsOptions, Txn,
+    TxnOp,
+};
 use serde_json::{json, Value};
 
 use super::store::{GrantNote, Store, StoreError, Versioned, Written};
@@ -66,6 +69,25 @@ fn transient(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// `e` with the causes under it (a TLS handshake's reason lies two levels down).
+fn describe(e: &etcd_client::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = match e {
+        etcd_client::Error::TransportError(t) => std::error::Error::source(t),
+        etcd_client::Error::GRpcStatus(s) => std::error::Error::source(s),
+        _ => None,
+    };
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 /// Runs the request `f` makes on `rt`, again while it fails in a transient way (a member
 /// down, a leader election), and waits for it at most `timeout` in all.
 fn wait<T: Send + 'static, F>(
@@ -84,13 +106,13 @@ where
             match tokio::time::timeout_at(deadline, f()).await {
                 Ok(Ok(v)) => break Ok(v),
                 Ok(Err(e)) if transient(&e) => {
-                    last = Some(e.to_string());
+                    last = Some(describe(&e));
                     tokio::time::sleep(RETRY_PAUSE).await;
                     if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
                         break Err(last.unwrap_or_default());
                     }
                 }
-                Ok(Err(e)) => break Err(e.to_string()),
+                Ok(Err(e)) => break Err(format!("refused: {}", describe(&e))),
                 Err(_) => {
                     break Err(match last {
                         Some(e) => format!("{e} (and no answer within {} s)", timeout.as_secs()),
@@ -103,6 +125,35 @@ where
     });
     rx.recv_timeout(timeout + Duration::from_secs(1))
         .unwrap_or_else(|_| Err(format!("no answer within {} s", timeout.as_secs())))
+}
+
+/// The TLS and user options of `cfg` (files read now: an error names the file).
+fn options(cfg: &EtcdConfig) -> anyhow::Result<ConnectOptions> {
+    let read = |what: &str, p: &std::path::Path| {
+        std::fs::read(p).with_context(|| format!("[coordinator] etcd {what} {}", p.display()))
+    };
+    let mut opts = ConnectOptions::new();
+    if let Some(ca) = &cfg.ca {
+        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read("ca", ca)?));
+        if let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) {
+            tls = tls.identity(Identity::from_pem(read("cert", cert)?, read("key", key)?));
+        }
+        opts = opts.with_tls(tls);
+    }
+    if let (Some(user), Some(pw)) = (&cfg.user, &cfg.password_file) {
+        let pw = String::from_utf8(read("password_file", pw)?).with_context(|| {
+            format!(
+                "[coordinator] etcd password_file {}: not UTF-8",
+                pw.display()
+            )
+        })?;
+        // etcd's tokens expire (`--auth-token-ttl`, 5 minutes by default): a request that
+        // meets an expired one authenticates again and is tried once more.
+        opts = opts
+            .with_user(user.clone(), pw.trim_end_matches(['\n', '\r']))
+            .with_auto_token_refresh(true);
+    }
+    Ok(opts)
 }
 
 /// The pause between two tries of a request that failed in a transient way.
@@ -122,14 +173,17 @@ impl Etcd {
         let endpoints = cfg.endpoints.join(",");
         // One try may take part of the budget only, so that a request that met a dead
         // member (a connect that hangs) is tried again on another within `timeout_secs`.
-        let opts = ConnectOptions::new()
+        let opts = options(cfg)?
             .with_timeout(timeout / 2)
             .with_connect_timeout(timeout / 4);
         let eps = cfg.endpoints.clone();
         let client = wait(&rt, timeout, move || {
             Client::connect(eps.clone(), Some(opts.clone()))
         })
-        .map_err(|e| anyhow::anyhow!("etcd ({endpoints}): cannot connect: {e}"))?;
+        .map_err(|e| match e.strip_prefix("refused: ") {
+            Some(e) => anyhow::anyhow!("etcd ({endpoints}) refused this PBS: {e}"),
+            None => anyhow::anyhow!("etcd ({endpoints}): cannot connect: {e}"),
+        })?;
         let ttl = cfg.main_lease_secs.unwrap_or(default_lease).max(1);
         Ok(Arc::new(Etcd {
             rt: Some(rt),
@@ -161,8 +215,13 @@ impl Etcd {
     {
         let client = self.client.clone();
         wait(self.rt()?, self.timeout, move || f(client.clone())).map_err(|e| {
+            // A final answer (a permission, a bad request) is etcd's refusal, not its absence.
+            let (how, e) = match e.strip_prefix("refused: ") {
+                Some(e) => ("refused", e.to_string()),
+                None => ("cannot be reached", e),
+            };
             StoreError::Unavailable(format!(
-                "the coordinator's etcd ({}) cannot be reached ({what}): {e}; nothing decided",
+                "the coordinator's etcd ({}) {how} ({what}): {e}; nothing decided",
                 self.endpoints
             ))
         })

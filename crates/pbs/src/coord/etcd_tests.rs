@@ -91,6 +91,7 @@ fn connect(m: &Member, prefix: &str, timeout_secs: u64) -> anyhow::Result<Arc<Et
             prefix: prefix.into(),
             timeout_secs,
             main_lease_secs: Some(30),
+            ..EtcdConfig::default()
         },
         3600,
     )
@@ -198,6 +199,7 @@ fn an_etcd_that_cannot_be_reached_decides_nothing() {
             prefix: "/down".into(),
             timeout_secs: 1,
             main_lease_secs: None,
+            ..EtcdConfig::default()
         },
         3600,
     )
@@ -220,4 +222,27 @@ fn an_etcd_that_cannot_be_reached_decides_nothing() {
     });
     assert!(matches!(r, Err(CoordError::Unavailable(_))), "{r:?}");
     assert_eq!(cached, (state(3), 5));
+}
+
+#[test]
+fn a_tls_file_that_cannot_be_read_is_named() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let missing = dir.path().join("no-such-ca.pem");
+    let err = Etcd::connect(
+        &EtcdConfig {
+            endpoints: vec!["https://127.0.0.1:1".into()],
+            prefix: "/tls".into(),
+            timeout_secs: 1,
+            ca: Some(missing.clone()),
+            ..EtcdConfig::default()
+        },
+        3600,
+    )
+    .err()
+    .expect("a missing CA file is an error");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("[coordinator] etcd ca") && text.contains(&missing.display().to_string()),
+        "{text}"
+    );
 }
