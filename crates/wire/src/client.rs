@@ -151,8 +151,9 @@ impl Retryable for WireError {
     }
 }
 
-/// The error's message followed by its sources, `: `-separated.
-fn chain(err: &dyn std::error::Error) -> String {
+/// The error's message followed by its sources, `: `-separated (a source whose text the
+/// message already holds is left out).
+pub fn chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {

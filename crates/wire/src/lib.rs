@@ -45,7 +45,7 @@ pub mod state;
 pub mod task;
 
 pub use auth::{require_token, Peer, TokenSet};
-pub use client::{retry, Backoff, Client, WireError};
+pub use client::{chain as error_chain, retry, Backoff, Client, WireError};
 pub use config::{load_toml, ListenConfig, PeerConfig, TokenEntry};
 pub use hook::{run_hook, run_hook_with, HookOptions, HookOutcome, HookStatus};
 pub use metrics::Metrics;

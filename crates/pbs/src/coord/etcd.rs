@@ -71,21 +71,15 @@ fn transient(e: &etcd_client::Error) -> bool {
 
 /// `e` with the causes under it (a TLS handshake's reason lies two levels down).
 fn describe(e: &etcd_client::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = match e {
-        etcd_client::Error::TransportError(t) => std::error::Error::source(t),
-        etcd_client::Error::GRpcStatus(s) => std::error::Error::source(s),
-        _ => None,
-    };
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
+    match e {
+        etcd_client::Error::TransportError(t) => {
+            format!("transport error: {}", wire::error_chain(t))
         }
-        cause = c.source();
+        etcd_client::Error::GRpcStatus(s) => {
+            format!("grpc request error: {}", wire::error_chain(s))
+        }
+        _ => e.to_string(),
     }
-    out
 }
 
 /// Runs the request `f` makes on `rt`, again while it fails in a transient way (a member
