@@ -82,13 +82,22 @@ fn describe(e: &etcd_client::Error) -> String {
     }
 }
 
+/// Why a request to etcd did not go through.
+#[derive(Debug)]
+enum Failed {
+    /// No answer within the time, or only transient errors (members down, no leader).
+    Unreachable(String),
+    /// A final answer: a permission, a login, a bad request. Trying again changes nothing.
+    Refused(String),
+}
+
 /// Runs the request `f` makes on `rt`, again while it fails in a transient way (a member
 /// down, a leader election), and waits for it at most `timeout` in all.
 fn wait<T: Send + 'static, F>(
     rt: &tokio::runtime::Runtime,
     timeout: Duration,
     f: impl Fn() -> F + Send + 'static,
-) -> Result<T, String>
+) -> Result<T, Failed>
 where
     F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
 {
@@ -103,22 +112,27 @@ where
                     last = Some(describe(&e));
                     tokio::time::sleep(RETRY_PAUSE).await;
                     if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
-                        break Err(last.unwrap_or_default());
+                        break Err(Failed::Unreachable(last.unwrap_or_default()));
                     }
                 }
-                Ok(Err(e)) => break Err(format!("refused: {}", describe(&e))),
+                Ok(Err(e)) => break Err(Failed::Refused(describe(&e))),
                 Err(_) => {
-                    break Err(match last {
+                    break Err(Failed::Unreachable(match last {
                         Some(e) => format!("{e} (and no answer within {} s)", timeout.as_secs()),
                         None => format!("no answer within {} s", timeout.as_secs()),
-                    })
+                    }))
                 }
             }
         };
         let _ = tx.send(r);
     });
     rx.recv_timeout(timeout + Duration::from_secs(1))
-        .unwrap_or_else(|_| Err(format!("no answer within {} s", timeout.as_secs())))
+        .unwrap_or_else(|_| {
+            Err(Failed::Unreachable(format!(
+                "no answer within {} s",
+                timeout.as_secs()
+            )))
+        })
 }
 
 /// The TLS and user options of `cfg` (files read now: an error names the file).
@@ -174,9 +188,9 @@ impl Etcd {
         let client = wait(&rt, timeout, move || {
             Client::connect(eps.clone(), Some(opts.clone()))
         })
-        .map_err(|e| match e.strip_prefix("refused: ") {
-            Some(e) => anyhow::anyhow!("etcd ({endpoints}) refused this PBS: {e}"),
-            None => anyhow::anyhow!("etcd ({endpoints}): cannot connect: {e}"),
+        .map_err(|e| match e {
+            Failed::Refused(e) => anyhow::anyhow!("etcd ({endpoints}) refused this PBS: {e}"),
+            Failed::Unreachable(e) => anyhow::anyhow!("etcd ({endpoints}): cannot connect: {e}"),
         })?;
         let ttl = cfg.main_lease_secs.unwrap_or(default_lease).max(1);
         Ok(Arc::new(Etcd {
@@ -209,10 +223,9 @@ impl Etcd {
     {
         let client = self.client.clone();
         wait(self.rt()?, self.timeout, move || f(client.clone())).map_err(|e| {
-            // A final answer (a permission, a bad request) is etcd's refusal, not its absence.
-            let (how, e) = match e.strip_prefix("refused: ") {
-                Some(e) => ("refused", e.to_string()),
-                None => ("cannot be reached", e),
+            let (how, e) = match e {
+                Failed::Refused(e) => ("refused", e),
+                Failed::Unreachable(e) => ("cannot be reached", e),
             };
             StoreError::Unavailable(format!(
                 "the coordinator's etcd ({}) {how} ({what}): {e}; nothing decided",
