@@ -49,32 +49,54 @@ pub struct EtcdCluster {
     pub dir: TempDir,
     members: Vec<Member>,
     secured: Option<Secured>,
+    /// `root`'s password once auth is on, for the harness's reads (each logs in: tokens
+    /// expire).
+    root_password: Option<String>,
 }
 
 /// The files and credentials of a [`EtcdCluster::start_secured`] cluster, all in its dir.
+#[derive(Clone)]
 pub struct Secured {
     /// The CA that signed the members' and the client's certificates.
     pub ca: PathBuf,
     /// A client certificate of that CA and its key (what the PBS presents).
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    pub cert: Option<(PathBuf, PathBuf)>,
     /// The etcd user that may read and write the keys under [`Secured::PREFIX`] only.
     pub user: String,
     pub password_file: PathBuf,
     /// A CA that signed nothing here.
     pub other_ca: PathBuf,
-    /// `root`'s password, for the harness's reads (each logs in: tokens expire).
-    root_password: String,
 }
 
 impl Secured {
     /// The prefix the user's role may read and write.
     pub const PREFIX: &'static str = "/sec";
+
+    /// These files and the user as keys of `[coordinator] etcd` (`, ca = ..., ...`).
+    pub fn keys(&self) -> String {
+        let cert = self.cert.as_ref().map_or(String::new(), |(c, k)| {
+            format!(", cert = {c:?}, key = {k:?}")
+        });
+        format!(
+            ", ca = {:?}{cert}, user = {:?}, password_file = {:?}",
+            self.ca, self.user, self.password_file
+        )
+    }
+}
+
+/// The PEM files [`make_certs`] writes.
+struct Certs {
+    ca: PathBuf,
+    member: PathBuf,
+    member_key: PathBuf,
+    client: PathBuf,
+    client_key: PathBuf,
+    other_ca: PathBuf,
 }
 
 /// Writes a test CA, a certificate for the members (127.0.0.1; server and client use, as
 /// etcd's own gateway presents it to the member), a client certificate, and a second CA.
-fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf, PathBuf, PathBuf) {
+fn make_certs(dir: &Path) -> Certs {
     use rcgen::{
         BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
         IsCa, KeyPair, KeyUsagePurpose,
@@ -114,14 +136,14 @@ fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf, PathBuf, PathB
         "pullback-pbs",
         vec![ExtendedKeyUsagePurpose::ClientAuth],
     );
-    (
-        write("ca.pem", issuer.pem()),
-        write("member.pem", member),
-        write("member-key.pem", member_key),
-        write("client.pem", client),
-        write("client-key.pem", client_key),
-        write("other-ca.pem", other.pem()),
-    )
+    Certs {
+        ca: write("ca.pem", issuer.pem()),
+        member: write("member.pem", member),
+        member_key: write("member-key.pem", member_key),
+        client: write("client.pem", client),
+        client_key: write("client-key.pem", client_key),
+        other_ca: write("other-ca.pem", other.pem()),
+    }
 }
 
 impl EtcdCluster {
@@ -194,13 +216,13 @@ impl EtcdCluster {
                 .args(["--initial-cluster", &cluster])
                 .args(["--initial-cluster-state", "new"])
                 .args(["--initial-cluster-token", &token]);
-            if let (Some(ttl), Some((ca, member, member_key, ..))) = (secured, &certs) {
+            if let (Some(ttl), Some(certs)) = (secured, &certs) {
                 cmd.arg("--cert-file")
-                    .arg(member)
+                    .arg(&certs.member)
                     .arg("--key-file")
-                    .arg(member_key)
+                    .arg(&certs.member_key)
                     .arg("--trusted-ca-file")
-                    .arg(ca)
+                    .arg(&certs.ca)
                     .arg("--client-cert-auth")
                     .arg(format!("--auth-token-ttl={ttl}"));
             }
@@ -222,19 +244,18 @@ impl EtcdCluster {
                 child: Some(child),
             });
         }
-        let secured = certs.map(|(ca, _, _, cert, key, other_ca)| Secured {
-            ca,
-            cert,
-            key,
+        let secured = certs.map(|c| Secured {
+            ca: c.ca,
+            cert: Some((c.client, c.client_key)),
             user: "pbs".into(),
             password_file: dir.path().join("pbs.password"),
-            other_ca,
-            root_password: String::new(),
+            other_ca: c.other_ca,
         });
         let c = EtcdCluster {
             dir,
             members,
             secured,
+            root_password: None,
         };
         for m in &c.members {
             wait_for(&format!("etcd member {} to be healthy", m.name), || {
@@ -248,8 +269,8 @@ impl EtcdCluster {
     /// One call of etcd's JSON gateway at a live member's plain-HTTP port, as `root` once
     /// auth is on: the answer's status and JSON.
     pub fn gateway(&self, path: &str, body: &Value) -> (u16, Value) {
-        let token = self.secured.as_ref().map(|s| {
-            let login = json!({ "name": "root", "password": s.root_password });
+        let token = self.root_password.as_ref().map(|pw| {
+            let login = json!({ "name": "root", "password": pw });
             let (status, v) = self.gateway_as(None, "/v3/auth/authenticate", &login);
             assert_eq!(status, 200, "authenticate root: {v}");
             v["token"].as_str().expect("root's token").to_owned()
@@ -315,9 +336,9 @@ impl EtcdCluster {
             let exists = v.to_string().contains("already exists");
             assert!(status == 200 || exists, "etcd {path}: {status} {v}");
         }
-        let s = self.secured.as_mut().expect("secured");
+        let s = self.secured.as_ref().expect("secured");
         fs::write(&s.password_file, format!("{pbs_pw}\n")).expect("password file");
-        s.root_password = root_pw;
+        self.root_password = Some(root_pw);
     }
 
     /// The secured cluster's files and credentials; panics on a plain cluster.
@@ -341,17 +362,12 @@ impl EtcdCluster {
     /// The PBS config section for this cluster, keys under `prefix`; with the CA, the client
     /// certificate and the user of a secured cluster.
     pub fn toml(&self, prefix: &str, lease_secs: u64) -> String {
-        let extra = self.secured.as_ref().map_or(String::new(), |s| {
-            format!(
-                ", ca = {:?}, cert = {:?}, key = {:?}, user = {:?}, password_file = {:?}",
-                s.ca, s.cert, s.key, s.user, s.password_file
-            )
-        });
-        self.toml_with(prefix, lease_secs, &extra)
+        self.toml_with(prefix, lease_secs, self.secured.as_ref())
     }
 
-    /// [`EtcdCluster::toml`] with `extra` (`, key = value`...) in place of the security keys.
-    pub fn toml_with(&self, prefix: &str, lease_secs: u64, extra: &str) -> String {
+    /// [`EtcdCluster::toml`] with the security keys of `secured` (none: plain).
+    pub fn toml_with(&self, prefix: &str, lease_secs: u64, secured: Option<&Secured>) -> String {
+        let extra = secured.map_or(String::new(), Secured::keys);
         let eps = self
             .endpoints()
             .iter()

@@ -36,17 +36,21 @@ fn takeover_at(port: u16, tok: &str, node: &str, epoch: u64) -> (u16, String) {
     (r.status, r.text())
 }
 
-/// `pbs status ARGS` with `config` (read from etcd, not from a server): its stdout.
-fn status_out(config: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(bin("pbs"))
+/// `pbs status ARGS` with `config` (read from etcd, not from a server).
+fn pbs_status(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(bin("pbs"))
         .arg("--config")
         .arg(config)
         .arg("status")
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .expect("pbs status");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        .expect("pbs status")
+}
+
+/// [`pbs_status`]'s stdout.
+fn status_out(config: &std::path::Path, args: &[&str]) -> String {
+    String::from_utf8_lossy(&pbs_status(config, args).stdout).into_owned()
 }
 
 /// `pbs status --json` with `config`.
@@ -410,13 +414,7 @@ fn the_main_lease_expires_when_no_pbs_hears_the_main_and_a_hello_brings_it_back(
 
 /// `pbs status` with `config`: whether it succeeded, and its stdout and stderr.
 fn status_run(config: &std::path::Path) -> (bool, String) {
-    let out = Command::new(bin("pbs"))
-        .arg("--config")
-        .arg(config)
-        .arg("status")
-        .stdin(Stdio::null())
-        .output()
-        .expect("pbs status");
+    let out = pbs_status(config, &[]);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -482,44 +480,40 @@ fn the_coordinator_reaches_etcd_over_tls_as_its_own_user() {
     let cases = [
         (
             "a wrong password",
-            format!(
-                ", ca = {:?}, cert = {:?}, key = {:?}, user = {:?}, password_file = {:?}",
-                sec.ca, sec.cert, sec.key, sec.user, wrong_pw
-            ),
+            Secured {
+                password_file: wrong_pw,
+                ..sec.clone()
+            },
+            prefix.as_str(),
             "authentication failed",
         ),
         (
             "no client certificate",
-            format!(
-                ", ca = {:?}, user = {:?}, password_file = {:?}",
-                sec.ca, sec.user, sec.password_file
-            ),
+            Secured {
+                cert: None,
+                ..sec.clone()
+            },
+            prefix.as_str(),
             "cannot connect",
         ),
         (
             "a CA that did not sign the member's certificate",
-            format!(
-                ", ca = {:?}, cert = {:?}, key = {:?}, user = {:?}, password_file = {:?}",
-                sec.other_ca, sec.cert, sec.key, sec.user, sec.password_file
-            ),
+            Secured {
+                ca: sec.other_ca.clone(),
+                ..sec.clone()
+            },
+            prefix.as_str(),
             "UnknownIssuer",
         ),
         (
             "a user whose role does not cover the prefix",
-            format!(
-                ", ca = {:?}, cert = {:?}, key = {:?}, user = {:?}, password_file = {:?}",
-                sec.ca, sec.cert, sec.key, sec.user, sec.password_file
-            ),
+            sec.clone(),
+            "/elsewhere",
             "permission denied",
         ),
     ];
-    for (what, extra, says) in cases {
-        let p = if what.starts_with("a user whose role") {
-            "/elsewhere"
-        } else {
-            prefix.as_str()
-        };
-        let bad = pbs_toml.replace(&good, &etcd.toml_with(p, 120, &extra));
+    for (what, keys, p, says) in cases {
+        let bad = pbs_toml.replace(&good, &etcd.toml_with(p, 120, Some(&keys)));
         let config = c.path().join("bad-etcd.toml");
         fs::write(&config, bad).expect("write");
         let (ok, text) = status_run(&config);
